@@ -1,0 +1,42 @@
+"""Engine configuration: one dataclass, filled by ``LLM(...)`` or the CLI in one place each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loraserve.errors import InvalidRequestError
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int | None = None
+    block_size: int = 16
+    kv_cache_memory_bytes: int | None = None
+    device: str = "auto"
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    allow_runtime_lora_updating: bool = False
+
+    def __post_init__(self) -> None:
+        if self.served_model_name is None:
+            self.served_model_name = self.model
+        if self.max_cpu_loras is None:
+            self.max_cpu_loras = self.max_loras
+        if self.max_loras < 1:
+            raise InvalidRequestError(f"max_loras must be at least 1, got {self.max_loras}")
+        if self.max_cpu_loras < self.max_loras:
+            raise InvalidRequestError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
+            )
+        if self.max_lora_rank < 1:
+            raise InvalidRequestError(f"max_lora_rank must be positive, got {self.max_lora_rank}")
+        if self.max_num_seqs < 1:
+            raise InvalidRequestError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")

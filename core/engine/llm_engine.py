@@ -1,0 +1,290 @@
+"""The synchronous engine: requests in, one batched step at a time, outputs out.
+
+Not thread-safe by itself: ``AsyncLLMEngine`` calls it from one step thread, and ``LLM``
+from the caller's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from loraserve import metrics
+from loraserve.config import EngineConfig
+from loraserve.engine.block_manager import BlockManager
+from loraserve.engine.detokenizer import update_text
+from loraserve.engine.model_runner import ModelRunner
+from loraserve.engine.scheduler import Scheduler
+from loraserve.engine.sequence import Sequence
+from loraserve.errors import InvalidRequestError
+from loraserve.lora.manager import LoRAEvents, LoRAManager
+from loraserve.lora.request import LoRARequest
+from loraserve.model.decoder import DecoderModel
+from loraserve.model.loader import load_weights
+from loraserve.model.spec import load_spec, resolve_dtype
+from loraserve.outputs import CompletionOutput, RequestOutput
+from loraserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_CPU_KV_CACHE_BYTES = 2 << 30  # default cap on CPU; GPUs use most of their free memory
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    seqs: list[Sequence]
+    lora: LoRARequest | None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.is_finished for s in self.seqs)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, lora_events: LoRAEvents | None = None) -> None:
+        self.config = config
+        self.device = _pick_device(config.device)
+        model_dir = Path(config.model)
+        self.spec = load_spec(model_dir)
+        self.dtype = resolve_dtype(config.dtype, self.spec, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.max_model_len = self._max_model_len()
+        logger.info(
+            "loading %s (%s, %s) on %s", config.model, self.spec.architecture, self.dtype, self.device
+        )
+        weights = load_weights(model_dir, self.spec, self.dtype, self.device)
+        self.model = DecoderModel(self.spec, weights, self.max_model_len)
+        self.eos_token_ids = _eos_token_ids(model_dir, self.spec.eos_token_ids, self.tokenizer)
+
+        self.lora_manager: LoRAManager | None = None
+        if config.enable_lora:
+            self.lora_manager = LoRAManager(
+                self.spec, config.max_loras, config.max_lora_rank, config.max_cpu_loras,
+                self.dtype, self.device, lora_events,
+            )
+            self.model.lora_slots = self.lora_manager.slots
+
+        num_blocks = self._num_kv_blocks()
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            BlockManager(num_blocks, config.block_size),
+            config.max_num_seqs,
+            config.max_num_batched_tokens or max(4096, self.max_model_len),
+            self.lora_manager,
+        )
+        self.detokenize_every_step = False  # streaming callers want text as it grows
+        self._requests: dict[str, _Request] = {}
+        self._rng = random.Random(config.seed)
+        self._next_seq_id = 0
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _max_model_len(self) -> int:
+        limit = self.spec.max_position_embeddings
+        if self.spec.sliding_window:
+            limit = min(limit, self.spec.sliding_window)  # no sliding-window attention (yet)
+        wanted = self.config.max_model_len or limit
+        if wanted > limit:
+            raise InvalidRequestError(
+                f"max_model_len {wanted} exceeds what the model supports ({limit})"
+            )
+        return wanted
+
+    def _num_kv_blocks(self) -> int:
+        spec, bs = self.spec, self.config.block_size
+        per_block = 2 * spec.num_layers * bs * spec.kv_size * torch.empty((), dtype=self.dtype).element_size()
+        blocks_per_seq = -(-self.max_model_len // bs)
+        wanted = self.config.max_num_seqs * blocks_per_seq
+        budget = self.config.kv_cache_memory_bytes
+        if budget is None:
+            budget = (
+                int(torch.cuda.mem_get_info(self.device)[0] * 0.8)
+                if self.device.type == "cuda"
+                else _CPU_KV_CACHE_BYTES
+            )
+        blocks = min(wanted, budget // per_block)
+        if blocks < blocks_per_seq:
+            raise InvalidRequestError(
+                f"the KV cache budget ({budget} bytes) cannot hold one sequence of "
+                f"max_model_len {self.max_model_len}; lower max_model_len or raise the budget"
+            )
+        logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", blocks, bs, blocks * per_block / 2**20)
+        return blocks
+
+    # ---- requests ----------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora_request: LoRARequest | None = None,
+        prompt: str | None = None,
+    ) -> None:
+        """Queue a request; validation errors are raised here, before anything is queued."""
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        self._check_prompt(prompt_token_ids, params)
+        lora = self._pin_lora(lora_request)
+        seqs = []
+        for index in range(params.n):
+            seqs.append(
+                Sequence(
+                    seq_id=self._next_seq_id,
+                    request_id=request_id,
+                    index=index,
+                    prompt_token_ids=list(prompt_token_ids),
+                    params=params,
+                    lora=lora,
+                    generator=self._generator(params, index),
+                )
+            )
+            self._next_seq_id += 1
+        self._requests[request_id] = _Request(request_id, prompt, list(prompt_token_ids), seqs, lora)
+        for seq in seqs:
+            self.scheduler.add(seq)
+        metrics.PROMPT_TOKENS.labels(model=self._model_label(lora)).inc(len(prompt_token_ids))
+
+    def _check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty")
+        vocab = self.spec.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        wanted = len(prompt_token_ids) + (params.max_tokens or 1)
+        if wanted > self.max_model_len:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {wanted} tokens ({len(prompt_token_ids)} in the prompt, "
+                f"{params.max_tokens or 1} for the completion). Please reduce the length of the "
+                "prompt or completion."
+            )
+
+    def _pin_lora(self, lora_request: LoRARequest | None) -> LoRARequest | None:
+        if lora_request is None:
+            return None
+        if self.lora_manager is None:
+            raise InvalidRequestError(
+                f"LoRA adapter '{lora_request.lora_name}' requested but LoRA is not enabled; "
+                "start with enable_lora=True (--enable-lora)"
+            )
+        lora = self.lora_manager.get(lora_request.lora_name) or self.lora_manager.add(lora_request)
+        self.lora_manager.ensure_host(lora)
+        return lora
+
+    def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
+        if params.greedy:
+            return None
+        seed = params.seed + index if params.seed is not None else self._rng.getrandbits(63)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def abort_request(self, request_id: str) -> None:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq, "abort")
+        self._unpin_lora(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    # ---- the step ----------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one batched forward pass; return a snapshot of each request that advanced."""
+        scheduled = self.scheduler.schedule()
+        if scheduled is None:
+            return []
+        tokens = self.runner.run(scheduled)
+        now = time.monotonic()
+        touched: dict[str, _Request] = {}
+        for seq, token in zip(scheduled.seqs, tokens):
+            seq.output_token_ids.append(token)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                metrics.TIME_TO_FIRST_TOKEN.labels(model=self._model_label(seq.lora)).observe(
+                    now - seq.arrival_time
+                )
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+                metrics.REQUESTS.labels(model=self._model_label(seq.lora), finish_reason=reason).inc()
+            touched[seq.request_id] = self._requests[seq.request_id]
+        metrics.GENERATION_TOKENS.labels(model="all").inc(len(tokens))
+        outputs = [self._snapshot(r) for r in touched.values()]
+        for request in touched.values():
+            if request.finished:
+                del self._requests[request.request_id]
+                self._unpin_lora(request)
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        params = seq.params
+        if not params.ignore_eos and token in self.eos_token_ids:
+            update_text(seq, self.tokenizer)
+            return "stop"
+        if params.stop or self.detokenize_every_step:
+            if update_text(seq, self.tokenizer):
+                return "stop"
+        if (params.max_tokens is not None and len(seq.output_token_ids) >= params.max_tokens) or (
+            seq.num_tokens >= self.max_model_len
+        ):
+            if not (params.stop or self.detokenize_every_step):
+                update_text(seq, self.tokenizer)
+            return "length"
+        return None
+
+    def _snapshot(self, request: _Request) -> RequestOutput:
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=[
+                CompletionOutput(s.index, s.text, list(s.output_token_ids), s.finish_reason)
+                for s in request.seqs
+            ],
+            finished=request.finished,
+            lora_name=request.lora.lora_name if request.lora else None,
+        )
+
+    def _unpin_lora(self, request: _Request) -> None:
+        if request.lora is not None and self.lora_manager is not None:
+            self.lora_manager.release_host(request.lora.lora_name)
+
+    def _model_label(self, lora: LoRARequest | None) -> str:
+        return lora.lora_name if lora else str(self.config.served_model_name)
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _eos_token_ids(model_dir: Path, config_eos: tuple[int, ...], tokenizer) -> frozenset[int]:
+    """EOS ids from config.json, generation_config.json and the tokenizer, as HF generate uses."""
+    ids = set(config_eos)
+    generation = model_dir / "generation_config.json"
+    if generation.is_file():
+        eos = json.loads(generation.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

@@ -1,0 +1,81 @@
+"""Owns the model and the KV cache; turns a scheduled step into tensors, logits and tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from loraserve.engine.sampler import sample
+from loraserve.engine.scheduler import ScheduledStep
+from loraserve.kernels import NO_ADAPTER, LoRABatch
+from loraserve.model.decoder import DecoderModel
+from loraserve.model.forward_batch import ForwardBatch
+
+
+class ModelRunner:
+    def __init__(self, model: DecoderModel, num_blocks: int, block_size: int) -> None:
+        spec = model.spec
+        weights = model.weights
+        self.model = model
+        self.block_size = block_size
+        self.device = weights.embed.device
+        # [K/V, layers, blocks, block_size, kv_heads, head_dim]
+        self.kv_cache = torch.zeros(
+            2, spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
+            dtype=weights.embed.dtype, device=self.device,
+        )
+
+    def run(self, step: ScheduledStep) -> list[int]:
+        """One forward pass over every scheduled sequence; returns one new token per sequence."""
+        batch = self._prepare(step)
+        logits = self.model.forward(batch, self.kv_cache)  # [B, vocab]
+        for seq in step.seqs:
+            seq.num_cached_tokens = seq.num_tokens
+        return sample(logits, step.seqs)
+
+    def _prepare(self, step: ScheduledStep) -> ForwardBatch:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        token_slots: list[int] = []
+        for seq, q_len in zip(step.seqs, step.query_lens):
+            start = seq.num_cached_tokens
+            input_ids.extend(seq.token_ids[start : start + q_len])
+            table = seq.block_table
+            for pos in range(start, start + q_len):
+                positions.append(pos)
+                slot_mapping.append(table[pos // bs] * bs + pos % bs)
+            lora_slot = NO_ADAPTER if seq.lora_slot is None else seq.lora_slot
+            token_slots.extend([lora_slot] * q_len)
+
+        device = self.device
+        kv_lens = torch.tensor([s.num_tokens for s in step.seqs], device=device)
+        q_lens = torch.tensor(step.query_lens, device=device)
+        max_blocks = max(len(s.block_table) for s in step.seqs)
+        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in step.seqs]
+        max_q = max(step.query_lens)
+
+        rows = torch.arange(max_q, device=device)
+        keys = torch.arange(max_blocks * bs, device=device)
+        last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
+        mask = keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)  # [B, max_q, K]
+
+        query_rows = None
+        if max_q > 1:
+            seq_of_token = torch.repeat_interleave(torch.arange(len(step.seqs), device=device), q_lens)
+            starts = torch.cumsum(q_lens, 0) - q_lens
+            row_of_token = torch.arange(len(input_ids), device=device) - starts[seq_of_token]
+            query_rows = (seq_of_token, row_of_token)
+
+        use_lora = any(s != NO_ADAPTER for s in token_slots)
+        return ForwardBatch(
+            input_ids=torch.tensor(input_ids, device=device),
+            positions=torch.tensor(positions, device=device),
+            slot_mapping=torch.tensor(slot_mapping, device=device),
+            block_tables=torch.tensor(tables, device=device),
+            attn_mask=mask.unsqueeze(1),
+            query_rows=query_rows,
+            max_query_len=max_q,
+            logits_indices=torch.cumsum(q_lens, 0) - 1,
+            lora=LoRABatch.build(token_slots, device) if use_lora else None,
+        )

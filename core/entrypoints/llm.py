@@ -1,0 +1,122 @@
+"""The offline API: ``LLM(model, enable_lora=True).generate(prompts, params, lora_request)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from loraserve.config import EngineConfig
+from loraserve.engine.llm_engine import LLMEngine
+from loraserve.errors import InvalidRequestError, LoRANotFoundError
+from loraserve.lora.request import LoRARequest
+from loraserve.outputs import RequestOutput
+from loraserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | dict[str, Any]
+LoRASpec = LoRARequest | str | None
+
+
+class LLM:
+    """One base model, optionally with LoRA adapters, generating for a list of prompts at once."""
+
+    def __init__(
+        self,
+        model: str,
+        enable_lora: bool = False,
+        max_loras: int = 1,
+        max_lora_rank: int = 16,
+        max_cpu_loras: int | None = None,
+        served_model_name: str | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 64,
+        device: str = "auto",
+        **ignored: Any,
+    ) -> None:
+        if ignored:
+            logger.warning("ignoring options loraserve does not use: %s", ", ".join(sorted(ignored)))
+        self.config = EngineConfig(
+            model=model,
+            served_model_name=served_model_name,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            device=device,
+            enable_lora=enable_lora,
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
+            max_cpu_loras=max_cpu_loras,
+        )
+        self.engine = LLMEngine(self.config)
+        self._counter = 0
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | None = None,
+        lora_request: LoRASpec | Sequence[LoRASpec] = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt; one output per prompt, in order.
+
+        ``lora_request`` is one adapter for all prompts or a list with one entry (or None)
+        per prompt. An entry may be a ``LoRARequest`` or the name of an adapter that is
+        loaded or that a resolver plugin can find.
+        """
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        params = sampling_params or SamplingParams()
+        loras = self._per_prompt_loras(lora_request, len(prompts))
+        ids = []
+        for prompt, lora in zip(prompts, loras):
+            text, token_ids = self._tokenize(prompt)
+            request_id = str(self._counter)
+            self._counter += 1
+            self.engine.add_request(request_id, token_ids, params, self._lora(lora), prompt=text)
+            ids.append(request_id)
+        finished: dict[str, RequestOutput] = {}
+        with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        bar.update(1)
+        return [finished[i] for i in ids]
+
+    def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.engine.tokenizer.encode(prompt)
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+        raise InvalidRequestError(
+            f"a prompt must be a string or a {{'prompt_token_ids': [...]}} dict, got {prompt!r}"
+        )
+
+    @staticmethod
+    def _per_prompt_loras(lora_request: Any, count: int) -> list[LoRASpec]:
+        if isinstance(lora_request, (list, tuple)):
+            if len(lora_request) != count:
+                raise InvalidRequestError(
+                    f"lora_request has {len(lora_request)} entries for {count} prompts"
+                )
+            return list(lora_request)
+        return [lora_request] * count
+
+    def _lora(self, lora: LoRASpec) -> LoRARequest | None:
+        if lora is None or isinstance(lora, LoRARequest):
+            return lora
+        manager = self.engine.lora_manager
+        known = manager.get(lora) if manager else None
+        if known is None:
+            raise LoRANotFoundError(lora)
+        return known

@@ -1,0 +1,91 @@
+"""The one place that turns exceptions into OpenAI-shaped HTTP errors.
+
+Body: ``{"error": {"message", "type", "param", "code"}}`` where ``code`` is the HTTP status
+and ``type`` is vLLM's name for it, so clients that branch on either keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+
+from aiohttp import web
+
+from loraserve.errors import (
+    InvalidRequestError,
+    LoRAAdapterError,
+    LoRANotFoundError,
+    LoRAServeError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class HTTPError(LoRAServeError):
+    """An error that only exists at the HTTP layer (auth, unknown route, bad JSON)."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFoundError(LoRAServeError):
+    """A named thing (route, adapter) does not exist: 404 with vLLM's wording."""
+
+
+_STATUS_OF: list[tuple[type[BaseException], HTTPStatus]] = [
+    (LoRANotFoundError, HTTPStatus.NOT_FOUND),
+    (NotFoundError, HTTPStatus.NOT_FOUND),
+    (LoRAAdapterError, HTTPStatus.BAD_REQUEST),
+    (InvalidRequestError, HTTPStatus.BAD_REQUEST),
+]
+
+_TYPE_OF = {
+    HTTPStatus.BAD_REQUEST: "BadRequestError",
+    HTTPStatus.UNAUTHORIZED: "AuthenticationError",
+    HTTPStatus.NOT_FOUND: "NotFoundError",
+    HTTPStatus.METHOD_NOT_ALLOWED: "MethodNotAllowed",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "BadRequestError",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "InternalServerError",
+}
+
+
+def error_body(status: HTTPStatus, message: str) -> dict:
+    """The JSON error object, also sent as an SSE event when a stream fails midway."""
+    err_type = _TYPE_OF.get(status, "BadRequestError" if status < 500 else "InternalServerError")
+    return {"error": {"message": message, "type": err_type, "param": None, "code": int(status)}}
+
+
+def status_of(exc: BaseException) -> HTTPStatus:
+    """HTTP status for an exception; anything unexpected is a 500."""
+    if isinstance(exc, HTTPError):
+        return exc.status
+    if isinstance(exc, web.HTTPException):
+        return HTTPStatus(exc.status)
+    for cls, status in _STATUS_OF:
+        if isinstance(exc, cls):
+            return status
+    return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def message_of(exc: BaseException) -> str:
+    """The user-facing message; a 500 still says what broke, without a traceback."""
+    if isinstance(exc, web.HTTPNotFound):
+        return "Not Found"
+    if isinstance(exc, web.HTTPException):
+        return exc.reason
+    text = str(exc)
+    if status_of(exc) == HTTPStatus.INTERNAL_SERVER_ERROR:
+        return f"Internal server error: {type(exc).__name__}: {text}"
+    return text
+
+
+def error_response(exc: BaseException) -> web.Response:
+    """Map ``exc`` to a JSON response; 5xx are logged with their traceback."""
+    status = status_of(exc)
+    if status >= 500:
+        logger.error("request failed", exc_info=exc)
+    return web.json_response(
+        error_body(status, message_of(exc)), status=int(status), dumps=json.dumps
+    )

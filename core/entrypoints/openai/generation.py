@@ -1,0 +1,144 @@
+"""What completions and chat share: limits, sampling params, merged streams, SSE and usage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from loraserve.entrypoints.openai.errors import error_body, message_of, status_of
+from loraserve.entrypoints.openai.protocol import SamplingFields
+from loraserve.errors import InvalidRequestError
+from loraserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from loraserve.engine.async_engine import AsyncLLMEngine
+    from loraserve.lora.request import LoRARequest
+    from loraserve.outputs import RequestOutput
+
+logger = logging.getLogger(__name__)
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def sampling_params(fields: SamplingFields, prompt_len: int, max_model_len: int) -> SamplingParams:
+    """Check the context limit (vLLM's message) and build the engine's params.
+
+    No ``max_tokens`` means "up to the context limit", as vLLM does for chat.
+    """
+    room = max_model_len - prompt_len
+    max_tokens = fields.max_tokens if fields.max_tokens is not None else room
+    if room < 1 or max_tokens > room:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_len + max(max_tokens, 1)} tokens ({prompt_len} in the messages, "
+            f"{max(max_tokens, 1)} in the completion). Please reduce the length of the "
+            "messages or completion."
+        )
+    return SamplingParams(
+        temperature=fields.temperature,
+        top_p=fields.top_p,
+        top_k=fields.top_k,
+        max_tokens=max_tokens,
+        stop=fields.stop,
+        seed=fields.seed,
+        ignore_eos=fields.ignore_eos,
+        n=fields.n,
+    )
+
+
+async def merged(
+    engine: AsyncLLMEngine,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    request_id: str,
+    lora_request: LoRARequest | None,
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Run one engine request per prompt and yield ``(prompt_index, snapshot)`` as they come.
+
+    Leaving early (client gone, error) cancels every pump, which closes the engine's
+    generators and so aborts their sequences.
+    """
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        gen = engine.generate(prompts[index], params, f"{request_id}-{index}", lora_request)
+        try:
+            async for out in gen:
+                queue.put_nowait((index, out, None, False))
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            queue.put_nowait((index, None, exc, False))
+        finally:
+            await _close(gen)
+            queue.put_nowait((index, None, None, True))
+
+    tasks = [asyncio.ensure_future(pump(i)) for i in range(len(prompts))]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, out, exc, done = await queue.get()
+            if exc is not None:
+                raise exc
+            if done:
+                remaining -= 1
+            else:
+                yield index, out
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close(gen: Any) -> None:
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class SSEStream:
+    """A ``text/event-stream`` response: one ``data:`` line per JSON chunk, then ``[DONE]``.
+
+    The first chunk is awaited before the headers go out, so errors found before any token
+    (unknown adapter, bad params) still get their own HTTP status. A later error becomes an
+    error event, as vLLM sends it; a client that has gone simply ends the stream.
+    """
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        await self.response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+    async def run(self, chunks: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+        first = await anext(chunks, None)
+        await self.response.prepare(self.request)
+        try:
+            if first is not None:
+                await self._send(first)
+            async for chunk in chunks:
+                await self._send(chunk)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the client in-band
+            if status_of(exc) >= 500:
+                logger.error("stream failed", exc_info=exc)
+            await self._send(error_body(status_of(exc), message_of(exc)))
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+        return self.response

@@ -1,0 +1,221 @@
+"""Request bodies of the OpenAI routes, parsed and type-checked from decoded JSON.
+
+Unknown fields are ignored (as OpenAI and vLLM do); a present field of the wrong type is a
+400 that names the field. Range checks of sampling values stay in ``SamplingParams``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from loraserve.errors import InvalidRequestError
+
+_MISSING = object()
+
+
+def _field(body: dict[str, Any], name: str, kind: str, default: Any = None) -> Any:
+    """Return ``body[name]`` checked against ``kind``; absent or null gives ``default``."""
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        return default
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "dict": isinstance(value, dict),
+        "list": isinstance(value, list),
+    }[kind]
+    if not ok:
+        article = "an" if kind[0] in "aeiou" else "a"
+        kind_name = {"str": "string", "dict": "object", "list": "array", "int": "integer"}
+        raise InvalidRequestError(
+            f"'{name}' must be {article} {kind_name.get(kind, kind)}, got {value!r}"
+        )
+    return value
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return body
+
+
+def _stop_list(body: dict[str, Any]) -> list[str] | None:
+    stop = body.get("stop")
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise InvalidRequestError(f"'stop' must be a string or an array of strings, got {stop!r}")
+
+
+@dataclass
+class SamplingFields:
+    """The sampling knobs shared by completions and chat (OpenAI's plus vLLM's extras)."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    n: int
+    stop: list[str] | None
+    ignore_eos: bool
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], max_tokens_default: int | None) -> SamplingFields:
+        max_tokens = _field(body, "max_tokens", "int")
+        if max_tokens is None:  # chat's newer name for the same limit
+            max_tokens = _field(body, "max_completion_tokens", "int", max_tokens_default)
+        if max_tokens is not None and max_tokens < 1:
+            raise InvalidRequestError(f"'max_tokens' must be at least 1, got {max_tokens}")
+        top_k = _field(body, "top_k", "int", 0)
+        return cls(
+            max_tokens=max_tokens,
+            temperature=float(_field(body, "temperature", "number", 1.0)),
+            top_p=float(_field(body, "top_p", "number", 1.0)),
+            top_k=0 if top_k == -1 else top_k,  # vLLM spells "disabled" as -1
+            seed=_field(body, "seed", "int"),
+            n=_field(body, "n", "int", 1),
+            stop=_stop_list(body),
+            ignore_eos=_field(body, "ignore_eos", "bool", False),
+        )
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = _field(body, "stream_options", "dict", {})
+    return bool(_field(options, "include_usage", "bool", False))
+
+
+@dataclass
+class CompletionRequest:
+    """``POST /v1/completions``: one or more prompts as text or token ids."""
+
+    model: str | None
+    prompts: list[str | list[int]]
+    sampling: SamplingFields
+    stream: bool = False
+    include_usage: bool = False
+
+    @classmethod
+    def parse(cls, body: Any) -> CompletionRequest:
+        body = _require_object(body)
+        if "prompt" not in body or body["prompt"] is None:
+            raise InvalidRequestError("'prompt' is required")
+        return cls(
+            model=_field(body, "model", "str"),
+            prompts=_parse_prompts(body["prompt"]),
+            sampling=SamplingFields.parse(body, max_tokens_default=16),  # OpenAI's default
+            stream=_field(body, "stream", "bool", False),
+            include_usage=_include_usage(body),
+        )
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _parse_prompts(prompt: Any) -> list[str | list[int]]:
+    """OpenAI's four prompt shapes: str, [str], [int], [[int]]."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if _is_token_ids(prompt):
+            return [list(prompt)]
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(_is_token_ids(p) and p for p in prompt):
+            return [list(p) for p in prompt]
+    raise InvalidRequestError(
+        "'prompt' must be a non-empty string, array of strings, array of token ids, "
+        f"or array of token-id arrays, got {prompt!r}"
+    )
+
+
+@dataclass
+class ChatCompletionRequest:
+    """``POST /v1/chat/completions``: messages rendered with the tokenizer's chat template."""
+
+    model: str | None
+    messages: list[dict[str, str]]
+    sampling: SamplingFields
+    stream: bool = False
+    include_usage: bool = False
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: Any) -> ChatCompletionRequest:
+        body = _require_object(body)
+        messages = _field(body, "messages", "list")
+        if not messages:
+            raise InvalidRequestError("'messages' is required and must be a non-empty array")
+        return cls(
+            model=_field(body, "model", "str"),
+            messages=[_parse_message(i, m) for i, m in enumerate(messages)],
+            # None: up to the context limit, as vLLM does for chat
+            sampling=SamplingFields.parse(body, max_tokens_default=None),
+            stream=_field(body, "stream", "bool", False),
+            include_usage=_include_usage(body),
+            add_generation_prompt=_field(body, "add_generation_prompt", "bool", True),
+            chat_template_kwargs=_field(body, "chat_template_kwargs", "dict", {}),
+        )
+
+
+def _parse_message(index: int, message: Any) -> dict[str, str]:
+    """A message's content may be a string or an array of text parts."""
+    if not isinstance(message, dict):
+        raise InvalidRequestError(f"'messages[{index}]' must be an object, got {message!r}")
+    role = message.get("role")
+    if not isinstance(role, str) or not role:
+        raise InvalidRequestError(f"'messages[{index}].role' must be a non-empty string")
+    content = message.get("content")
+    if content is None:
+        content = ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise InvalidRequestError(
+                    f"'messages[{index}].content': only text parts are supported, got {part!r}"
+                )
+            texts.append(part["text"])
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise InvalidRequestError(
+            f"'messages[{index}].content' must be a string or an array of text parts"
+        )
+    return {"role": role, "content": content}
+
+
+@dataclass
+class LoadLoRAAdapterRequest:
+    """``POST /v1/load_lora_adapter`` (vLLM's body)."""
+
+    lora_name: str | None
+    lora_path: str | None
+
+    @classmethod
+    def parse(cls, body: Any) -> LoadLoRAAdapterRequest:
+        body = _require_object(body)
+        return cls(_field(body, "lora_name", "str"), _field(body, "lora_path", "str"))
+
+
+@dataclass
+class UnloadLoRAAdapterRequest:
+    """``POST /v1/unload_lora_adapter`` (vLLM's body: a name or an int id)."""
+
+    lora_name: str | None
+    lora_int_id: int | None
+
+    @classmethod
+    def parse(cls, body: Any) -> UnloadLoRAAdapterRequest:
+        body = _require_object(body)
+        return cls(_field(body, "lora_name", "str"), _field(body, "lora_int_id", "int"))

@@ -1,0 +1,33 @@
+"""What the HTTP layer needs besides the engine, filled once by the CLI (flags and env)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+
+
+def runtime_lora_updating_from_env() -> bool:
+    """vLLM's switch: ``True`` or ``1`` (any case) enables load/unload and resolvers."""
+    return os.environ.get(RUNTIME_LORA_ENV, "").strip().lower() in ("1", "true")
+
+
+@dataclass
+class LoRAModulePath:
+    """One ``--lora-modules`` item: an adapter to load at start-up."""
+
+    name: str
+    path: str
+    base_model_name: str | None = None
+
+
+@dataclass
+class ServerConfig:
+    """Listening address, auth and LoRA policy of one server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    lora_modules: list[LoRAModulePath] = field(default_factory=list)
+    allow_runtime_lora_updating: bool = False

@@ -1,0 +1,125 @@
+"""``POST /v1/chat/completions``: messages through the tokenizer's chat template."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from loraserve.entrypoints.openai.generation import (
+    SSEStream,
+    merged,
+    now,
+    random_id,
+    sampling_params,
+)
+from loraserve.entrypoints.openai.protocol import ChatCompletionRequest
+from loraserve.entrypoints.openai.request_metrics import RequestMetrics
+from loraserve.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from loraserve.engine.async_engine import AsyncLLMEngine
+    from loraserve.entrypoints.openai.serving_models import ServingModels
+    from loraserve.outputs import RequestOutput
+
+Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
+
+NO_TEMPLATE = (
+    "The model '{model}' has no chat template (tokenizer_config.json has no 'chat_template'), "
+    "so /v1/chat/completions cannot format messages; use /v1/completions, or add a chat "
+    "template to the model's tokenizer."
+)
+
+
+class ServingChat:
+    """Renders the conversation to token ids, then runs and shapes it like a completion."""
+
+    def __init__(self, engine: AsyncLLMEngine, models: ServingModels) -> None:
+        self.engine = engine
+        self.models = models
+
+    def _render(self, req: ChatCompletionRequest) -> list[int]:
+        tokenizer = self.engine.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequestError(NO_TEMPLATE.format(model=self.models.base_model_name))
+        try:
+            text = tokenizer.apply_chat_template(
+                req.messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
+                **req.chat_template_kwargs,
+            )
+        except Exception as exc:  # a template that rejects these messages is the caller's 400
+            raise InvalidRequestError(f"The chat template could not render the messages: {exc}") from exc
+        # the template writes any special tokens itself, as in vLLM
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
+        req = ChatCompletionRequest.parse(body)
+        lora = await self.models.resolve(req.model)
+        model_name = req.model or self.models.base_model_name
+        prompt = self._render(req)
+        params = sampling_params(req.sampling, len(prompt), self.engine.max_model_len)
+        head = {"id": random_id("chatcmpl"), "created": now(), "model": model_name}
+        metrics = RequestMetrics(model_name, [len(prompt)])
+        outputs = merged(self.engine, [prompt], params, head["id"], lora)
+        try:
+            if req.stream:
+                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, metrics)
+                return await SSEStream(request).run(chunks)
+            return await _whole(outputs, head, metrics)
+        finally:
+            metrics.close()
+            await outputs.aclose()
+
+
+async def _whole(outputs: Outputs, head: dict, metrics: RequestMetrics) -> web.Response:
+    final: RequestOutput | None = None
+    async for index, out in outputs:
+        metrics.observe(index, out)
+        final = out
+    choices = [
+        {"index": comp.index, "message": {"role": "assistant", "content": comp.text},
+         "logprobs": None, "finish_reason": comp.finish_reason, "stop_reason": None}
+        for comp in (final.outputs if final else [])
+    ]
+    body = {**head, "object": "chat.completion", "choices": choices, "usage": metrics.usage()}
+    return web.json_response(body)
+
+
+def _chunk(head: dict, index: int, delta: dict, finish_reason: str | None) -> dict[str, Any]:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+
+async def _chunks(
+    outputs: Outputs, head: dict, n: int, include_usage: bool, metrics: RequestMetrics
+) -> AsyncIterator[dict[str, Any]]:
+    """A role chunk per choice first (as OpenAI sends it), then content deltas.
+
+    The first engine output is awaited before the role chunks so that an engine error at
+    admission still reaches the client as an HTTP status rather than an in-band event.
+    """
+    first = await anext(outputs, None)
+    for index in range(n):
+        yield _chunk(head, index, {"role": "assistant", "content": ""}, None)
+    sent: dict[int, int] = {}
+    finished: set[int] = set()
+    async for prompt_index, out in _prepend(first, outputs):
+        metrics.observe(prompt_index, out)
+        for comp in out.outputs:
+            delta = comp.text[sent.get(comp.index, 0):]
+            if comp.index in finished or (not delta and comp.finish_reason is None):
+                continue
+            sent[comp.index] = len(comp.text)
+            if comp.finish_reason is not None:
+                finished.add(comp.index)
+            yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason)
+    if include_usage:
+        yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": metrics.usage()}
+
+
+async def _prepend(first: tuple[int, RequestOutput] | None, rest: Outputs) -> Outputs:
+    if first is not None:
+        yield first
+    async for item in rest:
+        yield item

@@ -1,0 +1,97 @@
+"""``POST /v1/completions``: text or token-id prompts, whole or streamed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from loraserve.entrypoints.openai.generation import (
+    SSEStream,
+    merged,
+    now,
+    random_id,
+    sampling_params,
+)
+from loraserve.entrypoints.openai.protocol import CompletionRequest
+from loraserve.entrypoints.openai.request_metrics import RequestMetrics
+
+if TYPE_CHECKING:
+    from loraserve.engine.async_engine import AsyncLLMEngine
+    from loraserve.entrypoints.openai.serving_models import ServingModels
+    from loraserve.outputs import RequestOutput
+
+Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
+
+
+class ServingCompletion:
+    """Tokenizes prompts, runs them as one engine request each, and shapes the answer."""
+
+    def __init__(self, engine: AsyncLLMEngine, models: ServingModels) -> None:
+        self.engine = engine
+        self.models = models
+
+    def _tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        return list(self.engine.tokenizer.encode(prompt))
+
+    async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
+        req = CompletionRequest.parse(body)
+        lora = await self.models.resolve(req.model)
+        model_name = req.model or self.models.base_model_name
+        prompts = [self._tokenize(p) for p in req.prompts]
+        # completions always have a max_tokens (default 16), so one params object serves all
+        params = [sampling_params(req.sampling, len(p), self.engine.max_model_len) for p in prompts]
+        head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
+                "model": model_name}
+        metrics = RequestMetrics(model_name, [len(p) for p in prompts])
+        outputs = merged(self.engine, prompts, params[0], head["id"], lora)
+        try:
+            if req.stream:
+                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, metrics)
+                return await SSEStream(request).run(chunks)
+            return await _whole(outputs, head, req.sampling.n, metrics)
+        finally:
+            metrics.close()
+            await outputs.aclose()
+
+
+def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
+            "stop_reason": None}
+
+
+async def _whole(outputs: Outputs, head: dict, n: int, metrics: RequestMetrics) -> web.Response:
+    final: dict[int, RequestOutput] = {}
+    async for index, out in outputs:
+        metrics.observe(index, out)
+        final[index] = out
+    choices = [
+        _choice(index * n + comp.index, comp.text, comp.finish_reason)
+        for index in sorted(final)
+        for comp in final[index].outputs
+    ]
+    return web.json_response({**head, "choices": choices, "usage": metrics.usage()})
+
+
+async def _chunks(
+    outputs: Outputs, head: dict, n: int, include_usage: bool, metrics: RequestMetrics
+) -> AsyncIterator[dict[str, Any]]:
+    """One chunk per new piece of text of one choice; the last carries its finish_reason."""
+    sent: dict[tuple[int, int], int] = {}
+    finished: set[tuple[int, int]] = set()
+    async for index, out in outputs:
+        metrics.observe(index, out)
+        for comp in out.outputs:
+            key = (index, comp.index)
+            delta = comp.text[sent.get(key, 0):]
+            if key in finished or (not delta and comp.finish_reason is None):
+                continue
+            sent[key] = len(comp.text)
+            if comp.finish_reason is not None:
+                finished.add(key)
+            yield {**head, "choices": [_choice(index * n + comp.index, delta, comp.finish_reason)]}
+    if include_usage:
+        yield {**head, "choices": [], "usage": metrics.usage()}

@@ -1,0 +1,127 @@
+"""Model names as the API sees them: the base model, its adapters, and runtime (un)loading."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from loraserve.entrypoints.openai.errors import NotFoundError
+from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from loraserve.entrypoints.openai.server_config import LoRAModulePath
+from loraserve.errors import InvalidRequestError, LoRAAdapterError
+from loraserve.lora.request import LoRARequest
+
+if TYPE_CHECKING:
+    from loraserve.engine.async_engine import AsyncLLMEngine
+
+logger = logging.getLogger(__name__)
+
+OWNED_BY = "loraserve"
+
+
+class ServingModels:
+    """Maps request ``model`` names to the base model or a ``LoRARequest``.
+
+    Resolvers are consulted only when runtime updating is enabled, as in vLLM: a server
+    started without it never loads an adapter the operator did not name.
+    """
+
+    def __init__(self, engine: AsyncLLMEngine, allow_runtime_lora_updating: bool) -> None:
+        self.engine = engine
+        self.allow_runtime_lora_updating = allow_runtime_lora_updating
+        self._ids = itertools.count(1)
+
+    @property
+    def base_model_name(self) -> str:
+        return self.engine.served_model_name
+
+    def _card(self, model_id: str, root: str, parent: str | None, now: int) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": now,
+            "owned_by": OWNED_BY,
+            "root": root,
+            "parent": parent,
+            "max_model_len": self.engine.max_model_len,
+            "permission": [],
+        }
+
+    def list_models(self) -> dict[str, Any]:
+        """``GET /v1/models``: the base first, then adapters in load order."""
+        now = int(time.time())
+        base = self.base_model_name
+        cards = [self._card(base, self.engine.model_path, None, now)]
+        for lora in self.engine.list_loras():
+            cards.append(self._card(lora.lora_name, lora.lora_path, lora.base_model_name or base, now))
+        return {"object": "list", "data": cards}
+
+    async def resolve(self, model: str | None) -> LoRARequest | None:
+        """None for the base model (or no ``model``); raises LoRANotFoundError (404)."""
+        if model is None or model == self.base_model_name:
+            return None
+        return await self.engine.resolve_model(model, allow_resolvers=self.allow_runtime_lora_updating)
+
+    def _loaded(self, name: str) -> LoRARequest | None:
+        return next((lr for lr in self.engine.list_loras() if lr.lora_name == name), None)
+
+    async def add(self, name: str, path: str, base_model_name: str | None = None) -> LoRARequest:
+        """Load one adapter; shared by start-up ``--lora-modules`` and the load endpoint."""
+        if self._loaded(name) is not None:
+            raise InvalidRequestError(f"The lora adapter '{name}' has already been loaded.")
+        if name == self.base_model_name:
+            raise InvalidRequestError(
+                f"The lora adapter '{name}' has the same name as the base model; choose another"
+            )
+        if not os.path.isdir(path):
+            raise NotFoundError(f"No adapter found for '{path}' (LoRA adapter '{name}')")
+        if base_model_name not in (None, self.base_model_name):
+            # vLLM keeps the lineage only when it names a served model; say so instead of hiding it
+            logger.warning(
+                "LoRA adapter '%s': base_model_name '%s' is not the served model '%s'; "
+                "listing it under '%s'", name, base_model_name, self.base_model_name,
+                self.base_model_name,
+            )
+            base_model_name = None
+        request = LoRARequest(name, next(self._ids), path, base_model_name=base_model_name)
+        loaded = await self.engine.add_lora(request)
+        logger.info("Loaded LoRA adapter '%s' from '%s'", name, path)
+        return loaded if isinstance(loaded, LoRARequest) else request
+
+    async def load_static(self, modules: list[LoRAModulePath]) -> None:
+        """Load ``--lora-modules`` at start-up; the first failure stops start-up, naming it."""
+        for module in modules:
+            try:
+                await self.add(module.name, module.path, module.base_model_name)
+            except (InvalidRequestError, LoRAAdapterError, NotFoundError) as exc:
+                raise LoRAAdapterError(
+                    module.name, f"--lora-modules item could not be loaded from '{module.path}': {exc}"
+                ) from exc
+
+    async def load(self, request: LoadLoRAAdapterRequest) -> str:
+        """``POST /v1/load_lora_adapter``; returns vLLM's success text."""
+        if not request.lora_name or not request.lora_path:
+            raise InvalidRequestError("Both 'lora_name' and 'lora_path' must be provided.")
+        await self.add(request.lora_name, request.lora_path)
+        return f"Success: LoRA adapter '{request.lora_name}' added successfully."
+
+    async def unload(self, request: UnloadLoRAAdapterRequest) -> str:
+        """``POST /v1/unload_lora_adapter``; by name, or by ``lora_int_id`` alone."""
+        name = request.lora_name
+        if not name and request.lora_int_id is None:
+            raise InvalidRequestError("Either 'lora_name' or 'lora_int_id' needs to be provided.")
+        if not name:
+            found = [lr for lr in self.engine.list_loras() if lr.lora_int_id == request.lora_int_id]
+            if not found:
+                raise NotFoundError(
+                    f"The lora adapter with lora_int_id {request.lora_int_id} cannot be found."
+                )
+            name = found[0].lora_name
+        if self._loaded(name) is None:
+            raise NotFoundError(f"The lora adapter '{name}' cannot be found.")
+        await self.engine.remove_lora(name)
+        logger.info("Removed LoRA adapter '%s'", name)
+        return f"Success: LoRA adapter '{name}' removed successfully."

@@ -1,0 +1,46 @@
+"""Exceptions users see; the OpenAI server maps each class to one HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class LoRAServeError(Exception):
+    """Base class of loraserve's own errors."""
+
+
+class InvalidRequestError(LoRAServeError, ValueError):
+    """The request itself is wrong (HTTP 400)."""
+
+
+class LoRAAdapterError(LoRAServeError, ValueError):
+    """An adapter was refused; the message names the adapter and the reason (HTTP 400)."""
+
+    def __init__(self, lora_name: str, reason: str) -> None:
+        super().__init__(f"LoRA adapter '{lora_name}': {reason}")
+        self.lora_name = lora_name
+        self.reason = reason
+
+
+class LoRANotFoundError(LoRAServeError, LookupError):
+    """No loaded adapter or resolver knows this model name (HTTP 404)."""
+
+    def __init__(self, model_name: str, detail: str = "") -> None:
+        message = f"The model `{model_name}` does not exist."
+        super().__init__(f"{message} {detail}".strip())
+        self.model_name = model_name
+
+
+class UnsupportedModelError(LoRAServeError, ValueError):
+    """The base model's architecture or files are not supported."""
+
+
+class PluginError(LoRAServeError, RuntimeError):
+    """A plugin could not be found, loaded or configured (a start-up error)."""
+
+
+class AdapterDownloadError(LoRAServeError, ConnectionError):
+    """A remote adapter exists but could not be fetched (HTTP 503; retrying later may work)."""
+
+    def __init__(self, lora_name: str, location: str, reason: str) -> None:
+        super().__init__(f"LoRA adapter '{lora_name}': download from {location} failed: {reason}")
+        self.lora_name = lora_name
+        self.location = location

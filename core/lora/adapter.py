@@ -1,0 +1,206 @@
+"""Parse and validate a PEFT LoRA adapter directory into host tensors, reading its file once.
+
+Every refusal is a LoRAAdapterError naming the adapter and the reason, raised before any
+state changes, so a bad adapter is never half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+
+from loraserve.errors import LoRAAdapterError
+from loraserve.lora.layout import MODULE_GROUP, MODULE_PARENT, SUPPORTED_MODULES, group_shapes
+from loraserve.lora.request import LoRARequest
+from loraserve.model.spec import ModelSpec
+
+CONFIG_FILE = "adapter_config.json"
+SAFETENSORS_FILE = "adapter_model.safetensors"
+BIN_FILE = "adapter_model.bin"
+
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(?:self_attn|mlp)\."
+    r"(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$"
+)
+
+
+@dataclass
+class LoRAAdapter:
+    """One adapter in host memory, laid out per LoRA group like the slot tensors."""
+
+    name: str
+    path: str
+    rank: int  # the largest rank of any module; smaller ones are zero-padded
+    modules: frozenset[str]
+    a: dict[str, torch.Tensor]  # group -> [layers, in, n_slices * rank]
+    b: dict[str, list[torch.Tensor]]  # group -> per slice [layers, rank, out_i], scale folded in
+
+    @property
+    def nbytes(self) -> int:
+        tensors = list(self.a.values()) + [t for ts in self.b.values() for t in ts]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_adapter(
+    request: LoRARequest, spec: ModelSpec, max_rank: int, dtype: torch.dtype
+) -> LoRAAdapter:
+    """Read ``request.lora_path`` and return its weights, or raise LoRAAdapterError."""
+    name = request.lora_name
+    path = Path(request.lora_path)
+    if not path.is_dir():
+        raise LoRAAdapterError(name, f"path {str(path)!r} does not exist or is not a directory")
+    config = _read_config(name, path)
+    _check_config(name, config)
+    modules = _collect_modules(name, _read_tensors(name, path))
+    _check_ranks(name, modules, max_rank)
+    return _assemble(name, str(path), config, modules, spec, dtype)
+
+
+def _read_config(name: str, path: Path) -> dict[str, Any]:
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise LoRAAdapterError(name, f"{CONFIG_FILE} is missing in {str(path)!r}")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LoRAAdapterError(name, f"{CONFIG_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise LoRAAdapterError(name, f"{CONFIG_FILE} must hold a JSON object")
+    return config
+
+
+def _check_config(name: str, config: dict[str, Any]) -> None:
+    peft_type = config.get("peft_type")
+    if str(peft_type).upper() != "LORA":
+        raise LoRAAdapterError(name, f"peft_type is {peft_type!r}; only LORA adapters are supported")
+    if config.get("use_dora"):
+        raise LoRAAdapterError(name, "DoRA adapters (use_dora=true) are not supported")
+    if config.get("modules_to_save"):
+        raise LoRAAdapterError(
+            name, f"modules_to_save {config['modules_to_save']!r} is not supported"
+        )
+    if config.get("bias", "none") != "none":
+        raise LoRAAdapterError(name, f"bias={config['bias']!r} is not supported (only 'none')")
+    targets = config.get("target_modules")
+    if isinstance(targets, list):
+        unsupported = sorted(set(targets) - set(SUPPORTED_MODULES))
+        if unsupported:
+            raise LoRAAdapterError(
+                name,
+                f"target modules {unsupported} are not supported; "
+                f"supported: {', '.join(SUPPORTED_MODULES)}",
+            )
+
+
+def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
+    safetensors_file, bin_file = path / SAFETENSORS_FILE, path / BIN_FILE
+    if safetensors_file.is_file():
+        try:
+            return load_safetensors_bytes(safetensors_file.read_bytes())
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise LoRAAdapterError(name, f"{SAFETENSORS_FILE} is corrupt ({exc})") from None
+    if bin_file.is_file():
+        try:
+            tensors = torch.load(bin_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad pickle
+            raise LoRAAdapterError(name, f"{BIN_FILE} could not be read ({exc})") from None
+        if not isinstance(tensors, dict):
+            raise LoRAAdapterError(name, f"{BIN_FILE} does not hold a state dict")
+        return tensors
+    raise LoRAAdapterError(name, f"no {SAFETENSORS_FILE} or {BIN_FILE} in {str(path)!r}")
+
+
+ModuleKey = tuple[int, str]  # (layer, module name)
+
+
+def _collect_modules(
+    name: str, tensors: dict[str, torch.Tensor]
+) -> dict[ModuleKey, dict[str, torch.Tensor]]:
+    modules: dict[ModuleKey, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        if match is None or match.group(2) not in SUPPORTED_MODULES:
+            raise LoRAAdapterError(
+                name,
+                f"weight {key!r} is not a LoRA weight of a supported module "
+                f"({', '.join(SUPPORTED_MODULES)})",
+            )
+        layer, module, which = int(match.group(1)), match.group(2), match.group(3)
+        modules.setdefault((layer, module), {})[which] = tensor
+    if not modules:
+        raise LoRAAdapterError(name, "the weights file holds no LoRA weights")
+    for (layer, module), pair in modules.items():
+        if set(pair) != {"A", "B"}:
+            raise LoRAAdapterError(name, f"layer {layer} {module} has lora_A or lora_B missing")
+    return modules
+
+
+def _check_ranks(name: str, modules: dict[ModuleKey, dict[str, torch.Tensor]], max_rank: int) -> None:
+    rank = max(pair["A"].shape[0] for pair in modules.values())
+    if rank > max_rank:
+        raise LoRAAdapterError(
+            name,
+            f"rank {rank} exceeds --max-lora-rank {max_rank}; restart with --max-lora-rank {rank} "
+            f"(or max_lora_rank={rank})",
+        )
+
+
+def _module_scale(config: dict[str, Any], layer: int, module: str, rank: int) -> float:
+    """lora_alpha / r (or / sqrt(r) for rsLoRA), honouring PEFT's per-module alpha_pattern."""
+    alpha = float(config.get("lora_alpha", 8))
+    full_name = f"model.layers.{layer}.{MODULE_PARENT[module]}.{module}"
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?{pattern}$", full_name):
+            alpha = float(value)
+            break
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def _assemble(
+    name: str,
+    path: str,
+    config: dict[str, Any],
+    modules: dict[ModuleKey, dict[str, torch.Tensor]],
+    spec: ModelSpec,
+    dtype: torch.dtype,
+) -> LoRAAdapter:
+    shapes = group_shapes(spec)
+    rank = max(pair["A"].shape[0] for pair in modules.values())
+    layers = spec.num_layers
+    a = {g: torch.zeros(layers, s.in_features, len(s.out_features) * rank, dtype=dtype)
+         for g, s in shapes.items()}
+    b = {g: [torch.zeros(layers, rank, out, dtype=dtype) for out in s.out_features]
+         for g, s in shapes.items()}
+    for (layer, module), pair in modules.items():
+        group, index = MODULE_GROUP[module]
+        in_features, out_features = shapes[group].in_features, shapes[group].out_features[index]
+        lora_a, lora_b = pair["A"], pair["B"]  # [r, in], [out, r]
+        r = lora_a.shape[0]
+        if layer >= layers:
+            raise LoRAAdapterError(name, f"has weights for layer {layer}; the base model has {layers}")
+        if lora_a.dim() != 2 or lora_b.shape != (out_features, r) or lora_a.shape[1] != in_features:
+            raise LoRAAdapterError(
+                name,
+                f"layer {layer} {module} has lora_A {tuple(lora_a.shape)} and lora_B "
+                f"{tuple(lora_b.shape)}; the base model needs [r, {in_features}] and "
+                f"[{out_features}, r]: is it an adapter for another base model?",
+            )
+        scale = _module_scale(config, layer, module, r)
+        a[group][layer, :, index * rank : index * rank + r] = lora_a.t()
+        b[group][index][layer, :r] = lora_b.t() * scale
+    return LoRAAdapter(
+        name=name,
+        path=path,
+        rank=rank,
+        modules=frozenset(m for _, m in modules),
+        a=a,
+        b=b,
+    )

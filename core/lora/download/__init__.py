@@ -1,0 +1,43 @@
+"""The shared download cache of remote LoRA resolvers (S3, Hub, HTTP).
+
+A resolver describes where an adapter lives by implementing ``RemoteAdapterSource`` (list
+files, fetch one) and calls ``get_download_cache().get(source, ...)``; the cache does the
+rest: single flight, revalidation, validation, atomic install and LRU eviction.
+"""
+
+from __future__ import annotations
+
+from loraserve.lora.download.cache import DownloadCache, get_download_cache
+from loraserve.lora.download.config import DownloadCacheConfig, parse_bytes
+from loraserve.lora.download.naming import fill_location_template, is_safe_name
+from loraserve.lora.download.source import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
+    MirroredAdapterSource,
+    ProgressCallback,
+    RemoteAdapterSource,
+    RemoteFile,
+    RemoteListing,
+    TransientSourceError,
+    is_archive_name,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_FILES",
+    "ADAPTER_WEIGHTS",
+    "DownloadCache",
+    "DownloadCacheConfig",
+    "MirroredAdapterSource",
+    "ProgressCallback",
+    "RemoteAdapterSource",
+    "RemoteFile",
+    "RemoteListing",
+    "TransientSourceError",
+    "fill_location_template",
+    "get_download_cache",
+    "is_archive_name",
+    "is_safe_name",
+    "parse_bytes",
+]

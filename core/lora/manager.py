@@ -1,0 +1,208 @@
+"""Which adapters are known, which are parsed in host memory, which sit in device slots.
+
+Three tiers, each bounded:
+- registered: every adapter the engine may serve (by name);
+- host cache: parsed adapters, at most ``max_cpu_loras``, least recently used evicted first,
+  but never one that a queued or running request still needs;
+- device slots: ``max_loras`` adapters a step can use; a slot held by a running sequence is
+  pinned, others are reused least recently used first.
+Parsing happens off the step loop (``ensure_host``); the scheduler only copies host tensors
+into a slot (``acquire_slot``), which is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from typing import Protocol
+
+import torch
+
+from loraserve import metrics
+from loraserve.errors import InvalidRequestError, LoRAAdapterError, LoRANotFoundError
+from loraserve.lora.adapter import LoRAAdapter, load_adapter
+from loraserve.lora.request import LoRARequest
+from loraserve.lora.slots import AdapterSlots
+from loraserve.model.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+class LoRAEvents(Protocol):
+    """Who hears about adapter loads and evictions (the plugin manager implements this)."""
+
+    def notify_loaded(self, lora_request: LoRARequest) -> None: ...
+
+    def notify_evicted(self, lora_name: str) -> None: ...
+
+    def notify_load_failed(self, lora_name: str, lora_path: str, error: BaseException) -> None: ...
+
+
+class LoRAManager:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        max_loras: int,
+        max_lora_rank: int,
+        max_cpu_loras: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        events: LoRAEvents | None = None,
+    ) -> None:
+        self.spec = spec
+        self.max_lora_rank = max_lora_rank
+        self.max_cpu_loras = max_cpu_loras
+        self.dtype = dtype
+        self.slots = AdapterSlots(spec, max_loras, max_lora_rank, dtype, device)
+        self.events = events
+        self._lock = threading.RLock()
+        self._registered: dict[str, LoRARequest] = {}
+        self._host: OrderedDict[str, LoRAAdapter] = OrderedDict()
+        self._host_refs: Counter[str] = Counter()
+        self._slot_owner: list[str | None] = [None] * max_loras
+        self._slot_refs = [0] * max_loras
+        self._slot_last_used = [0.0] * max_loras
+
+    # ---- registry ------------------------------------------------------------------
+    def add(self, request: LoRARequest) -> LoRARequest:
+        """Parse, validate and register an adapter; raises LoRAAdapterError, changing nothing."""
+        with self._lock:
+            known = self._registered.get(request.lora_name)
+            if known is not None:
+                if known.lora_path != request.lora_path:
+                    raise InvalidRequestError(
+                        f"LoRA adapter '{request.lora_name}' is already loaded from "
+                        f"{known.lora_path!r}; unload it first to load it from {request.lora_path!r}"
+                    )
+                return known
+        adapter = self._parse(request)
+        with self._lock:
+            self._registered[request.lora_name] = request
+            self._put_host(adapter)
+        return request
+
+    def remove(self, name: str) -> LoRARequest:
+        """Forget an adapter; requests already using it keep their weights until they finish."""
+        with self._lock:
+            request = self._registered.pop(name, None)
+            if request is None:
+                raise LoRANotFoundError(name, "No LoRA adapter with this name is loaded.")
+            if self._host_refs[name] == 0:
+                self._drop_host(name)
+            return request
+
+    def get(self, name: str) -> LoRARequest | None:
+        with self._lock:
+            return self._registered.get(name)
+
+    def list(self) -> list[LoRARequest]:
+        with self._lock:
+            return list(self._registered.values())
+
+    # ---- host cache -----------------------------------------------------------------
+    def ensure_host(self, request: LoRARequest) -> None:
+        """Make the adapter host-resident and pin it there for one more request."""
+        with self._lock:
+            if request.lora_name in self._host:
+                self._host.move_to_end(request.lora_name)
+                self._host_refs[request.lora_name] += 1
+                return
+        adapter = self._parse(request)  # evicted earlier: read it again, outside the lock
+        with self._lock:
+            self._put_host(adapter)
+            self._host_refs[request.lora_name] += 1
+
+    def release_host(self, name: str) -> None:
+        with self._lock:
+            self._host_refs[name] -= 1
+            if self._host_refs[name] <= 0:
+                del self._host_refs[name]
+                if name not in self._registered:
+                    self._drop_host(name)
+                else:
+                    self._shrink_host()
+
+    def _parse(self, request: LoRARequest) -> LoRAAdapter:
+        start = time.perf_counter()
+        try:
+            adapter = load_adapter(request, self.spec, self.max_lora_rank, self.dtype)
+        except LoRAAdapterError as exc:
+            metrics.LORA_LOADS.labels(outcome="error").inc()
+            logger.warning("refused %s", exc)
+            if self.events:
+                self.events.notify_load_failed(request.lora_name, request.lora_path, exc)
+            raise
+        metrics.LORA_LOADS.labels(outcome="ok").inc()
+        metrics.LORA_LOAD_SECONDS.observe(time.perf_counter() - start)
+        logger.info(
+            "loaded LoRA adapter '%s' (rank %d, %d modules) from %s",
+            request.lora_name, adapter.rank, len(adapter.modules), request.lora_path,
+        )
+        if self.events:
+            self.events.notify_loaded(request)
+        return adapter
+
+    def _put_host(self, adapter: LoRAAdapter) -> None:
+        self._host[adapter.name] = adapter
+        self._host.move_to_end(adapter.name)
+        self._shrink_host(keep=adapter.name)
+
+    def _shrink_host(self, keep: str | None = None) -> None:
+        """Evict unpinned adapters, least recently used first, down to max_cpu_loras."""
+        excess = len(self._host) - self.max_cpu_loras
+        idle = [n for n in self._host if self._host_refs[n] == 0 and n != keep]
+        for name in idle[: max(excess, 0)]:
+            self._drop_host(name)
+            metrics.LORA_EVICTIONS.labels(tier="cpu").inc()
+
+    def _drop_host(self, name: str) -> None:
+        self._host.pop(name, None)
+        for slot, owner in enumerate(self._slot_owner):
+            if owner == name and self._slot_refs[slot] == 0:
+                self._slot_owner[slot] = None
+        if self.events:
+            self.events.notify_evicted(name)
+
+    def host_adapter(self, name: str) -> LoRAAdapter | None:
+        with self._lock:
+            return self._host.get(name)
+
+    @property
+    def num_host_adapters(self) -> int:
+        return len(self._host)
+
+    # ---- device slots (called by the scheduler, on the step thread) -------------------
+    def slot_of(self, name: str) -> int | None:
+        try:
+            return self._slot_owner.index(name)
+        except ValueError:
+            return None
+
+    def can_acquire(self, name: str) -> bool:
+        return self.slot_of(name) is not None or 0 in self._slot_refs
+
+    def acquire_slot(self, name: str) -> int | None:
+        """Pin a slot holding ``name`` for one sequence, loading it if needed; None if all pinned."""
+        slot = self.slot_of(name)
+        if slot is None:
+            free = [s for s, refs in enumerate(self._slot_refs) if refs == 0]
+            if not free:
+                return None
+            slot = min(free, key=lambda s: (self._slot_owner[s] is not None, self._slot_last_used[s]))
+            with self._lock:
+                adapter = self._host[name]
+            if self._slot_owner[slot] is not None:
+                metrics.LORA_EVICTIONS.labels(tier="gpu").inc()
+            self.slots.write(slot, adapter)
+            self._slot_owner[slot] = name
+        self._slot_refs[slot] += 1
+        self._slot_last_used[slot] = time.monotonic()
+        return slot
+
+    def release_slot(self, name: str) -> None:
+        slot = self.slot_of(name)
+        if slot is not None:
+            self._slot_refs[slot] -= 1
+            self._slot_last_used[slot] = time.monotonic()

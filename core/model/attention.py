@@ -1,0 +1,48 @@
+"""Paged attention over the KV cache with torch's scaled_dot_product_attention.
+
+The cache holds fixed-size blocks; each sequence's block table lists its blocks in order,
+so gathering a sequence's keys is one index operation and memory grows with tokens used.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from loraserve.model.forward_batch import ForwardBatch
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, KVH, D]
+    v: torch.Tensor,  # [T, KVH, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
+    v_cache: torch.Tensor,
+    batch: ForwardBatch,
+) -> torch.Tensor:
+    """Write this step's K/V into the cache, then attend over each sequence's whole context."""
+    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, batch.slot_mapping, k)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, batch.slot_mapping, v)
+
+    num_seqs = batch.block_tables.shape[0]
+    context = batch.block_tables.shape[1] * block_size
+    keys = k_cache[batch.block_tables].view(num_seqs, context, kv_heads, head_dim)
+    values = v_cache[batch.block_tables].view(num_seqs, context, kv_heads, head_dim)
+
+    heads = q.shape[1]
+    if batch.query_rows is None:
+        queries = q.view(num_seqs, 1, heads, head_dim)
+    else:
+        queries = q.new_zeros(num_seqs, batch.max_query_len, heads, head_dim)
+        queries[batch.query_rows] = q
+    out = F.scaled_dot_product_attention(
+        queries.transpose(1, 2),  # [B, H, max_q, D]
+        keys.transpose(1, 2),  # [B, KVH, context, D]
+        values.transpose(1, 2),
+        attn_mask=batch.attn_mask,
+        enable_gqa=heads != kv_heads,
+    ).transpose(1, 2)  # [B, max_q, H, D]
+    if batch.query_rows is None:
+        return out.reshape(num_seqs, heads * head_dim)
+    return out[batch.query_rows].reshape(-1, heads * head_dim)

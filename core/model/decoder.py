@@ -1,0 +1,112 @@
+"""One decoder-only transformer covering Llama, Mistral, Qwen2 and Qwen3.
+
+The families differ only in optional pieces (q/k/v bias, per-head q/k RMSNorm, tied
+embeddings), which are present or absent in the weights. q/k/v and gate/up are fused into
+one matmul each; every projection can take a per-token LoRA delta from ``AdapterSlots``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from loraserve.kernels import add_lora
+from loraserve.lora.slots import AdapterSlots, LayerLoRA
+from loraserve.model.attention import paged_attention
+from loraserve.model.forward_batch import ForwardBatch
+from loraserve.model.layers import RotaryEmbedding, rms_norm
+from loraserve.model.spec import ModelSpec
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [q + 2 * kv, hidden]
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # [head_dim], Qwen3
+    k_norm: torch.Tensor | None
+    o: torch.Tensor  # [hidden, q]
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor  # [vocab, hidden]
+    layers: list[LayerWeights]
+    final_norm: torch.Tensor  # [hidden]
+    lm_head: torch.Tensor  # [vocab, hidden], the embedding itself when tied
+
+
+class DecoderModel:
+    """Forward pass over a flattened batch of tokens; returns logits of each sequence's last token."""
+
+    def __init__(self, spec: ModelSpec, weights: ModelWeights, max_positions: int) -> None:
+        self.spec = spec
+        self.weights = weights
+        self.rotary = RotaryEmbedding(
+            spec.head_dim,
+            max_positions,
+            spec.rope_theta,
+            spec.rope_scaling,
+            weights.embed.dtype,
+            weights.embed.device,
+        )
+        self.lora_slots: AdapterSlots | None = None
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
+        """kv_cache: [2, layers, blocks, block_size, kv_heads, head_dim]. Returns [B, vocab] float32."""
+        hidden = self.weights.embed[batch.input_ids]  # [T, hidden]
+        use_lora = self.lora_slots is not None and batch.lora is not None and not batch.lora.is_empty
+        for index, layer in enumerate(self.weights.layers):
+            lora = self.lora_slots.layer(index) if use_lora else None
+            hidden = self._layer(hidden, layer, kv_cache[0, index], kv_cache[1, index], batch, lora)
+        last = hidden[batch.logits_indices]  # [B, hidden]
+        last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)
+        return F.linear(last, self.weights.lm_head).float()  # [B, vocab]
+
+    def _layer(
+        self,
+        hidden: torch.Tensor,
+        w: LayerWeights,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        batch: ForwardBatch,
+        lora: LayerLoRA | None,
+    ) -> torch.Tensor:
+        spec = self.spec
+        tokens = hidden.shape[0]
+        x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
+        qkv = F.linear(x, w.qkv, w.qkv_bias)  # [T, q + 2 * kv]
+        if lora is not None:
+            add_lora(qkv, x, lora.qkv_a, lora.qkv_b, batch.lora)
+        q, k, v = qkv.split((spec.q_size, spec.kv_size, spec.kv_size), dim=-1)
+        q = q.reshape(tokens, spec.num_heads, spec.head_dim)
+        k = k.reshape(tokens, spec.num_kv_heads, spec.head_dim)
+        v = v.reshape(tokens, spec.num_kv_heads, spec.head_dim)
+        if w.q_norm is not None:
+            q = rms_norm(q, w.q_norm, spec.rms_norm_eps)
+            k = rms_norm(k, w.k_norm, spec.rms_norm_eps)
+        q = self.rotary.apply(q, batch.positions)
+        k = self.rotary.apply(k, batch.positions)
+        attn = paged_attention(q, k, v, k_cache, v_cache, batch)  # [T, q]
+        o = F.linear(attn, w.o, w.o_bias)
+        if lora is not None:
+            add_lora(o, attn, lora.o_a, lora.o_b, batch.lora)
+        hidden = hidden + o
+
+        x = rms_norm(hidden, w.post_norm, spec.rms_norm_eps)
+        gate_up = F.linear(x, w.gate_up)  # [T, 2 * intermediate]
+        if lora is not None:
+            add_lora(gate_up, x, lora.gate_up_a, lora.gate_up_b, batch.lora)
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = F.silu(gate) * up
+        down = F.linear(act, w.down)
+        if lora is not None:
+            add_lora(down, act, lora.down_a, lora.down_b, batch.lora)
+        return hidden + down

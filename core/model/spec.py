@@ -1,0 +1,114 @@
+"""What the engine needs to know about a base model, read from its config.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loraserve.errors import UnsupportedModelError
+
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    qk_norm: bool
+    tie_word_embeddings: bool
+    sliding_window: int | None
+    eos_token_ids: tuple[int, ...]
+    config_dtype: torch.dtype
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+def load_spec(model_dir: str | Path) -> ModelSpec:
+    """Parse config.json; refuse what our model code cannot run, saying what it can."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UnsupportedModelError(
+            f"{model_dir!s} is not a Hugging Face model directory: config.json is missing"
+        )
+    cfg = json.loads(path.read_text())
+    archs = cfg.get("architectures") or []
+    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    if arch is None:
+        raise UnsupportedModelError(
+            f"architecture {archs or cfg.get('model_type')!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise UnsupportedModelError(f"hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
+    heads = cfg["num_attention_heads"]
+    rope_theta, rope_scaling = _rope(cfg)
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    sliding = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    return ModelSpec(
+        architecture=arch,
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+        qk_norm=arch == "Qwen3ForCausalLM",
+        tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+        sliding_window=sliding,
+        eos_token_ids=eos_ids,
+        config_dtype=_DTYPES.get(cfg.get("torch_dtype") or cfg.get("dtype"), torch.float32),
+    )
+
+
+def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """Rope settings from either transformers 4 (rope_theta/rope_scaling) or 5 (rope_parameters)."""
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in _ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"rope type {rope_type!r} is not supported; supported: {', '.join(_ROPE_TYPES)}"
+        )
+    return float(theta), (None if rope_type == "default" else {**params, "rope_type": rope_type})
+
+
+def resolve_dtype(name: str, spec: ModelSpec, device: torch.device) -> torch.dtype:
+    """'auto' is the config's dtype, except float32 on CPU where half matmuls are slow."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else spec.config_dtype
+    if name not in _DTYPES:
+        raise UnsupportedModelError(f"dtype {name!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]

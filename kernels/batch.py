@@ -1,0 +1,72 @@
+"""Per-step map from tokens to adapter slots, built once and shared by every LoRA layer.
+
+Tokens are grouped into segments of consecutive same-slot tokens after a stable sort by
+slot, as Punica's SGMV does; tokens with ``NO_ADAPTER`` are in no segment at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NO_ADAPTER = -1
+
+
+@dataclass(frozen=True)
+class LoRABatch:
+    num_tokens: int
+    token_slots: torch.Tensor  # [T] int64, NO_ADAPTER for base-model tokens
+    sorted_tokens: torch.Tensor  # [T_lora] int64 token indices, grouped by slot
+    seg_slots: torch.Tensor  # [S] int64 slot of each segment
+    seg_starts: torch.Tensor  # [S] int64 offset of each segment in sorted_tokens
+    seg_lens: torch.Tensor  # [S] int64
+    max_seg_len: int
+    padded_tokens: torch.Tensor  # [S, max_seg_len] token indices, padding repeats a real token
+    padded_valid: torch.Tensor | None  # [S * max_seg_len] flat positions that are real; None if all
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.seg_slots.numel())
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no token in the step uses an adapter."""
+        return self.num_segments == 0
+
+    @classmethod
+    def build(cls, token_slots: list[int], device: torch.device | str = "cpu") -> LoRABatch:
+        """Group token indices by slot; cheap host work, done once per engine step."""
+        groups: dict[int, list[int]] = {}
+        for token, slot in enumerate(token_slots):
+            if slot != NO_ADAPTER:
+                groups.setdefault(slot, []).append(token)
+        slots = sorted(groups)
+        lens = [len(groups[s]) for s in slots]
+        max_len = max(lens, default=0)
+        sorted_tokens: list[int] = []
+        starts: list[int] = []
+        padded: list[int] = []
+        valid: list[int] = []
+        for i, slot in enumerate(slots):
+            tokens = groups[slot]
+            starts.append(len(sorted_tokens))
+            sorted_tokens.extend(tokens)
+            padded.extend(tokens + [tokens[0]] * (max_len - len(tokens)))
+            valid.extend(range(i * max_len, i * max_len + len(tokens)))
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        all_valid = len(valid) == len(padded)
+        return cls(
+            num_tokens=len(token_slots),
+            token_slots=tensor(token_slots),
+            sorted_tokens=tensor(sorted_tokens),
+            seg_slots=tensor(slots),
+            seg_starts=tensor(starts),
+            seg_lens=tensor(lens),
+            max_seg_len=max_len,
+            padded_tokens=tensor(padded).view(len(slots), max_len),
+            padded_valid=None if all_valid else tensor(valid),
+        )

@@ -1,0 +1,83 @@
+"""LoRA shrink/expand in plain torch: the CPU default and the reference for the Triton kernels.
+
+Shapes (one LoRA group of one layer, e.g. fused q/k/v with three slices):
+    x       [T, in]
+    lora_a  [slots, in, n_slices * R]   A of every slice side by side, rank zero-padded to R
+    lora_b  n_slices x [slots, R, out_i] B of each slice, already multiplied by its scale
+    out     [T, sum(out_i)]             base projection output, accumulated into
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from loraserve.kernels.batch import LoRABatch
+
+
+def shrink(x: torch.Tensor, lora_a: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
+    """y[t] = x[t] @ A[slot(t)]; rows of base-model tokens are zero."""
+    y = x.new_zeros(x.shape[0], lora_a.shape[-1])  # [T, n_slices * R]
+    if batch.is_empty:
+        return y
+    tokens = batch.sorted_tokens
+    a = lora_a[batch.token_slots[tokens]]  # [T_lora, in, n_slices * R]
+    y[tokens] = torch.bmm(x[tokens].unsqueeze(1), a).squeeze(1)
+    return y
+
+
+def expand(
+    out: torch.Tensor, y: torch.Tensor, lora_b: Sequence[torch.Tensor], batch: LoRABatch
+) -> None:
+    """out[t, slice i] += y[t, slice i] @ B_i[slot(t)], in place."""
+    if batch.is_empty:
+        return
+    tokens = batch.sorted_tokens
+    slots = batch.token_slots[tokens]
+    rank = lora_b[0].shape[1]
+    offset = 0
+    for i, b in enumerate(lora_b):
+        y_i = y[tokens, i * rank : (i + 1) * rank].unsqueeze(1)  # [T_lora, 1, R]
+        delta = torch.bmm(y_i, b[slots]).squeeze(1)  # [T_lora, out_i]
+        out[:, offset : offset + b.shape[-1]].index_add_(0, tokens, delta)
+        offset += b.shape[-1]
+
+
+def add_lora(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: Sequence[torch.Tensor],
+    batch: LoRABatch,
+) -> None:
+    """Fast CPU path: one batched matmul per segment group instead of per token.
+
+    Segments are padded to the longest one, so each slot's weights are gathered once per
+    step, not once per token (a single adapter over a whole batch is a plain matmul).
+    """
+    if batch.is_empty:
+        return
+    num_segments, seg_len = batch.padded_tokens.shape
+    rank = lora_b[0].shape[1]
+    if num_segments == 1 and batch.padded_valid is None and seg_len == x.shape[0]:
+        slot = int(batch.seg_slots[0])
+        y = x @ lora_a[slot]  # [T, n_slices * R]
+        offset = 0
+        for i, b in enumerate(lora_b):
+            out[:, offset : offset + b.shape[-1]].addmm_(y[:, i * rank : (i + 1) * rank], b[slot])
+            offset += b.shape[-1]
+        return
+    xs = x[batch.padded_tokens]  # [S, L, in]
+    y = torch.bmm(xs, lora_a[batch.seg_slots])  # [S, L, n_slices * R]
+    tokens = batch.padded_tokens.view(-1)
+    if batch.padded_valid is not None:
+        tokens = tokens[batch.padded_valid]
+    offset = 0
+    for i, b in enumerate(lora_b):
+        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[batch.seg_slots])  # [S, L, out_i]
+        delta = delta.view(-1, b.shape[-1])
+        if batch.padded_valid is not None:
+            delta = delta[batch.padded_valid]
+        out[:, offset : offset + b.shape[-1]].index_add_(0, tokens, delta)
+        offset += b.shape[-1]
