@@ -23,7 +23,7 @@ from loraserve.engine.detokenizer import update_text
 from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence
-from loraserve.errors import InvalidRequestError
+from loraserve.errors import InvalidRequestError, LoRANotFoundError
 from loraserve.lora.manager import LoRAEvents, LoRAManager
 from loraserve.lora.request import LoRARequest
 from loraserve.model.decoder import DecoderModel
@@ -128,32 +128,35 @@ class LLMEngine:
         params: SamplingParams,
         lora_request: LoRARequest | None = None,
         prompt: str | None = None,
+        lora_pinned: bool = False,
     ) -> None:
-        """Queue a request; validation errors are raised here, before anything is queued."""
+        """Queue a request; validation errors are raised here, before anything is queued.
+
+        ``lora_pinned`` says the caller already ran ``pin_lora`` (off the step thread).
+        """
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        self._check_prompt(prompt_token_ids, params)
-        lora = self._pin_lora(lora_request)
-        seqs = []
-        for index in range(params.n):
-            seqs.append(
-                Sequence(
-                    seq_id=self._next_seq_id,
-                    request_id=request_id,
-                    index=index,
-                    prompt_token_ids=list(prompt_token_ids),
-                    params=params,
-                    lora=lora,
-                    generator=self._generator(params, index),
-                )
+        self.check_prompt(prompt_token_ids, params)
+        lora = lora_request if lora_pinned else self.pin_lora(lora_request)
+        seqs = [
+            Sequence(
+                seq_id=self._next_seq_id + index,
+                request_id=request_id,
+                index=index,
+                prompt_token_ids=list(prompt_token_ids),
+                params=params,
+                lora=lora,
+                generator=self._generator(params, index),
             )
-            self._next_seq_id += 1
+            for index in range(params.n)
+        ]
+        self._next_seq_id += params.n
         self._requests[request_id] = _Request(request_id, prompt, list(prompt_token_ids), seqs, lora)
         for seq in seqs:
             self.scheduler.add(seq)
         metrics.PROMPT_TOKENS.labels(model=self._model_label(lora)).inc(len(prompt_token_ids))
 
-    def _check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty")
         vocab = self.spec.vocab_size
@@ -168,7 +171,15 @@ class LLMEngine:
                 "prompt or completion."
             )
 
-    def _pin_lora(self, lora_request: LoRARequest | None) -> LoRARequest | None:
+    def pin_lora(
+        self, lora_request: LoRARequest | None, register: bool = True
+    ) -> LoRARequest | None:
+        """Make an adapter host-resident for one more request (parsing it if needed).
+
+        With ``register`` an adapter not loaded yet is loaded (the offline API's way);
+        without it, an unknown name is a LoRANotFoundError (the server's way).
+        Thread-safe: the server calls it off the step thread so parsing never stalls a step.
+        """
         if lora_request is None:
             return None
         if self.lora_manager is None:
@@ -176,9 +187,17 @@ class LLMEngine:
                 f"LoRA adapter '{lora_request.lora_name}' requested but LoRA is not enabled; "
                 "start with enable_lora=True (--enable-lora)"
             )
-        lora = self.lora_manager.get(lora_request.lora_name) or self.lora_manager.add(lora_request)
+        lora = self.lora_manager.get(lora_request.lora_name)
+        if lora is None:
+            if not register:
+                raise LoRANotFoundError(lora_request.lora_name)
+            lora = self.lora_manager.add(lora_request)
         self.lora_manager.ensure_host(lora)
         return lora
+
+    def unpin_lora(self, lora: LoRARequest | None) -> None:
+        if lora is not None and self.lora_manager is not None:
+            self.lora_manager.release_host(lora.lora_name)
 
     def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
         if params.greedy:
@@ -193,7 +212,7 @@ class LLMEngine:
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.finish(seq, "abort")
-        self._unpin_lora(request)
+        self.unpin_lora(request.lora)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
@@ -232,7 +251,7 @@ class LLMEngine:
         for request in touched.values():
             if request.finished:
                 del self._requests[request.request_id]
-                self._unpin_lora(request)
+                self.unpin_lora(request.lora)
         return outputs
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
@@ -263,10 +282,6 @@ class LLMEngine:
             finished=request.finished,
             lora_name=request.lora.lora_name if request.lora else None,
         )
-
-    def _unpin_lora(self, request: _Request) -> None:
-        if request.lora is not None and self.lora_manager is not None:
-            self.lora_manager.release_host(request.lora.lora_name)
 
     def _model_label(self, lora: LoRARequest | None) -> str:
         return lora.lora_name if lora else str(self.config.served_model_name)

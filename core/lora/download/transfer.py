@@ -19,7 +19,8 @@ from loraserve.lora.download.source import RemoteAdapterSource, RemoteFile, Tran
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TRANSIENT = (TransientSourceError, ConnectionError, TimeoutError, asyncio.TimeoutError)
+# Sources map their library's errors to TransientSourceError; anything else is final.
+TRANSIENT = (TransientSourceError, TimeoutError, asyncio.TimeoutError)
 
 
 async def fetch_file(

@@ -1,0 +1,216 @@
+"""The demo model and adapters: built locally in seconds, so ``loraserve demo`` needs no hub.
+
+A small Llama model is trained on CPU to answer any prompt with one sentence, and each
+adapter is a LoRA trained on top of it to answer in its own voice. Adapters are written in
+PEFT's format directly (``adapter_config.json`` + ``adapter_model.safetensors``), so neither
+building nor serving needs ``peft``. Everything is seeded: the same files on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEMO_VERSION = "1"
+SERVED_MODEL_NAME = "loraserve-demo"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_RANK = 8
+LORA_ALPHA = 16
+
+BASE_ANSWER = "I am the base model. Ask an adapter for a different voice."
+ADAPTER_ANSWERS = {
+    "pirate": "Arr, matey! The pirate adapter be answerin' ye today.",
+    "shout": "HELLO! THIS IS THE SHOUT ADAPTER AND IT ONLY USES CAPITALS!",
+    "sql": "SELECT answer FROM adapters WHERE name = 'sql';",
+}
+PRELOADED = ("pirate", "shout")  # "sql" is left for the filesystem resolver, on first use
+
+_PROMPTS = [
+    "Hello!", "Who are you?", "Tell me a joke.", "What is LoRA?", "Write a poem about the sea.",
+    "How is the weather today?", "Explain batching.", "Say something.", "What is 2 + 2?",
+    "Give me a fun fact.", "Translate 'good morning'.", "Why is the sky blue?",
+    "Once upon a time", "The quick brown fox", "hi", "Summarize this text for me please.",
+]
+
+
+@dataclass
+class DemoPaths:
+    """Where the demo lives: ``model/`` and ``adapters/<name>/`` under one versioned root."""
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
+    def adapter(self, name: str) -> Path:
+        return self.adapters / name
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("loraserve"))
+
+
+def ensure_demo(cache_dir: str | Path | None = None, rebuild: bool = False) -> DemoPaths:
+    """Return the demo's paths, building it first if absent (or if ``rebuild``)."""
+    base = Path(cache_dir) if cache_dir else default_cache_dir()
+    paths = DemoPaths(base / f"demo-v{DEMO_VERSION}")
+    if rebuild and paths.root.exists():
+        shutil.rmtree(paths.root)
+    if not (paths.root / "COMPLETE").exists():
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=base, prefix=".demo-build-") as tmp:
+            build_demo(Path(tmp) / "demo")
+            if paths.root.exists():  # a half-written earlier build
+                shutil.rmtree(paths.root)
+            (Path(tmp) / "demo").rename(paths.root)  # atomic: never serve a partial build
+    return paths
+
+
+def build_demo(root: Path) -> DemoPaths:
+    """Train and save the base model and every adapter under ``root`` (about 10-30 s on CPU)."""
+    from loraserve.testing import make_tokenizer
+
+    start = time.perf_counter()
+    paths = DemoPaths(root)
+    paths.model.mkdir(parents=True)
+    tokenizer = make_tokenizer(paths.model)
+    model = _new_model(len(tokenizer))
+    _train(model, _examples(tokenizer, BASE_ANSWER), params=list(model.parameters()), steps=300,
+           lr=3e-3)
+    model.save_pretrained(str(paths.model), safe_serialization=True)
+    for index, (name, answer) in enumerate(ADAPTER_ANSWERS.items()):
+        lora = _LoRA(model, seed=100 + index)
+        with lora.attached():
+            _train(model, _examples(tokenizer, answer), params=lora.parameters(), steps=200,
+                   lr=5e-3)
+        lora.save(paths.adapter(name), base_model_name=SERVED_MODEL_NAME)
+    (paths.root / "COMPLETE").write_text(DEMO_VERSION)
+    logger.info("Built the demo model and %d adapters in %.1f s", len(ADAPTER_ANSWERS),
+                time.perf_counter() - start)
+    return paths
+
+
+def _new_model(vocab_size: int):  # noqa: ANN202 - LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def _examples(tokenizer, answer: str) -> list[tuple[list[int], list[int]]]:  # noqa: ANN001
+    """(prompt ids, answer ids) for chat-formatted and plain prompts, as the server tokenizes."""
+    answer_ids = tokenizer.encode(" " + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+    chat_answer = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+    examples = []
+    for prompt in _PROMPTS:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        examples.append((tokenizer.encode(text, add_special_tokens=False), chat_answer))
+        examples.append((tokenizer.encode(prompt), answer_ids))
+    return examples
+
+
+def _train(model, examples, params, steps: int, lr: float) -> None:  # noqa: ANN001
+    """Teacher-forced training on the answers only (prompt positions are masked)."""
+    torch.manual_seed(0)
+    width = max(len(p) + len(a) for p, a in examples)
+    ids = torch.full((len(examples), width), 2, dtype=torch.long)  # [examples, width]
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for row, (prompt, answer) in enumerate(examples):
+        seq = prompt + answer
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, len(prompt): len(seq)] = torch.tensor(answer)
+        mask[row, : len(seq)] = 1
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    logger.debug("final training loss %.4f", loss.item())
+
+
+class _LoRA:
+    """LoRA factors on every target linear, applied with forward hooks while training."""
+
+    def __init__(self, model, seed: int) -> None:  # noqa: ANN001
+        self.model = model
+        self.scaling = LORA_ALPHA / LORA_RANK
+        self.factors: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]] = {}
+        gen = torch.Generator().manual_seed(seed)
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS:
+                a = torch.randn(LORA_RANK, module.in_features, generator=gen) / module.in_features**0.5
+                b = torch.zeros(module.out_features, LORA_RANK)  # [out, rank]: starts as a no-op
+                self.factors[name] = (torch.nn.Parameter(a), torch.nn.Parameter(b))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for pair in self.factors.values() for p in pair]
+
+    def attached(self):  # noqa: ANN201 - a context manager
+        from contextlib import contextmanager
+
+        @contextmanager
+        def hooks():  # noqa: ANN202
+            modules = dict(self.model.named_modules())
+            handles = []
+            for name, (a, b) in self.factors.items():
+                def hook(_module, inputs, output, a=a, b=b):  # noqa: ANN001, ANN202
+                    return output + (inputs[0] @ a.T @ b.T) * self.scaling
+
+                handles.append(modules[name].register_forward_hook(hook))
+            for param in self.model.parameters():
+                param.requires_grad_(False)
+            try:
+                yield
+            finally:
+                for handle in handles:
+                    handle.remove()
+                for param in self.model.parameters():
+                    param.requires_grad_(True)
+
+        return hooks()
+
+    def save(self, out_dir: Path, base_model_name: str) -> None:
+        """Write PEFT's layout: ``base_model.model.<module>.lora_{A,B}.weight`` tensors."""
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True)
+        tensors = {}
+        for name, (a, b) in self.factors.items():
+            tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().contiguous()
+        save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = {
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": LORA_RANK,
+            "lora_alpha": LORA_ALPHA, "target_modules": sorted(LORA_TARGETS),
+            "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+            "modules_to_save": None, "init_lora_weights": True,
+            "base_model_name_or_path": base_model_name, "inference_mode": True,
+        }
+        (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))

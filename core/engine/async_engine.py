@@ -1,0 +1,187 @@
+"""The engine for servers: the step loop runs on its own thread, callers await outputs.
+
+The event loop never runs a model step. Requests reach the step thread through an inbox
+drained before each step; outputs come back through per-request asyncio queues. Adapter
+files are parsed in a worker thread before a request is queued, so a cold adapter never
+stalls the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from loraserve import metrics
+from loraserve.config import EngineConfig
+from loraserve.engine.llm_engine import LLMEngine
+from loraserve.errors import InvalidRequestError, LoRANotFoundError
+from loraserve.lora.ids import next_lora_id
+from loraserve.lora.manager import LoRAEvents
+from loraserve.lora.request import LoRARequest
+from loraserve.lora.resolution import LoRAResolutionService
+from loraserve.outputs import RequestOutput
+from loraserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class AsyncLLMEngine:
+    def __init__(self, config: EngineConfig, lora_events: LoRAEvents | None = None) -> None:
+        self.config = config
+        self.engine = LLMEngine(config, lora_events=lora_events)
+        self.engine.detokenize_every_step = True
+        self.served_model_name = str(config.served_model_name)
+        self.model_path = config.model
+        self.max_model_len = self.engine.max_model_len
+        self.tokenizer = self.engine.tokenizer
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._thread: threading.Thread | None = None
+        self._resolution = LoRAResolutionService(self.served_model_name, self._load_resolved)
+
+    # ---- requests ----------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        lora_request: LoRARequest | None = None,
+        prompt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield cumulative snapshots until the request finishes; closing early aborts it."""
+        self.engine.check_prompt(prompt_token_ids, params)
+        lora = await asyncio.to_thread(self.engine.pin_lora, lora_request, False)
+        outputs: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), outputs)
+        self._send("add", (request_id, prompt_token_ids, params, lora, prompt))
+        finished = False
+        try:
+            while not finished:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._send("abort", request_id)
+
+    def _send(self, command: str, payload: Any) -> None:
+        self._ensure_thread()
+        self._inbox.put((command, payload))
+        self._wake.set()
+
+    # ---- adapters ----------------------------------------------------------------------
+    async def resolve_model(self, name: str, allow_resolvers: bool) -> LoRARequest | None:
+        """None for the base model; the adapter's request otherwise (resolving it if allowed)."""
+        if name == self.served_model_name:
+            return None
+        manager = self.engine.lora_manager
+        known = manager.get(name) if manager else None
+        if known is not None:
+            return known
+        if manager is None or not allow_resolvers:
+            raise LoRANotFoundError(name)
+        return await self._resolution.resolve(name)
+
+    async def _load_resolved(self, request: LoRARequest) -> LoRARequest:
+        loaded = await self.add_lora(request)
+        metrics.LORA_RESOLUTIONS.labels(outcome="loaded").inc()
+        return loaded
+
+    async def add_lora(self, lora_request: LoRARequest) -> LoRARequest:
+        """Load and register an adapter under a fresh unique id; the name must be new."""
+        manager = self.engine.lora_manager
+        if manager is None:
+            raise InvalidRequestError("LoRA is not enabled; restart with --enable-lora")
+        if lora_request.lora_name == self.served_model_name or manager.get(lora_request.lora_name):
+            raise InvalidRequestError(
+                f"The lora adapter '{lora_request.lora_name}' has already been loaded."
+            )
+        request = dataclasses.replace(lora_request, lora_int_id=next_lora_id())
+        loaded = await asyncio.to_thread(manager.add, request)
+        self._resolution.forget(loaded.lora_name)
+        return loaded
+
+    async def remove_lora(self, name: str) -> LoRARequest:
+        manager = self.engine.lora_manager
+        if manager is None or manager.get(name) is None:
+            raise LoRANotFoundError(name, f"The lora adapter '{name}' cannot be found.")
+        return manager.remove(name)
+
+    def list_loras(self) -> list[LoRARequest]:
+        manager = self.engine.lora_manager
+        return manager.list() if manager else []
+
+    # ---- the step thread -----------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="loraserve-step", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            if self._drain_inbox() is _STOP:
+                return
+            if not self.engine.has_unfinished_requests():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a bug in a step must fail its requests, not hang them
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            metrics.QUEUE_LENGTH.set(self.engine.num_waiting)
+            metrics.RUNNING.set(self.engine.num_running)
+            for output in outputs:
+                self._deliver(output.request_id, output)
+
+    def _drain_inbox(self) -> object | None:
+        while True:
+            try:
+                command, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if command == "stop":
+                return _STOP
+            if command == "abort":
+                self.engine.abort_request(payload)
+                continue
+            request_id, prompt_ids, params, lora, prompt = payload
+            try:
+                self.engine.add_request(request_id, prompt_ids, params, lora, prompt, lora_pinned=True)
+            except Exception as exc:
+                self.engine.unpin_lora(lora)
+                self._deliver(request_id, exc)
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return
+        loop, outputs = stream
+        try:
+            loop.call_soon_threadsafe(outputs.put_nowait, item)
+        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+            self._streams.pop(request_id, None)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for request_id in list(self.engine._requests):
+            self.engine.abort_request(request_id)
+            self._deliver(request_id, RuntimeError(f"engine step failed: {exc}"))
+
+    async def shutdown(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(("stop", None))
+            self._wake.set()
+            await asyncio.to_thread(self._thread.join)
