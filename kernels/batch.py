@@ -22,8 +22,11 @@ class LoRABatch:
     seg_starts: torch.Tensor  # [S] int64 offset of each segment in sorted_tokens
     seg_lens: torch.Tensor  # [S] int64
     max_seg_len: int
-    padded_tokens: torch.Tensor  # [S, max_seg_len] token indices, padding repeats a real token
-    padded_valid: torch.Tensor | None  # [S * max_seg_len] flat positions that are real; None if all
+    # The torch path's view: one row per slot from padded_first_slot to the last used slot,
+    # so it can take a slice of the slot tensors instead of gathering each adapter's weights.
+    padded_first_slot: int
+    padded_tokens: torch.Tensor  # [slot range, max_seg_len] token indices; padding points at 0
+    padded_valid: torch.Tensor | None  # flat positions in padded_tokens that are real; None if all
 
     @property
     def num_segments(self) -> int:
@@ -46,14 +49,17 @@ class LoRABatch:
         max_len = max(lens, default=0)
         sorted_tokens: list[int] = []
         starts: list[int] = []
+        for slot in slots:
+            starts.append(len(sorted_tokens))
+            sorted_tokens.extend(groups[slot])
+        first = slots[0] if slots else 0
+        slot_range = range(first, slots[-1] + 1) if slots else range(0)
         padded: list[int] = []
         valid: list[int] = []
-        for i, slot in enumerate(slots):
-            tokens = groups[slot]
-            starts.append(len(sorted_tokens))
-            sorted_tokens.extend(tokens)
-            padded.extend(tokens + [tokens[0]] * (max_len - len(tokens)))
-            valid.extend(range(i * max_len, i * max_len + len(tokens)))
+        for row, slot in enumerate(slot_range):
+            tokens = groups.get(slot, [])
+            padded.extend(tokens + [0] * (max_len - len(tokens)))
+            valid.extend(range(row * max_len, row * max_len + len(tokens)))
 
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
@@ -67,6 +73,7 @@ class LoRABatch:
             seg_starts=tensor(starts),
             seg_lens=tensor(lens),
             max_seg_len=max_len,
-            padded_tokens=tensor(padded).view(len(slots), max_len),
+            padded_first_slot=first,
+            padded_tokens=tensor(padded).view(len(slot_range), max_len),
             padded_valid=None if all_valid else tensor(valid),
         )

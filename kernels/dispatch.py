@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
 import torch
+
 from loraserve.kernels import torch_ops
 from loraserve.kernels.batch import LoRABatch
 
@@ -54,10 +55,9 @@ def add_lora(
     elif backend == "triton":
         from loraserve.kernels import triton_ops
 
-        y = triton_ops.shrink(
-            x, lora_a, batch, shrink_params(batch, lora_a.shape[1], lora_a.shape[2])
-        )
-        triton_ops.expand(out, y, lora_b, batch, expand_params(batch, lora_b[0].shape[1]))
+        seg = (batch.max_seg_len, batch.num_segments)
+        y = triton_ops.shrink(x, lora_a, batch, shrink_params(*seg, *lora_a.shape[1:]))
+        triton_ops.expand(out, y, lora_b, batch, expand_params(*seg, lora_b[0].shape[1]))
     else:
         raise ValueError(f"unknown LoRA backend {backend!r}; choose one of {BACKENDS}")
 
@@ -74,18 +74,20 @@ def _block_m(max_seg_len: int) -> int:
     return 32 if max_seg_len <= 64 else 64
 
 
-def shrink_params(batch: LoRABatch, in_features: int, n: int) -> ShrinkParams:
+@lru_cache(maxsize=1024)
+def shrink_params(max_seg_len: int, num_segments: int, in_features: int, n: int) -> ShrinkParams:
     """Tiles for x [T, in] @ A [in, n]: n (slices x rank) is small, `in` is long.
 
     With few programs (decode), split `in` across programs so every SM has work.
+    Cached: called for every LoRA layer of every step with a handful of distinct shapes.
     """
     from loraserve.kernels.triton_ops import ShrinkParams
 
-    block_m = _block_m(batch.max_seg_len)
+    block_m = _block_m(max_seg_len)
     block_n = min(64, _pow2_at_least_16(n))
     block_k = 128 if block_m == 64 else 256
     block_k = min(block_k, _pow2_at_least_16(in_features))
-    programs = -(-batch.max_seg_len // block_m) * -(-n // block_n) * max(batch.num_segments, 1)
+    programs = -(-max_seg_len // block_m) * -(-n // block_n) * max(num_segments, 1)
     split_k = 1
     max_split = max(1, in_features // block_k)
     while programs * split_k < _TARGET_PROGRAMS and split_k * 2 <= min(max_split, 32):
@@ -93,10 +95,14 @@ def shrink_params(batch: LoRABatch, in_features: int, n: int) -> ShrinkParams:
     return ShrinkParams(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
 
 
-def expand_params(batch: LoRABatch, rank: int) -> ExpandParams:
-    """Tiles for y [T, R] @ B [R, out]: the whole rank fits one tile, out is wide."""
+@lru_cache(maxsize=1024)
+def expand_params(max_seg_len: int, num_segments: int, rank: int) -> ExpandParams:
+    """Tiles for y [T, R] @ B [R, out]: the whole rank fits one tile, out is wide.
+
+    Every (segment, tile, slice) is its own program already, so no split is needed.
+    """
     from loraserve.kernels.triton_ops import ExpandParams
 
-    block_m = _block_m(batch.max_seg_len)
+    block_m = _block_m(max_seg_len)
     block_n = 64 if block_m == 16 else 128
     return ExpandParams(block_m=block_m, block_n=block_n, block_r=_pow2_at_least_16(rank))

@@ -51,31 +51,32 @@ def add_lora(
     lora_b: Sequence[torch.Tensor],
     batch: LoRABatch,
 ) -> None:
-    """Fast CPU path: one batched matmul per segment group instead of per token.
+    """Fast CPU path: one batched matmul over the range of slots the step uses.
 
-    Segments are padded to the longest one, so each slot's weights are gathered once per
-    step, not once per token (a single adapter over a whole batch is a plain matmul).
+    Tokens are padded per slot to the longest segment, and the slot tensors are sliced, not
+    gathered, so no adapter weights are copied; a single adapter over the whole batch is a
+    plain matmul.
     """
     if batch.is_empty:
         return
-    num_segments, seg_len = batch.padded_tokens.shape
+    num_rows, seg_len = batch.padded_tokens.shape
     rank = lora_b[0].shape[1]
-    if num_segments == 1 and batch.padded_valid is None and seg_len == x.shape[0]:
-        slot = int(batch.seg_slots[0])
-        y = x @ lora_a[slot]  # [T, n_slices * R]
+    first = batch.padded_first_slot
+    if num_rows == 1 and batch.padded_valid is None and seg_len == x.shape[0]:
+        y = x @ lora_a[first]  # [T, n_slices * R]
         offset = 0
         for i, b in enumerate(lora_b):
-            out[:, offset : offset + b.shape[-1]].addmm_(y[:, i * rank : (i + 1) * rank], b[slot])
+            out[:, offset : offset + b.shape[-1]].addmm_(y[:, i * rank : (i + 1) * rank], b[first])
             offset += b.shape[-1]
         return
-    xs = x[batch.padded_tokens]  # [S, L, in]
-    y = torch.bmm(xs, lora_a[batch.seg_slots])  # [S, L, n_slices * R]
+    slots = slice(first, first + num_rows)
+    y = torch.bmm(x[batch.padded_tokens], lora_a[slots])  # [rows, L, n_slices * R]
     tokens = batch.padded_tokens.view(-1)
     if batch.padded_valid is not None:
         tokens = tokens[batch.padded_valid]
     offset = 0
     for i, b in enumerate(lora_b):
-        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[batch.seg_slots])  # [S, L, out_i]
+        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[slots])  # [rows, L, out_i]
         delta = delta.view(-1, b.shape[-1])
         if batch.padded_valid is not None:
             delta = delta[batch.padded_valid]

@@ -9,7 +9,6 @@ stalls the batch.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import queue
 import threading
@@ -19,12 +18,12 @@ from typing import Any
 from loraserve import metrics
 from loraserve.config import EngineConfig
 from loraserve.engine.llm_engine import LLMEngine
-from loraserve.errors import InvalidRequestError, LoRANotFoundError
-from loraserve.lora.ids import next_lora_id
+from loraserve.errors import LoRANotFoundError
 from loraserve.lora.manager import LoRAEvents
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolution import LoRAResolutionService
 from loraserve.outputs import RequestOutput
+from loraserve.plugins import get_plugin_manager
 from loraserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -35,7 +34,9 @@ _STOP = object()
 class AsyncLLMEngine:
     def __init__(self, config: EngineConfig, lora_events: LoRAEvents | None = None) -> None:
         self.config = config
-        self.engine = LLMEngine(config, lora_events=lora_events)
+        plugins = get_plugin_manager()
+        plugins.check()  # a wrong VLLM_PLUGINS fails start-up, before the model loads
+        self.engine = LLMEngine(config, lora_events=lora_events or plugins)
         self.engine.detokenize_every_step = True
         self.served_model_name = str(config.served_model_name)
         self.model_path = config.model
@@ -100,15 +101,7 @@ class AsyncLLMEngine:
 
     async def add_lora(self, lora_request: LoRARequest) -> LoRARequest:
         """Load and register an adapter under a fresh unique id; the name must be new."""
-        manager = self.engine.lora_manager
-        if manager is None:
-            raise InvalidRequestError("LoRA is not enabled; restart with --enable-lora")
-        if lora_request.lora_name == self.served_model_name or manager.get(lora_request.lora_name):
-            raise InvalidRequestError(
-                f"The lora adapter '{lora_request.lora_name}' has already been loaded."
-            )
-        request = dataclasses.replace(lora_request, lora_int_id=next_lora_id())
-        loaded = await asyncio.to_thread(manager.add, request)
+        loaded = await asyncio.to_thread(self.engine.load_lora, lora_request)
         self._resolution.forget(loaded.lora_name)
         return loaded
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from loraserve.engine.sequence import Sequence
 
 
-def update_text(seq: Sequence, tokenizer) -> bool:
-    """Decode ``seq``'s output; True if a stop string appeared (the text is cut before it)."""
+def update_text(seq: Sequence, tokenizer, drop_last: bool = False) -> bool:
+    """Decode ``seq``'s output; True if a stop string appeared (the text is cut before it).
+
+    ``drop_last`` leaves out the final token (an EOS token is never part of the text).
+    """
     previous = len(seq.text)
-    seq.text = tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
+    ids = seq.output_token_ids[:-1] if drop_last else seq.output_token_ids
+    seq.text = tokenizer.decode(ids, skip_special_tokens=True)
     stops = seq.params.stop
     if not stops:
         return False

@@ -6,6 +6,7 @@ from the caller's thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
+from loraserve.lora.ids import next_lora_id
 from loraserve.lora.manager import LoRAEvents, LoRAManager
 from loraserve.lora.request import LoRARequest
 from loraserve.model.decoder import DecoderModel
@@ -195,6 +197,15 @@ class LLMEngine:
         self.lora_manager.ensure_host(lora)
         return lora
 
+    def load_lora(self, lora_request: LoRARequest) -> LoRARequest:
+        """Load and register an adapter under a fresh, never reused id; the name must be new."""
+        if self.lora_manager is None:
+            raise InvalidRequestError("LoRA is not enabled; restart with --enable-lora")
+        name = lora_request.lora_name
+        if name == self.config.served_model_name or self.lora_manager.get(name):
+            raise InvalidRequestError(f"The lora adapter '{name}' has already been loaded.")
+        return self.lora_manager.add(dataclasses.replace(lora_request, lora_int_id=next_lora_id()))
+
     def unpin_lora(self, lora: LoRARequest | None) -> None:
         if lora is not None and self.lora_manager is not None:
             self.lora_manager.release_host(lora.lora_name)
@@ -257,7 +268,7 @@ class LLMEngine:
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params
         if not params.ignore_eos and token in self.eos_token_ids:
-            update_text(seq, self.tokenizer)
+            update_text(seq, self.tokenizer, drop_last=True)
             return "stop"
         if params.stop or self.detokenize_every_step:
             if update_text(seq, self.tokenizer):

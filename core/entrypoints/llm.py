@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,9 @@ from loraserve.config import EngineConfig
 from loraserve.engine.llm_engine import LLMEngine
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
 from loraserve.lora.request import LoRARequest
+from loraserve.lora.resolution import LoRAResolutionService
 from loraserve.outputs import RequestOutput
+from loraserve.plugins import get_plugin_manager
 from loraserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,13 @@ class LLM:
             max_lora_rank=max_lora_rank,
             max_cpu_loras=max_cpu_loras,
         )
-        self.engine = LLMEngine(self.config)
+        plugins = get_plugin_manager()
+        plugins.check()  # a wrong VLLM_PLUGINS fails here, before the model loads
+        self.engine = LLMEngine(self.config, lora_events=plugins)
+        self._resolution = LoRAResolutionService(
+            str(self.config.served_model_name),
+            load=lambda request: asyncio.to_thread(self.engine.load_lora, request),
+        )
         self._counter = 0
 
     def get_tokenizer(self):
@@ -71,7 +80,7 @@ class LLM:
 
         ``lora_request`` is one adapter for all prompts or a list with one entry (or None)
         per prompt. An entry may be a ``LoRARequest`` or the name of an adapter that is
-        loaded or that a resolver plugin can find.
+        loaded or that a resolver plugin can find (see docs/plugins.md).
         """
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
@@ -116,7 +125,6 @@ class LLM:
         if lora is None or isinstance(lora, LoRARequest):
             return lora
         manager = self.engine.lora_manager
-        known = manager.get(lora) if manager else None
-        if known is None:
-            raise LoRANotFoundError(lora)
-        return known
+        if manager is None:
+            raise LoRANotFoundError(lora, "LoRA is not enabled; pass enable_lora=True.")
+        return manager.get(lora) or asyncio.run(self._resolution.resolve(lora))

@@ -90,19 +90,31 @@ class LoRAResolutionService:
             try:
                 loaded = await self._load(found)
             except LoRAAdapterError as exc:
-                logger.warning("Resolver '%s' found %r but it failed to load: %s",
-                               resolver_name, lora_name, exc)
-                failures.append(f"resolver '{resolver_name}' found it but it failed to load: "
-                                f"{exc.reason}")
+                logger.warning(
+                    "Resolver '%s' found %r but it failed to load: %s",
+                    resolver_name,
+                    lora_name,
+                    exc,
+                )
+                failures.append(
+                    f"resolver '{resolver_name}' found it but it failed to load: {exc.reason}"
+                )
                 continue
             except Exception:
-                logger.exception("Resolver '%s' found %r but loading it raised",
-                                 resolver_name, lora_name)
-                failures.append(f"resolver '{resolver_name}' found it but it failed to load "
-                                "(see the server log)")
+                logger.exception(
+                    "Resolver '%s' found %r but loading it raised", resolver_name, lora_name
+                )
+                failures.append(
+                    f"resolver '{resolver_name}' found it but it failed to load "
+                    "(see the server log)"
+                )
                 continue
-            logger.info("Resolved LoRA adapter %r with resolver '%s' from %s",
-                        lora_name, resolver_name, found.lora_path)
+            logger.info(
+                "Resolved LoRA adapter %r with resolver '%s' from %s",
+                lora_name,
+                resolver_name,
+                found.lora_path,
+            )
             return loaded
         why = "; ".join(failures)
         self._remember_missing(lora_name, why)
@@ -115,22 +127,33 @@ class LoRAResolutionService:
         try:
             found = await resolver.resolve_lora(self.base_model_name, lora_name)
         except Exception:
-            logger.exception("LoRA resolver '%s' raised while resolving %r; trying the next one",
-                             resolver_name, lora_name)
+            logger.exception(
+                "LoRA resolver '%s' raised while resolving %r; trying the next one",
+                resolver_name,
+                lora_name,
+            )
             failures.append(f"resolver '{resolver_name}' failed (see the server log)")
             return None
         if found is None:
             return None
         if not isinstance(found, LoRARequest):
-            logger.error("LoRA resolver '%s' returned %r, not a LoRARequest; ignored",
-                         resolver_name, found)
+            logger.error(
+                "LoRA resolver '%s' returned %r, not a LoRARequest; ignored", resolver_name, found
+            )
             failures.append(f"resolver '{resolver_name}' returned an invalid answer")
             return None
         if found.lora_name != lora_name:
-            logger.warning("LoRA resolver '%s' answered %r for %r; serving it as %r",
-                           resolver_name, found.lora_name, lora_name, lora_name)
+            logger.warning(
+                "LoRA resolver '%s' answered %r for %r; serving it as %r",
+                resolver_name,
+                found.lora_name,
+                lora_name,
+                lora_name,
+            )
         return dataclasses.replace(
-            found, lora_name=lora_name, base_model_name=found.base_model_name or self.base_model_name
+            found,
+            lora_name=lora_name,
+            base_model_name=found.base_model_name or self.base_model_name,
         )
 
     def _recently_missing(self, lora_name: str) -> str | None:

@@ -64,12 +64,12 @@ def _zip_members(zf: zipfile.ZipFile, limit: int, lora_name: str) -> Iterator[_M
     if len(infos) > limit:
         raise LoRAAdapterError(lora_name, f"the archive has more than {limit} members")
     for info in infos:
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
+        file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool set none
+        if stat.S_ISLNK(file_type):
             kind = "symlink"
         elif info.is_dir():
             kind = "dir"
-        elif mode and not stat.S_ISREG(mode):
+        elif file_type not in (0, stat.S_IFREG):
             kind = "device"
         else:
             kind = "file"

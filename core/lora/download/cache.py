@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from loraserve.errors import AdapterDownloadError, LoRAAdapterError
+from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRAServeError
 from loraserve.lora.download.archive import extract_adapter_archive
 from loraserve.lora.download.config import DownloadCacheConfig
 from loraserve.lora.download.flight import SingleFlight, interprocess_lock, try_lock
@@ -79,9 +79,7 @@ class DownloadCache:
             )
         except TRANSIENT as exc:
             if cached is None:
-                raise AdapterDownloadError(
-                    lora_name, source.location, str(exc) or repr(exc)
-                ) from exc
+                raise _download_error(lora_name, source, exc) from exc
             logger.warning(
                 "LoRA adapter '%s': %s is unreachable (%s); serving the cached copy",
                 lora_name,
@@ -90,6 +88,10 @@ class DownloadCache:
             )
             self.stats["stale"] += 1
             return self._hit(slug, cached)
+        except LoRAServeError:
+            raise
+        except Exception as exc:  # a source's final error (access denied, ...)
+            raise _download_error(lora_name, source, exc) from exc
         if listing is None:
             if cached is not None:  # gone remotely: forget our copy too
                 await asyncio.to_thread(self.store.remove, slug)
@@ -226,10 +228,10 @@ class DownloadCache:
             )
             entry.folder = f"v-{(entry.version or f'{time.time_ns():x}')[:16]}"
             return await asyncio.to_thread(self.store.install, slug, adapter_dir, entry)
-        except TRANSIENT as exc:
-            raise AdapterDownloadError(
-                entry.lora_name, source.location, str(exc) or repr(exc)
-            ) from exc
+        except LoRAServeError:
+            raise
+        except Exception as exc:  # network, disk and source errors alike
+            raise _download_error(entry.lora_name, source, exc) from exc
         finally:
             bar.close()
             shutil.rmtree(staged, ignore_errors=True)  # sync: must run even when cancelled
@@ -240,10 +242,10 @@ class DownloadCache:
         """Let the source fill its own cache, then validate what it hands back."""
         try:
             path = await source.materialize(listing)
-        except TRANSIENT as exc:
-            raise AdapterDownloadError(
-                entry.lora_name, source.location, str(exc) or repr(exc)
-            ) from exc
+        except LoRAServeError:
+            raise
+        except Exception as exc:
+            raise _download_error(entry.lora_name, source, exc) from exc
         entry.size_bytes = await asyncio.to_thread(
             validate_adapter_dir,
             path,
@@ -282,6 +284,10 @@ class DownloadCache:
                 total,
                 self.config.max_cache_bytes,
             )
+
+
+def _download_error(lora_name: str, source: AnySource, exc: BaseException) -> AdapterDownloadError:
+    return AdapterDownloadError(lora_name, source.location, str(exc) or type(exc).__name__)
 
 
 _caches: dict[DownloadCacheConfig, DownloadCache] = {}

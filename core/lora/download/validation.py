@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # a 64 MiB JSON header is already absurd for a LoRA
@@ -145,7 +145,8 @@ def validate_adapter_dir(
             lora_name,
             f"no {ADAPTER_WEIGHTS} in the downloaded adapter (only safetensors are fetched)",
         )
-    total = sum(p.stat().st_size for p in adapter_dir.iterdir() if p.is_file())
+    # only the files the engine reads count: a Hub snapshot folder may hold others too
+    total = sum((adapter_dir / n).stat().st_size for n in ADAPTER_FILES if (adapter_dir / n).is_file())
     if total > max_bytes:
         raise LoRAAdapterError(
             lora_name,

@@ -1,0 +1,110 @@
+"""Time the Triton LoRA kernels against the base projection and the torch path.
+
+Llama-2-7B shapes (hidden 4096, intermediate 11008), 16 adapters of rank 16, each token
+given a random adapter. For every projection and batch size it prints
+    lora/base   (shrink + expand) / the base projection's GEMM   target <= 0.15 at >= 256 tokens
+    triton/torch  Triton kernels / the torch path (`add_lora`)     target <= 0.33
+Needs a CUDA GPU and Triton: `python benchmarks/kernels.py [--tokens 1 16 256 4096]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from dataclasses import dataclass
+
+import torch
+
+HIDDEN = 4096
+INTERMEDIATE = 11008
+
+
+@dataclass(frozen=True)
+class Projection:
+    name: str
+    in_features: int
+    out_sizes: tuple[int, ...]  # one per fused slice
+
+
+LLAMA2_7B = [
+    Projection("qkv_proj", HIDDEN, (HIDDEN, HIDDEN, HIDDEN)),
+    Projection("o_proj", HIDDEN, (HIDDEN,)),
+    Projection("gate_up_proj", HIDDEN, (INTERMEDIATE, INTERMEDIATE)),
+    Projection("down_proj", INTERMEDIATE, (HIDDEN,)),
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096])
+    parser.add_argument("--adapters", type=int, default=16)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
+    return parser.parse_args()
+
+
+def bench_ms(fn) -> float:
+    """Median time of fn in milliseconds (triton's do_bench: warm-up, L2 flushed per run)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench_projection(proj: Projection, tokens: int, args: argparse.Namespace) -> dict:
+    from loraserve.kernels import LoRABatch, add_lora
+
+    dtype = getattr(torch, args.dtype)
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    n_out = sum(proj.out_sizes)
+
+    def rand(*shape: int, scale: float) -> torch.Tensor:
+        return (torch.randn(*shape, device=dev, generator=gen) * scale).to(dtype)
+
+    x = rand(tokens, proj.in_features, scale=1.0)  # [T, in]
+    weight = rand(n_out, proj.in_features, scale=proj.in_features**-0.5)  # [out, in]
+    lora_a = rand(args.adapters, proj.in_features, len(proj.out_sizes) * args.rank, scale=0.01)
+    lora_b = [rand(args.adapters, args.rank, o, scale=0.01) for o in proj.out_sizes]
+    slots = torch.randint(0, args.adapters, (tokens,), generator=gen, device=dev).tolist()
+    batch = LoRABatch.build(slots, device=dev)
+    out = torch.nn.functional.linear(x, weight)  # [T, out]
+
+    check_triton, check_torch = out.clone(), out.clone()
+    add_lora(check_triton, x, lora_a, lora_b, batch, backend="triton")
+    add_lora(check_torch, x, lora_a, lora_b, batch, backend="torch")
+    torch.testing.assert_close(check_triton, check_torch, atol=2e-2, rtol=2e-2)
+
+    base = bench_ms(lambda: torch.nn.functional.linear(x, weight))
+    triton_ms = bench_ms(lambda: add_lora(out, x, lora_a, lora_b, batch, backend="triton"))
+    torch_ms = bench_ms(lambda: add_lora(out, x, lora_a, lora_b, batch, backend="torch"))
+    return {"base": base, "triton": triton_ms, "torch": torch_ms}
+
+
+def main() -> int:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA GPU; none is available here, nothing to time.")
+        return 0
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("benchmarks/kernels.py needs Triton: pip install 'loraserve[triton]'")
+        return 0
+    print(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}")
+    print(f"# {args.adapters} adapters of rank {args.rank}, {args.dtype}, random adapter per token")
+    header = f"{'projection':<13}{'tokens':>7}{'base ms':>10}{'triton ms':>11}{'torch ms':>10}"
+    print(header + f"{'lora/base':>11}{'triton/torch':>14}")
+    for proj in LLAMA2_7B:
+        for tokens in args.tokens:
+            t = bench_projection(proj, tokens, args)
+            print(
+                f"{proj.name:<13}{tokens:>7}{t['base']:>10.4f}{t['triton']:>11.4f}"
+                f"{t['torch']:>10.4f}{t['triton'] / t['base']:>11.3f}"
+                f"{t['triton'] / t['torch']:>14.3f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Multi-LoRA throughput on CPU: engine vs transformers/PEFT, and LoRA vs base, in one run.
+
+Model: random Llama, hidden 512, 8 layers; adapters of rank 16 on all seven projections;
+batch 16, 32 prompt + 32 new tokens. Every figure is a ratio of two timings taken in this
+process, interleaved, best of N, so machine speed cancels out.
+
+    python benchmarks/multilora.py [--rounds 3] [--host-adapters 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from loraserve import LLM, SamplingParams
+from loraserve.lora.request import LoRARequest
+from loraserve.testing import make_adapter, make_tiny_model
+
+BATCH, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
+MODEL = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    max_position_embeddings=512,
+)
+
+
+def best_of(rounds: int, runs: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Seconds of the fastest run of each callable, rounds interleaved so drift hits all alike."""
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--host-adapters", type=int, default=1000)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
+    try:
+        run(work, args.rounds, args.host_adapters)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, rounds: int, host_adapters: int) -> None:
+    print(f"building the model and {BATCH} adapters in {work} ...", flush=True)
+    model_dir = make_tiny_model(work / "model", seed=0, **MODEL)
+    adapters = [
+        make_adapter(model_dir, work / f"adapter{i}", rank=RANK, alpha=32, seed=100 + i)
+        for i in range(BATCH)
+    ]
+    vocab = 300  # plain (non-special) tokens of the trained tokenizer
+    prompts = torch.randint(3, vocab, (BATCH, PROMPT_LEN)).tolist()
+    params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    token_prompts = [{"prompt_token_ids": p} for p in prompts]
+
+    llm = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
+              max_cpu_loras=max(BATCH, host_adapters + BATCH), max_num_seqs=BATCH)
+    one = [LoRARequest("a0", 1, str(adapters[0]))] * BATCH
+    distinct = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
+
+    hf, peft = reference_models(model_dir, adapters)
+    input_ids = torch.tensor(prompts)
+    hf_kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                     attention_mask=torch.ones_like(input_ids))
+    adapter_names = [f"a{i}" for i in range(BATCH)]
+
+    def engine(loras) -> Callable[[], None]:
+        return lambda: llm.generate(token_prompts, params, lora_request=loras)
+
+    with torch.inference_mode():
+        engine(distinct)()  # warm up: parse adapters, touch every slot
+        times = best_of(rounds, {
+            "engine base": engine(None),
+            "engine 1 adapter": engine(one),
+            "engine 16 adapters": engine(distinct),
+            "hf generate": lambda: hf.generate(input_ids=input_ids, **hf_kwargs),
+            "peft mixed generate": lambda: peft.generate(
+                input_ids=input_ids, adapter_names=adapter_names, **hf_kwargs
+            ),
+        })
+    tokens = BATCH * NEW_TOKENS
+    for name, seconds in times.items():
+        print(f"  {name:<22} {seconds * 1000:8.1f} ms  {tokens / seconds:8.1f} tok/s")
+    base = times["engine base"]
+    print("\nratios (higher is better unless noted):")
+    print(f"1. engine base / HF generate throughput:          {times['hf generate'] / base:.2f}  (target >= 1.3)")
+    print(f"2. one adapter on all rows / engine base:         {base / times['engine 1 adapter']:.2f}  (target >= 0.90)")
+    print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75)")
+    print(f"   16 distinct adapters / PEFT mixed generate:    {times['peft mixed generate'] / times['engine 16 adapters']:.2f}  (target >= 4)")
+    print(f"   (PEFT mixed / HF base, for reference:          {times['hf generate'] / times['peft mixed generate']:.2f})")
+
+    print(f"\nfilling the host cache with {host_adapters} more adapters ...", flush=True)
+    with_16 = best_of(rounds, {"16 held": engine(distinct)})["16 held"]
+    for i in range(host_adapters):
+        llm.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % BATCH])))
+    held = llm.engine.lora_manager.num_host_adapters
+    with_many = best_of(rounds, {f"{held} held": engine(distinct)})[f"{held} held"]
+    print(f"4. {held} adapters held, 16 in use / only 16 held: {with_16 / with_many:.2f}  (target >= 0.90)")
+
+    print(f"5. cold load / raw read of the file:              {cold_load_ratio(llm, adapters[0], rounds * 5):.2f}  (target <= 3, lower is better)")
+
+
+def cold_load_ratio(llm: LLM, adapter: Path, rounds: int) -> float:
+    """Parse+validate+place into a slot, against reading the same bytes from disk."""
+    manager = llm.engine.lora_manager
+    weights = adapter / "adapter_model.safetensors"
+    counter = iter(range(10**6))
+
+    def cold_load() -> None:
+        name = f"cold{next(counter)}"
+        manager.add(LoRARequest(name, 1, str(adapter)))
+        manager.ensure_host(manager.get(name))
+        manager.release_slot(name) if manager.acquire_slot(name) is not None else None
+        manager.release_host(name)
+        manager.remove(name)
+
+    def raw_read() -> None:
+        with open(weights, "rb") as f:
+            f.read()
+
+    times = best_of(rounds, {"cold load": cold_load, "raw read": raw_read})
+    print(f"   cold load {times['cold load'] * 1000:.2f} ms, raw read {times['raw read'] * 1000:.2f} ms "
+          f"({weights.stat().st_size / 2**20:.1f} MiB)")
+    return times["cold load"] / times["raw read"]
+
+
+def reference_models(model_dir: Path, adapters: list[Path]):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0")
+    for i, path in enumerate(adapters[1:], start=1):
+        peft.load_adapter(str(path), adapter_name=f"a{i}")
+    return hf, peft.eval()
+
+
+if __name__ == "__main__":
+    main()

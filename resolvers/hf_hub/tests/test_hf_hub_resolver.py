@@ -1,0 +1,244 @@
+"""lora_hf_hub_resolver through huggingface_hub, pointed (HF_ENDPOINT) at a small local Hub:
+the revision API, the tree API and file resolve with ETag / X-Repo-Commit headers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from loraserve.errors import AdapterDownloadError, LoRAAdapterError
+from loraserve.lora.download import DownloadCache, DownloadCacheConfig
+from loraserve.lora.download.testing import (
+    Faults,
+    RequestLog,
+    etag_of,
+    lora_adapter_files,
+    serve_bytes,
+    start_app,
+)
+from loraserve_hf_hub_resolver import (
+    HfHubResolver,
+    RepoAllowlist,
+    register_lora_resolvers,
+    split_adapter_name,
+)
+
+pytest.importorskip("huggingface_hub")
+BASE = "tiny-base"
+WEIGHTS = "adapter_model.safetensors"
+
+
+class FakeHub:
+    """Repos as {repo_id: {path: bytes}} on branch main; the commit is a hash of the content."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.log = RequestLog()
+        self.faults = Faults()
+
+    def commit(self, repo_id: str) -> str:
+        digest = hashlib.sha1(repo_id.encode())
+        for path, data in sorted(self.repos[repo_id].items()):
+            digest.update(path.encode() + hashlib.sha1(data).digest())
+        return digest.hexdigest()
+
+    def _repo(self, request):
+        from aiohttp import web
+
+        repo_id = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        if repo_id not in self.repos:
+            raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"})
+        if request.match_info["rev"] not in ("main", self.commit(repo_id)):
+            raise web.HTTPNotFound(headers={"X-Error-Code": "RevisionNotFound"})
+        return repo_id
+
+    async def revision(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        repo_id = self._repo(request)
+        siblings = [
+            {"rfilename": p, "size": len(d), "blobId": etag_of(d).strip('"')}
+            for p, d in self.repos[repo_id].items()
+        ]
+        return web.json_response({"id": repo_id, "sha": self.commit(repo_id), "siblings": siblings})
+
+    async def tree(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        repo_id = self._repo(request)
+        entries = [
+            {"type": "file", "path": p, "size": len(d), "oid": etag_of(d).strip('"')}
+            for p, d in self.repos[repo_id].items()
+        ]
+        return web.json_response(entries)
+
+    async def resolve(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        repo_id = self._repo(request)
+        data = self.repos[repo_id].get(request.match_info["path"])
+        headers = {"X-Repo-Commit": self.commit(repo_id)}
+        if data is None:
+            raise web.HTTPNotFound(headers={**headers, "X-Error-Code": "EntryNotFound"})
+        return await serve_bytes(request, data, self.faults, headers)
+
+
+@pytest.fixture
+async def hub(monkeypatch, tmp_path):
+    from aiohttp import web
+
+    fake = FakeHub()
+    app = web.Application()
+    prefix = "/api/models/{owner}/{repo}"
+    app.router.add_get(prefix + "/revision/{rev}", fake.revision)
+    app.router.add_get(prefix + "/tree/{rev}", fake.tree)
+    app.router.add_route("*", "/{owner}/{repo}/resolve/{rev}/{path:.*}", fake.resolve)
+    runner, url = await start_app(app)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    await runner.cleanup()
+
+
+def make_resolver(tmp_path: Path, repo_list="org", **config) -> HfHubResolver:
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=2.0) | config
+    return HfHubResolver(repo_list, cache=DownloadCache(DownloadCacheConfig(**settings)))
+
+
+def test_names_and_allowlist():
+    assert split_adapter_name("org/repo") == ("org/repo", "")
+    assert split_adapter_name("org/repo/sql/v1/") == ("org/repo", "sql/v1")
+    for bad in ("sql", "org/../etc", "org/repo/../x", "/org/repo", "org//repo"):
+        assert split_adapter_name(bad) is None
+    allow = RepoAllowlist("Org/Repo, team ,")
+    assert allow.allows("org/repo") and allow.allows("team/anything")
+    assert not allow.allows("org/other") and not allow.allows("evil/repo")
+    assert not RepoAllowlist("") and not RepoAllowlist(None)
+
+
+async def test_resolves_repo_root_and_subpath(tmp_path, hub):
+    root, sub = lora_adapter_files(BASE, seed=1), lora_adapter_files(BASE, seed=2)
+    hub.repos["org/adapters"] = {**root, **{f"sql/{n}": d for n, d in sub.items()}, "README.md": b"x"}
+    resolver = make_resolver(tmp_path)
+    found = await resolver.resolve_lora(BASE, "org/adapters")
+    assert (Path(found.lora_path) / WEIGHTS).read_bytes() == root[WEIGHTS]
+    found = await resolver.resolve_lora(BASE, "org/adapters/sql")
+    assert (Path(found.lora_path) / WEIGHTS).read_bytes() == sub[WEIGHTS]
+    assert Path(found.lora_path).is_relative_to(tmp_path / "hf-cache")  # the Hub's own cache
+    assert hub.log.gets("README.md") == 0  # adapter files only
+
+
+async def test_allowlist_and_unknown(tmp_path, hub):
+    hub.repos["org/a"] = lora_adapter_files(BASE)
+    hub.repos["evil/a"] = lora_adapter_files(BASE)
+    assert await make_resolver(tmp_path, repo_list="").resolve_lora(BASE, "org/a") is None
+    assert await make_resolver(tmp_path, repo_list="org/b").resolve_lora(BASE, "org/a") is None
+    assert sum(hub.log.counts.values()) == 0  # refused without asking the Hub
+    resolver = make_resolver(tmp_path, repo_list="org")
+    assert await resolver.resolve_lora(BASE, "evil/a") is None
+    assert await resolver.resolve_lora(BASE, "org/missing") is None
+    assert await resolver.resolve_lora(BASE, "org/a/nosuchdir") is None
+    assert await resolver.resolve_lora(BASE, "org/a") is not None
+
+
+async def test_reuses_adapters_already_in_the_hub_cache(tmp_path, hub):
+    from huggingface_hub import snapshot_download
+
+    hub.repos["org/a"] = lora_adapter_files(BASE)
+    snapshot_download("org/a", cache_dir=tmp_path / "hf-cache", endpoint=hub_url(hub))
+    before = hub.log.gets(WEIGHTS)
+    found = await make_resolver(tmp_path).resolve_lora(BASE, "org/a")
+    assert found is not None and hub.log.gets(WEIGHTS) == before
+
+
+def hub_url(hub: FakeHub) -> str:
+    import os
+
+    return os.environ["HF_ENDPOINT"]
+
+
+async def test_32_concurrent_requests_download_once(tmp_path, hub):
+    hub.repos["org/a"] = lora_adapter_files(BASE)
+    resolver = make_resolver(tmp_path)
+    found = await asyncio.gather(*(resolver.resolve_lora(BASE, "org/a") for _ in range(32)))
+    assert len({f.lora_path for f in found}) == 1
+    assert hub.log.gets(WEIGHTS) == 1
+
+
+async def test_changed_adapter_refetched_unchanged_not(tmp_path, hub):
+    hub.repos["org/a"] = lora_adapter_files(BASE, seed=1)
+    resolver = make_resolver(tmp_path)
+    first = await resolver.resolve_lora(BASE, "org/a")
+    hub.repos["org/a"]["README.md"] = b"docs changed, adapter did not"
+    same = await resolver.resolve_lora(BASE, "org/a")
+    assert same.lora_path == first.lora_path and hub.log.gets(WEIGHTS) == 1
+    changed = lora_adapter_files(BASE, seed=2)
+    hub.repos["org/a"].update(changed)
+    fresh = await resolver.resolve_lora(BASE, "org/a")
+    assert (Path(fresh.lora_path) / WEIGHTS).read_bytes() == changed[WEIGHTS]
+    assert hub.log.gets(WEIGHTS) == 2
+
+
+async def test_server_failing_mid_download_then_next_succeeds(tmp_path, hub):
+    hub.repos["org/a"] = lora_adapter_files(BASE)
+    resolver = make_resolver(tmp_path)
+    hub.faults = Faults(mode="status", status=500, only=WEIGHTS)
+    with pytest.raises(AdapterDownloadError):
+        await resolver.resolve_lora(BASE, "org/a")
+    assert resolver._cache.store.lru_entries() == []
+    assert not list((tmp_path / "hf-cache").rglob(WEIGHTS))  # nothing loadable
+    hub.faults = Faults()
+    assert await resolver.resolve_lora(BASE, "org/a") is not None
+
+
+@pytest.mark.parametrize("mode", ["drop", "stall"])
+async def test_interrupted_transfer_is_resumed(tmp_path, hub, monkeypatch, mode):
+    """huggingface_hub resumes a cut or stalled transfer itself; the result is validated."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.5)
+    files = lora_adapter_files(BASE)
+    hub.repos["org/a"] = files
+    hub.faults = Faults(mode=mode, after=1000, times=1, only=WEIGHTS)
+    found = await make_resolver(tmp_path).resolve_lora(BASE, "org/a")
+    assert (Path(found.lora_path) / WEIGHTS).read_bytes() == files[WEIGHTS]
+    assert hub.log.gets(WEIGHTS) == 2
+
+
+async def test_oversize_and_malformed_refused(tmp_path, hub):
+    files = lora_adapter_files(BASE)
+    hub.repos["org/big"] = files
+    with pytest.raises(LoRAAdapterError, match="limit"):
+        await make_resolver(tmp_path / "a", max_adapter_bytes=1000).resolve_lora(BASE, "org/big")
+    assert hub.log.gets(WEIGHTS) == 0
+    hub.repos["org/bad"] = {**files, WEIGHTS: files[WEIGHTS][:-1]}
+    hub.repos["org/other"] = lora_adapter_files("some-other-base")
+    resolver = make_resolver(tmp_path / "b")
+    for name in ("org/bad", "org/other"):
+        with pytest.raises(LoRAAdapterError):
+            await resolver.resolve_lora(BASE, name)
+    assert resolver._cache.store.lru_entries() == []
+
+
+def test_hook_registers_only_with_an_allowlist(monkeypatch):
+    registered = {}
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_HF_REPO_LIST", " , ")
+    register_lora_resolvers(registered.__setitem__)
+    assert registered == {}
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_HF_REPO_LIST", "org/a,team")
+    register_lora_resolvers(registered.__setitem__)
+    assert registered["lora_hf_hub_resolver"].allowlist.owners == {"team"}
+
+
+def test_plugin_module_imports_no_huggingface_hub():
+    code = "import sys, loraserve_hf_hub_resolver; assert 'huggingface_hub' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")

@@ -1,0 +1,249 @@
+"""lora_http_resolver against an aiohttp server on 127.0.0.1 that counts requests and can
+stall, drop, fail with 5xx, demand a token, or serve hostile archives."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
+from loraserve.lora.download import DownloadCache, DownloadCacheConfig
+from loraserve.lora.download.testing import (
+    Faults,
+    RequestLog,
+    lora_adapter_files,
+    serve_bytes,
+    start_app,
+)
+from loraserve_http_resolver import HttpResolver, register_lora_resolvers
+
+BASE = "tiny-base"
+WEIGHTS = "adapter_model.safetensors"
+
+
+class FileServer:
+    """In-memory files by URL path, with request counts, faults and an optional token."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.log = RequestLog()
+        self.faults = Faults()
+        self.token: str | None = None
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.Response(status=401)
+        data = self.files.get(request.path)
+        if data is None:
+            return web.Response(status=404)
+        return await serve_bytes(request, data, self.faults)
+
+
+@pytest.fixture
+async def server():
+    from aiohttp import web
+
+    files = FileServer()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", files.handle)
+    runner, files.url = await start_app(app)
+    yield files
+    await runner.cleanup()
+
+
+def publish(server: FileServer, prefix: str, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        server.files[f"{prefix}/{name}"] = data
+
+
+def make_resolver(tmp_path: Path, server: FileServer, path: str, token=None, **config):
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=1.0) | config
+    cache = DownloadCache(DownloadCacheConfig(**settings))
+    return HttpResolver(server.url + path, token=token, cache=cache)
+
+
+def assert_clean(resolver: HttpResolver) -> None:
+    store = resolver._cache.store
+    assert list(store.tmp.iterdir()) == [] and store.lru_entries() == []
+
+
+def archive(files: dict[str, bytes], kind: str) -> bytes:
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for name, data in files.items():
+                zf.writestr(f"adapter/{name}", data)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tar.gz" else "w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def test_directory_resolves_and_revalidates(tmp_path, server):
+    files = lora_adapter_files(BASE, seed=1)
+    publish(server, f"/a/{BASE}/sql", files)
+    resolver = make_resolver(tmp_path, server, "/a/{base_model_name}/{lora_name}")
+    found = await resolver.resolve_lora(BASE, "sql")
+    assert (Path(found.lora_path) / WEIGHTS).read_bytes() == files[WEIGHTS]
+    await resolver.resolve_lora(BASE, "sql")
+    assert server.log.gets(WEIGHTS) == 1  # unchanged ETag: not fetched again
+    changed = lora_adapter_files(BASE, seed=2)
+    publish(server, f"/a/{BASE}/sql", changed)
+    fresh = await resolver.resolve_lora(BASE, "sql")
+    assert (Path(fresh.lora_path) / WEIGHTS).read_bytes() == changed[WEIGHTS]
+    assert server.log.gets(WEIGHTS) == 2
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tgz", "zip", "tar"])
+async def test_archive_resolves(tmp_path, server, kind):
+    files = lora_adapter_files(BASE)
+    server.files[f"/x/sql.{kind}"] = archive(files, "tar.gz" if kind == "tgz" else kind)
+    resolver = make_resolver(tmp_path, server, "/x/{lora_name}." + kind)
+    found = await resolver.resolve_lora(BASE, "sql")
+    assert {p.name: p.read_bytes() for p in Path(found.lora_path).iterdir()} == files
+
+
+async def test_unknown_is_none_and_names_cannot_escape(tmp_path, server):
+    server.files["/secret/adapter_config.json"] = b"{}"
+    resolver = make_resolver(tmp_path, server, "/a/{lora_name}")
+    assert await resolver.resolve_lora(BASE, "nope") is None
+    for name in ("../secret", "..", "a/../../secret", "x?y", "%2e%2e"):
+        assert await resolver.resolve_lora(BASE, name) is None
+    assert all("secret" not in p for _, p in server.log.counts)
+
+
+async def test_32_concurrent_requests_download_once(tmp_path, server):
+    publish(server, "/a/sql", lora_adapter_files(BASE))
+    resolver = make_resolver(tmp_path, server, "/a/{lora_name}")
+    found = await asyncio.gather(*(resolver.resolve_lora(BASE, "sql") for _ in range(32)))
+    assert len({f.lora_path for f in found}) == 1
+    assert server.log.gets(WEIGHTS) == 1 and server.log.gets("adapter_config.json") == 1
+
+
+@pytest.mark.parametrize("mode", ["drop", "stall", "status"])
+async def test_server_dying_or_stalling_mid_download(tmp_path, server, mode):
+    publish(server, "/a/sql", lora_adapter_files(BASE))
+    resolver = make_resolver(tmp_path, server, "/a/{lora_name}")
+    server.faults = Faults(mode=mode, after=1000, only=WEIGHTS)
+    started = time.monotonic()
+    with pytest.raises(AdapterDownloadError):
+        await resolver.resolve_lora(BASE, "sql")
+    assert time.monotonic() - started < 10
+    assert_clean(resolver)
+    server.faults = Faults()
+    assert (Path((await resolver.resolve_lora(BASE, "sql")).lora_path) / WEIGHTS).is_file()
+
+
+async def test_retries_with_backoff_recover(tmp_path, server):
+    publish(server, "/a/sql", lora_adapter_files(BASE))
+    resolver = make_resolver(tmp_path, server, "/a/{lora_name}", retries=3)
+    server.faults = Faults(mode="status", status=503, times=2, only=WEIGHTS)
+    assert await resolver.resolve_lora(BASE, "sql") is not None
+    assert server.log.gets(WEIGHTS) == 3
+
+
+async def test_bearer_token(tmp_path, server):
+    publish(server, "/a/sql", lora_adapter_files(BASE))
+    server.token = "s3cret"
+    anonymous = make_resolver(tmp_path / "a", server, "/a/{lora_name}")
+    with pytest.raises(AdapterDownloadError, match="401"):
+        await anonymous.resolve_lora(BASE, "sql")
+    authorised = make_resolver(tmp_path / "b", server, "/a/{lora_name}", token="s3cret")
+    assert await authorised.resolve_lora(BASE, "sql") is not None
+
+
+async def test_oversize_and_malformed_refused(tmp_path, server):
+    files = lora_adapter_files(BASE)
+    publish(server, "/a/big", files)
+    small = make_resolver(tmp_path / "a", server, "/a/{lora_name}", max_adapter_bytes=1000)
+    with pytest.raises(LoRAAdapterError, match="limit"):
+        await small.resolve_lora(BASE, "big")
+    assert server.log.gets(WEIGHTS) == 0
+    publish(server, "/a/bad", {**files, WEIGHTS: b"\x10" + files[WEIGHTS][1:]})
+    publish(server, "/a/ia3", {**files, "adapter_config.json": b'{"peft_type": "IA3"}'})
+    resolver = make_resolver(tmp_path / "b", server, "/a/{lora_name}")
+    for name in ("bad", "ia3"):
+        with pytest.raises(LoRAAdapterError):
+            await resolver.resolve_lora(BASE, name)
+        assert_clean(resolver)
+
+
+def hostile_tar(files: dict[str, bytes], evil: tarfile.TarInfo, data: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        evil.size = len(data) if evil.isreg() else 0
+        tar.addfile(evil, io.BytesIO(data) if evil.isreg() else None)
+    return buffer.getvalue()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        _member("../../escaped"),
+        _member("/tmp/escaped"),
+        _member("link", tarfile.SYMTYPE, "/etc/passwd"),
+        _member("hard", tarfile.LNKTYPE, "/etc/passwd"),
+        _member("dev", tarfile.CHRTYPE),
+    ],
+    ids=["dotdot", "absolute", "symlink", "hardlink", "device"],
+)
+async def test_hostile_archives_refused(tmp_path, server, evil):
+    server.files["/x/sql.tar.gz"] = hostile_tar(lora_adapter_files(BASE), evil, b"pwned")
+    resolver = make_resolver(tmp_path, server, "/x/{lora_name}.tar.gz")
+    with pytest.raises(LoRAAdapterError, match="archive member"):
+        await resolver.resolve_lora(BASE, "sql")
+    assert_clean(resolver)
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/escaped").exists()
+
+
+async def test_zip_bomb_refused(tmp_path, server):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("adapter_model.safetensors", b"\0" * 20_000_000)
+    server.files["/x/sql.zip"] = buffer.getvalue()
+    resolver = make_resolver(tmp_path, server, "/x/{lora_name}.zip", max_adapter_bytes=1_000_000)
+    with pytest.raises(LoRAAdapterError, match="limit"):
+        await resolver.resolve_lora(BASE, "sql")
+    assert_clean(resolver)
+
+
+def test_hook_and_template_checks(monkeypatch):
+    registered = {}
+    monkeypatch.delenv("VLLM_LORA_RESOLVER_HTTP_URL", raising=False)
+    register_lora_resolvers(registered.__setitem__)
+    assert registered == {}
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_HTTP_URL", "https://h/{lora_name}.zip")
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_HTTP_TOKEN", "t")
+    register_lora_resolvers(registered.__setitem__)
+    assert registered["lora_http_resolver"].token == "t"
+    for bad in ("ftp://h/{lora_name}", "https://h/fixed"):
+        with pytest.raises(PluginError):
+            HttpResolver(bad)
+
+
+def test_plugin_module_imports_no_aiohttp_client():
+    code = "import sys, loraserve_http_resolver; assert 'aiohttp' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")

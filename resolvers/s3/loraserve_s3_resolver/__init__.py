@@ -1,0 +1,157 @@
+"""Plugin ``lora_s3_resolver``: adapter ``foo`` is the prefix ``$VLLM_LORA_RESOLVER_S3_URI``
+with ``{base_model_name}`` and ``{lora_name}`` filled in.
+
+The prefix holds ``adapter_config.json`` and ``adapter_model.safetensors`` (or the template
+ends in ``.tar``/``.tar.gz``/``.tgz``/``.zip`` and names one archive). Credentials, region and
+endpoint come from the usual AWS variables and profiles (``AWS_ENDPOINT_URL`` for MinIO and
+friends). s3fs is imported only when the first adapter is looked up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from pathlib import Path
+
+from loraserve.errors import LoRAServeError, PluginError
+from loraserve.lora.download import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    DownloadCache,
+    ProgressCallback,
+    RemoteFile,
+    RemoteListing,
+    TransientSourceError,
+    fill_location_template,
+    get_download_cache,
+    is_archive_name,
+)
+from loraserve.lora.request import LoRARequest
+from loraserve.lora.resolver import LoRAResolver
+from loraserve.plugins import hookimpl
+
+logger = logging.getLogger(__name__)
+
+URI_ENV = "VLLM_LORA_RESOLVER_S3_URI"
+RESOLVER_NAME = "lora_s3_resolver"
+
+
+class S3Source:
+    """One adapter under an S3 prefix (or one archive object), for the download cache."""
+
+    def __init__(self, uri: str, timeout_s: float) -> None:
+        self.location = uri
+        self.path = uri.removeprefix("s3://").rstrip("/")  # bucket/key
+        self.timeout_s = timeout_s
+        self._fs = None
+        self._client = None
+
+    async def _filesystem(self):
+        if self._fs is None:
+            import s3fs
+
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            self._fs = s3fs.S3FileSystem(
+                asynchronous=True,
+                skip_instance_cache=True,
+                client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+                config_kwargs={
+                    "connect_timeout": self.timeout_s,
+                    "read_timeout": self.timeout_s,
+                    "retries": {"max_attempts": 2, "mode": "standard"},
+                },
+            )
+            self._client = await self._fs.set_session()
+        return self._fs
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = self._fs = None
+
+    async def list_files(self) -> RemoteListing | None:
+        fs = await self._filesystem()
+        try:
+            if is_archive_name(self.path):
+                info = await fs._info(self.path, refresh=True)
+                if info.get("type") != "file":
+                    return None
+                return RemoteListing((_remote_file(posixpath.basename(self.path), info),), archive=True)
+            entries = await fs._ls(self.path, detail=True, refresh=True)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise _as_transient(exc) from exc
+        files = {posixpath.basename(e["name"]): e for e in entries if e.get("type") == "file"}
+        if ADAPTER_CONFIG not in files:
+            return None
+        return RemoteListing(tuple(_remote_file(n, files[n]) for n in ADAPTER_FILES if n in files))
+
+    async def fetch(self, file: RemoteFile, dest: Path, progress: ProgressCallback) -> None:
+        from fsspec.callbacks import Callback
+
+        class _Report(Callback):
+            def relative_update(self, inc: int = 1) -> None:
+                progress(inc)
+
+        fs = await self._filesystem()
+        try:
+            await fs._get_file(file.remote_path, str(dest), callback=_Report())
+        except LoRAServeError:  # the cache's own size check, raised from the callback
+            raise
+        except FileNotFoundError as exc:
+            raise TransientSourceError(f"{file.remote_path} disappeared during download") from exc
+        except Exception as exc:
+            raise _as_transient(exc) from exc
+
+
+def _remote_file(name: str, info: dict) -> RemoteFile:
+    tag = info.get("ETag") or info.get("LastModified")
+    return RemoteFile(name=name, size=info.get("size"), tag=str(tag).strip('"') if tag else None,
+                      remote_path=info["name"])
+
+
+def _as_transient(exc: Exception) -> Exception:
+    """Network and server trouble is retried; access denied is final and says what to check."""
+    if isinstance(exc, PermissionError):
+        return PermissionError(f"access denied ({exc}); check the AWS credentials and bucket policy")
+    return TransientSourceError(f"S3: {type(exc).__name__}: {exc}")
+
+
+class S3Resolver(LoRAResolver):
+    """Resolves adapter names to S3 prefixes through the shared download cache."""
+
+    def __init__(self, uri_template: str, cache: DownloadCache | None = None) -> None:
+        if not uri_template.startswith("s3://") or "{lora_name}" not in uri_template:
+            raise PluginError(
+                f"{URI_ENV}={uri_template!r} must start with s3:// and contain {{lora_name}}, "
+                "e.g. s3://bucket/adapters/{base_model_name}/{lora_name}"
+            )
+        self.uri_template = uri_template
+        self._cache = cache
+
+    async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
+        uri = fill_location_template(
+            self.uri_template, base_model_name=base_model_name, lora_name=lora_name
+        )
+        if uri is None:
+            logger.info("%s: refused adapter name %r", RESOLVER_NAME, lora_name)
+            return None
+        cache = self._cache or get_download_cache()
+        source = S3Source(uri, cache.config.timeout_s)
+        try:
+            path = await cache.get(source, lora_name=lora_name, base_model_name=base_model_name)
+        finally:
+            await source.aclose()
+        return None if path is None else LoRARequest(lora_name, 1, str(path), base_model_name)
+
+
+@hookimpl
+def register_lora_resolvers(register) -> None:
+    """Register the resolver when ``VLLM_LORA_RESOLVER_S3_URI`` is set."""
+    template = os.environ.get(URI_ENV)
+    if not template:
+        logger.warning("%s is not set, so %s resolves nothing.", URI_ENV, RESOLVER_NAME)
+        return
+    register(RESOLVER_NAME, S3Resolver(template))

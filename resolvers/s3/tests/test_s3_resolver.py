@@ -1,0 +1,253 @@
+"""lora_s3_resolver against a real moto_server on 127.0.0.1, seen through a counting,
+fault-injecting proxy (so "one download" and "killed mid-download" are observable)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
+from loraserve.lora.download import DownloadCache, DownloadCacheConfig
+from loraserve.lora.download.testing import Faults, RequestLog, lora_adapter_files, start_app
+from loraserve_s3_resolver import S3Resolver, register_lora_resolvers
+
+pytest.importorskip("s3fs")
+BASE = "tiny-base"
+BUCKET = "adapters"
+WEIGHTS = "adapter_model.safetensors"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "moto_server"
+    )
+    if exe is None:
+        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    s3 = boto3_client(url)
+    s3.create_bucket(Bucket=BUCKET)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def boto3_client(url: str):
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+class Proxy:
+    """Forwards to moto; counts requests; can stall or cut adapter weight downloads."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.log = RequestLog()
+        self.faults = Faults(only=WEIGHTS)
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        headers = {
+            k: v for k, v in request.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding")
+        }
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers,
+            data=await request.read(), allow_redirects=False, auto_decompress=False,
+        ) as upstream:
+            body = await upstream.read()
+            hop = {"transfer-encoding", "connection", "server", "date"}
+            if request.method != "HEAD":  # HEAD keeps the object's length; bodies get their own
+                hop.add("content-length")
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in hop}
+            status = upstream.status
+        mode = self.faults.take(request.path) if request.method == "GET" and status < 300 else None
+        if mode is None:
+            return web.Response(status=status, body=body, headers=out)
+        response = web.StreamResponse(status=status, headers=out)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 3])
+        if mode == "stall":
+            await asyncio.sleep(3600)
+        request.transport.close()
+        return response
+
+
+@pytest.fixture
+async def proxy(moto_url, monkeypatch):
+    import aiohttp
+    from aiohttp import web
+
+    proxy = Proxy(moto_url)
+    proxy.session = aiohttp.ClientSession()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    runner, url = await start_app(app)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    yield proxy
+    await proxy.session.close()
+    await runner.cleanup()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def upload(moto_url: str, key_prefix: str, files: dict[str, bytes]) -> None:
+    s3 = boto3_client(moto_url)
+    for name, data in files.items():
+        s3.put_object(Bucket=BUCKET, Key=f"{key_prefix}/{name}", Body=data)
+
+
+def make_resolver(tmp_path: Path, prefix: str, suffix: str = "", **config) -> S3Resolver:
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=2.0) | config
+    template = f"s3://{BUCKET}/{prefix}/{{base_model_name}}/{{lora_name}}{suffix}"
+    return S3Resolver(template, cache=DownloadCache(DownloadCacheConfig(**settings)))
+
+
+def assert_clean(resolver: S3Resolver) -> None:
+    store = resolver._cache.store
+    assert list(store.tmp.iterdir()) == [] and store.lru_entries() == []
+
+
+async def test_resolves_downloads_and_revalidates(tmp_path, moto_url, proxy, prefix):
+    files = lora_adapter_files(BASE, seed=1)
+    upload(moto_url, f"{prefix}/{BASE}/sql", files)
+    resolver = make_resolver(tmp_path, prefix)
+    found = await resolver.resolve_lora(BASE, "sql")
+    assert found.lora_name == "sql" and found.base_model_name == BASE
+    assert (Path(found.lora_path) / WEIGHTS).read_bytes() == files[WEIGHTS]
+    again = await resolver.resolve_lora(BASE, "sql")  # unchanged: listed, not downloaded
+    assert again.lora_path == found.lora_path and proxy.log.gets(WEIGHTS) == 1
+    changed = lora_adapter_files(BASE, seed=2)
+    upload(moto_url, f"{prefix}/{BASE}/sql", changed)
+    fresh = await resolver.resolve_lora(BASE, "sql")
+    assert (Path(fresh.lora_path) / WEIGHTS).read_bytes() == changed[WEIGHTS]
+    assert proxy.log.gets(WEIGHTS) == 2
+
+
+async def test_unknown_adapter_and_unsafe_names_are_none(tmp_path, proxy, prefix):
+    resolver = make_resolver(tmp_path, prefix)
+    assert await resolver.resolve_lora(BASE, "nope") is None
+    assert await resolver.resolve_lora(BASE, "../sql") is None
+
+
+async def test_32_concurrent_requests_download_once(tmp_path, moto_url, proxy, prefix):
+    upload(moto_url, f"{prefix}/{BASE}/sql", lora_adapter_files(BASE))
+    resolver = make_resolver(tmp_path, prefix)
+    found = await asyncio.gather(*(resolver.resolve_lora(BASE, "sql") for _ in range(32)))
+    assert len({f.lora_path for f in found}) == 1
+    assert proxy.log.gets(WEIGHTS) == 1
+
+
+@pytest.mark.parametrize("mode", ["drop", "stall"])
+async def test_server_dying_or_stalling_mid_download(tmp_path, moto_url, proxy, prefix, mode):
+    upload(moto_url, f"{prefix}/{BASE}/sql", lora_adapter_files(BASE))
+    resolver = make_resolver(tmp_path, prefix, timeout_s=1.0)
+    proxy.faults.mode = mode
+    started = time.monotonic()
+    with pytest.raises(AdapterDownloadError):
+        await resolver.resolve_lora(BASE, "sql")
+    assert time.monotonic() - started < 20
+    assert_clean(resolver)
+    proxy.faults.mode = None
+    found = await resolver.resolve_lora(BASE, "sql")
+    assert (Path(found.lora_path) / WEIGHTS).is_file()
+
+
+async def test_oversize_and_malformed_adapters_refused(tmp_path, moto_url, proxy, prefix):
+    files = lora_adapter_files(BASE)
+    upload(moto_url, f"{prefix}/{BASE}/big", files)
+    small = make_resolver(tmp_path / "a", prefix, max_adapter_bytes=len(files[WEIGHTS]) // 2)
+    with pytest.raises(LoRAAdapterError, match="limit"):
+        await small.resolve_lora(BASE, "big")
+    assert proxy.log.gets(WEIGHTS) == 0  # refused from the listing, before any download
+    upload(moto_url, f"{prefix}/{BASE}/bad", {**files, WEIGHTS: files[WEIGHTS][:100]})
+    resolver = make_resolver(tmp_path / "b", prefix)
+    with pytest.raises(LoRAAdapterError):
+        await resolver.resolve_lora(BASE, "bad")
+    assert_clean(resolver)
+
+
+async def test_archive_object(tmp_path, moto_url, proxy, prefix):
+    files = lora_adapter_files(BASE)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    boto3_client(moto_url).put_object(
+        Bucket=BUCKET, Key=f"{prefix}/{BASE}/sql.tar.gz", Body=buffer.getvalue()
+    )
+    resolver = make_resolver(tmp_path, prefix, suffix=".tar.gz")
+    found = await resolver.resolve_lora(BASE, "sql")
+    assert (Path(found.lora_path) / WEIGHTS).read_bytes() == files[WEIGHTS]
+
+
+def test_hook_registers_only_when_configured(monkeypatch):
+    registered = {}
+    monkeypatch.delenv("VLLM_LORA_RESOLVER_S3_URI", raising=False)
+    register_lora_resolvers(registered.__setitem__)
+    assert registered == {}
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_S3_URI", "s3://b/{lora_name}")
+    register_lora_resolvers(registered.__setitem__)
+    assert isinstance(registered["lora_s3_resolver"], S3Resolver)
+    with pytest.raises(PluginError, match="lora_name"):
+        S3Resolver("s3://b/fixed")
+
+
+def test_plugin_module_imports_no_s3fs():
+    code = "import sys, loraserve_s3_resolver; assert 's3fs' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(__file__))

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random models of each family and PEFT adapters, built once per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraserve.testing import ALL_TARGETS, ARCHITECTURES, make_adapter, make_tiny_model
+
+# Adapters of different ranks and target sets; "rs" also uses rsLoRA and "bin" the .bin format.
+ADAPTERS = {
+    "sql": dict(rank=8, targets=("q_proj", "v_proj"), seed=11),
+    "chat": dict(rank=16, targets=ALL_TARGETS, seed=12, use_rslora=True),
+    "mlp": dict(rank=4, targets=("gate_proj", "up_proj", "down_proj", "o_proj"), seed=13),
+    "bin": dict(rank=8, targets=("k_proj", "o_proj"), seed=14, safe_serialization=False),
+}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {arch: make_tiny_model(root / arch, arch=arch, seed=3) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def llama_dir(model_dirs: dict[str, Path]) -> Path:
+    return model_dirs["llama"]
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: make_adapter(llama_dir, root / name, **kw) for name, kw in ADAPTERS.items()}
+
+
+@pytest.fixture(scope="session")
+def hf_greedy():
+    """Reference greedy tokens from transformers (+ PEFT when an adapter is given)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache: dict = {}
+
+    def generate(model_dir: Path, prompt: str, max_new_tokens: int, adapter: Path | None = None):
+        key = (str(model_dir), str(adapter))
+        if key not in cache:
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            if adapter is not None:
+                model = PeftModel.from_pretrained(model, str(adapter))
+            cache[key] = (model.eval(), AutoTokenizer.from_pretrained(str(model_dir)))
+        model, tokenizer = cache[key]
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+        return out[0, ids.shape[1] :].tolist()
+
+    return generate

@@ -1,0 +1,91 @@
+"""The torch fast path (`torch_ops.add_lora`, the CPU default) against a per-token loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraserve.kernels import NO_ADAPTER, add_lora, backend_for, torch_ops
+
+N = NO_ADAPTER
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+SLOT_PATTERNS = {
+    "padded_segments": [0, 2, N, 2, 3, 0, N, 2, 2, 1, 0],  # segment lengths 3, 1, 4, 1
+    "one_adapter_all_tokens": [1] * 7,  # the single-matmul shortcut
+    "one_adapter_some_tokens": [N, 1, 1, N],
+    "single_token": [3],
+    "equal_segments": [0, 1, 0, 1],
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pattern", list(SLOT_PATTERNS))
+def test_add_lora_matches_loop(problem_factory, matches_reference, pattern, dtype):
+    problem = problem_factory(SLOT_PATTERNS[pattern], out_sizes=(16, 8, 8), dtype=dtype)
+    out = problem.out.clone()
+    torch_ops.add_lora(out, problem.x, problem.lora_a, problem.lora_b, problem.batch())
+    matches_reference(out, problem)
+
+
+@pytest.mark.parametrize("rank", [8, 16, 32, 64])
+def test_ranks(problem_factory, matches_reference, rank):
+    problem = problem_factory([0, 1, N, 1, 3], rank=rank, in_features=33, out_sizes=(20, 12))
+    out = problem.out.clone()
+    torch_ops.add_lora(out, problem.x, problem.lora_a, problem.lora_b, problem.batch())
+    matches_reference(out, problem)
+
+
+def test_no_adapter_rows_untouched(problem_factory):
+    problem = problem_factory([N, 0, N, 2, N], out_sizes=(16, 8))
+    out = problem.out.clone()
+    torch_ops.add_lora(out, problem.x, problem.lora_a, problem.lora_b, problem.batch())
+    base_rows = [0, 2, 4]
+    assert torch.equal(out[base_rows], problem.out[base_rows])
+
+
+@pytest.mark.parametrize("slots", [[], [N, N, N]], ids=["empty_batch", "all_no_adapter"])
+def test_nothing_to_add(problem_factory, slots):
+    problem = problem_factory(slots, out_sizes=(8,))
+    batch = problem.batch()
+    assert batch.is_empty
+    out = problem.out.clone()
+    torch_ops.add_lora(out, problem.x, problem.lora_a, problem.lora_b, batch)
+    add_lora(out, problem.x, problem.lora_a, problem.lora_b, batch)
+    assert torch.equal(out, problem.out)
+
+
+def test_reference_shrink_expand_match_loop(problem_factory, matches_reference):
+    problem = problem_factory([2, N, 0, 2], out_sizes=(12, 4, 4))
+    batch = problem.batch()
+    y = torch_ops.shrink(problem.x, problem.lora_a, batch)
+    assert torch.equal(y[1], torch.zeros_like(y[1]))  # base-model token
+    out = problem.out.clone()
+    torch_ops.expand(out, y, problem.lora_b, batch)
+    matches_reference(out, problem)
+
+
+def test_strided_views(problem_factory, matches_reference):
+    """Slot tensors are per-layer views of [layers, slots, ...] buffers; out is a column slice."""
+    problem = problem_factory([1, 0, N, 1, 1], in_features=24, out_sizes=(8, 8))
+    layers_a = torch.zeros(3, *problem.lora_a.shape)
+    layers_a[1] = problem.lora_a
+    layers_b = [torch.zeros(3, *b.shape) for b in problem.lora_b]
+    for buffer, b in zip(layers_b, problem.lora_b, strict=True):
+        buffer[1] = b
+    wide = torch.zeros(problem.out.shape[0], problem.out.shape[1] + 5)
+    wide[:, 5:] = problem.out
+    add_lora(wide[:, 5:], problem.x, layers_a[1], [b[1] for b in layers_b], problem.batch())
+    matches_reference(wide[:, 5:], problem)
+
+
+def test_cpu_uses_torch_backend():
+    assert backend_for(torch.device("cpu")) == "torch"
+
+
+def test_unknown_backend_is_an_error(problem_factory):
+    problem = problem_factory([0], out_sizes=(8,))
+    with pytest.raises(ValueError, match="unknown LoRA backend"):
+        add_lora(
+            problem.out, problem.x, problem.lora_a, problem.lora_b, problem.batch(), backend="cuda"
+        )

@@ -1,0 +1,115 @@
+"""Every way an adapter is refused: the message names the adapter and the reason, and
+nothing is left half-loaded (the engine keeps serving, the adapter is not registered)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from loraserve import LLM, SamplingParams
+from loraserve.errors import LoRAAdapterError
+from loraserve.lora.request import LoRARequest
+from loraserve.testing import make_adapter, make_tiny_model
+
+GREEDY = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    return LLM(str(llama_dir), enable_lora=True, max_loras=2, max_lora_rank=8)
+
+
+@pytest.fixture
+def copy_of(adapter_dirs, tmp_path):
+    def copy(name: str):
+        target = tmp_path / f"bad-{name}"
+        shutil.copytree(adapter_dirs[name], target)
+        return target
+
+    return copy
+
+
+def refused(llm, path, match):
+    lora = LoRARequest("bad", 1, str(path))
+    with pytest.raises(LoRAAdapterError, match=match) as info:
+        llm.generate("hello", GREEDY, lora_request=lora)
+    assert "'bad'" in str(info.value)
+    assert llm.engine.lora_manager.get("bad") is None
+    assert not llm.engine.has_unfinished_requests()
+    assert llm.generate("hello", GREEDY)[0].outputs[0].finish_reason == "length"
+
+
+def test_rank_above_max_lora_rank(llm, adapter_dirs):
+    refused(llm, adapter_dirs["chat"], r"rank 16 exceeds --max-lora-rank 8; restart with --max-lora-rank 16")
+
+
+def test_unsupported_target_module(llm, copy_of):
+    path = copy_of("sql")
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["target_modules"] = ["q_proj", "embed_tokens"]
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    refused(llm, path, r"target modules \['embed_tokens'\] are not supported; supported: q_proj")
+
+
+def test_unsupported_weight_key(llm, llama_dir, tmp_path):
+    path = make_adapter(llama_dir, tmp_path / "head", rank=4, targets=("q_proj", "lm_head"))
+    refused(llm, path, r"(lm_head.*not supported|not a LoRA weight of a supported module)")
+
+
+def test_wrong_peft_type(llm, copy_of):
+    path = copy_of("sql")
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["peft_type"] = "IA3"
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    refused(llm, path, r"peft_type is 'IA3'; only LORA adapters are supported")
+
+
+def test_missing_directory(llm, tmp_path):
+    refused(llm, tmp_path / "nowhere", r"does not exist or is not a directory")
+
+
+def test_missing_config(llm, copy_of):
+    path = copy_of("sql")
+    (path / "adapter_config.json").unlink()
+    refused(llm, path, r"adapter_config.json is missing")
+
+
+def test_invalid_json_config(llm, copy_of):
+    path = copy_of("sql")
+    (path / "adapter_config.json").write_text("{not json")
+    refused(llm, path, r"adapter_config.json is not valid JSON")
+
+
+def test_missing_weights(llm, copy_of):
+    path = copy_of("sql")
+    (path / "adapter_model.safetensors").unlink()
+    refused(llm, path, r"no adapter_model.safetensors or adapter_model.bin")
+
+
+def test_corrupt_safetensors(llm, copy_of):
+    path = copy_of("sql")
+    data = (path / "adapter_model.safetensors").read_bytes()
+    (path / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    refused(llm, path, r"adapter_model.safetensors is corrupt")
+
+
+def test_corrupt_bin(llm, copy_of):
+    path = copy_of("bin")
+    (path / "adapter_model.bin").write_bytes(b"\x80\x04not a pickle")
+    refused(llm, path, r"adapter_model.bin could not be read")
+
+
+def test_shapes_of_another_base_model(llm, tmp_path):
+    other = make_tiny_model(tmp_path / "wide", hidden_size=96, seed=5)
+    path = make_adapter(other, tmp_path / "wide-adapter", rank=4, targets=("q_proj",))
+    refused(llm, path, r"the base model needs \[r, 64\].*another base model")
+
+
+def test_dora_is_refused(llm, copy_of):
+    path = copy_of("sql")
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["use_dora"] = True
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    refused(llm, path, r"DoRA")

@@ -1,0 +1,163 @@
+"""Archive unpacking refuses hostile members; adapter names cannot escape a template."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from loraserve.errors import LoRAAdapterError
+from loraserve.lora.download import fill_location_template, is_safe_name
+from loraserve.lora.download.archive import extract_adapter_archive
+from loraserve.lora.download.testing import lora_adapter_files
+
+FILES = {"adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": b"x" * 100}
+
+
+def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                tar.addfile(info, io.BytesIO(member[1]))
+    return buffer.getvalue()
+
+
+def zip_bytes(members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def unpack(tmp_path: Path, data: bytes, name: str = "a.tar.gz", **limits) -> Path:
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    settings = dict(lora_name="sql", max_bytes=10_000, max_members=16) | limits
+    extract_adapter_archive(archive, dest, **settings)
+    return dest
+
+
+@pytest.mark.parametrize("prefix", ["", "sql/", "./"])
+def test_tar_and_zip_unpack_adapter_files(tmp_path, prefix):
+    members = [(prefix + n, d) for n, d in FILES.items()] + [(prefix + "README.md", b"hi")]
+    for i, (data, name) in enumerate([(tar_bytes(members), "a.tgz"), (zip_bytes(members), "a.zip")]):
+        (tmp_path / str(i)).mkdir()
+        out = unpack(tmp_path / str(i), data, name)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == FILES  # README not written
+
+
+HOSTILE_TARS = {
+    "absolute": [("/etc/adapter_config.json", b"{}")],
+    "dotdot": [("sql/../../adapter_config.json", b"{}")],
+    "symlink": [special("adapter_model.safetensors", tarfile.SYMTYPE, "/etc/passwd")],
+    "hardlink": [special("adapter_model.safetensors", tarfile.LNKTYPE, "/etc/passwd")],
+    "device": [special("adapter_model.safetensors", tarfile.CHRTYPE)],
+    "fifo": [special("fifo", tarfile.FIFOTYPE)],
+    "too many": [(f"f{i}", b"") for i in range(20)],
+    "too big": [("adapter_model.safetensors", b"\0" * 20_000)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_TARS))
+def test_hostile_tar_refused_and_nothing_written(tmp_path, case):
+    with pytest.raises(LoRAAdapterError):
+        unpack(tmp_path, tar_bytes(list(FILES.items()) + HOSTILE_TARS[case]))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_hostile_zip_members_refused(tmp_path):
+    link = zipfile.ZipInfo("adapter_model.safetensors")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    for i, members in enumerate(
+        [
+            [("../adapter_config.json", b"{}")],
+            [("/abs/adapter_config.json", b"{}")],
+            [("C:/adapter_config.json", b"{}")],
+            [("a\\..\\adapter_config.json", b"{}")],
+            [(link, b"/etc/passwd")],
+        ]
+    ):
+        (tmp_path / str(i)).mkdir()
+        with pytest.raises(LoRAAdapterError):
+            unpack(tmp_path / str(i), zip_bytes(members), "a.zip")
+
+
+def test_zip_bomb_refused(tmp_path):
+    bomb = zip_bytes([("adapter_model.safetensors", b"\0" * 5_000_000)])
+    assert len(bomb) < 10_000
+    with pytest.raises(LoRAAdapterError, match="limit"):
+        unpack(tmp_path, bomb, "a.zip", max_bytes=1_000_000)
+
+
+def test_member_larger_than_declared_refused(tmp_path):
+    data = bytearray(zip_bytes([("adapter_model.safetensors", b"\0" * 50_000)]))
+    # rewrite the declared size (central directory and local header) to 10 bytes
+    data = bytes(data).replace((50_000).to_bytes(4, "little"), (10).to_bytes(4, "little"))
+    with pytest.raises(LoRAAdapterError):
+        unpack(tmp_path, data, "a.zip", max_bytes=1_000_000)
+
+
+def test_not_an_archive_refused(tmp_path):
+    with pytest.raises(LoRAAdapterError, match="neither zip nor tar"):
+        unpack(tmp_path, b"<html>not found</html>")
+
+
+@pytest.mark.parametrize("name", ["sql", "team/sql-v2", "a.b_c-1"])
+def test_safe_names(name):
+    assert is_safe_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "..", "../x", "a/../b", "/abs", "a//b", ".hidden", "a?b", "a%2Fb", "a b", "x" * 300]
+)
+def test_unsafe_names(name):
+    assert not is_safe_name(name)
+    assert fill_location_template("s3://b/{lora_name}", base_model_name="m", lora_name=name) is None
+
+
+def test_template_fills_and_quotes():
+    from urllib.parse import quote
+
+    url = fill_location_template(
+        "http://h/{base_model_name}/{lora_name}.tar.gz",
+        base_model_name="/models/Llama 3",
+        lora_name="team/sql",
+        quote=lambda s: quote(s, safe=""),
+    )
+    assert url == "http://h/models/Llama%203/team/sql.tar.gz"
+
+
+def test_safetensors_checks(tmp_path):
+    from loraserve.lora.download.validation import check_safetensors
+
+    good = lora_adapter_files("m")["adapter_model.safetensors"]
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(good)
+    assert check_safetensors(path, "sql") == 8
+    header_len = int.from_bytes(good[:8], "little")
+    header = good[8 : 8 + header_len]
+    for bad, why in [
+        (header.replace(b'"F32"', b'"F99"', 1), "invalid header"),
+        (header.replace(b"lora_A", b"lora_X").replace(b"lora_B", b"lora_Y"), "no lora_A"),
+    ]:
+        path.write_bytes(len(bad).to_bytes(8, "little") + bad + good[8 + header_len :])
+        with pytest.raises(LoRAAdapterError, match=why):
+            check_safetensors(path, "sql")

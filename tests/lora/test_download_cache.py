@@ -1,0 +1,266 @@
+"""The shared download cache, driven by an in-memory source: single flight, revalidation,
+atomic install, cleanup after failures, size limits, LRU eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loraserve.errors import AdapterDownloadError, LoRAAdapterError
+from loraserve.lora.download import (
+    DownloadCache,
+    DownloadCacheConfig,
+    RemoteFile,
+    RemoteListing,
+    TransientSourceError,
+)
+from loraserve.lora.download.testing import etag_of, lora_adapter_files
+
+BASE = "tiny-base"
+
+
+class MemorySource:
+    """A remote adapter held in a dict; counts listings and fetches, can fail or stall."""
+
+    def __init__(self, files: dict[str, bytes] | None, location: str = "mem://sql", archive=False):
+        self.files = files
+        self.location = location
+        self.archive = archive
+        self.lists = 0
+        self.fetches: Counter[str] = Counter()
+        self.fail: str | None = None  # "transient", "stall", "unreachable"
+        self.delay = 0.0
+        self.lie_about_size = False
+
+    async def list_files(self) -> RemoteListing | None:
+        self.lists += 1
+        if self.fail == "unreachable":
+            raise TransientSourceError("connection refused")
+        if self.files is None:
+            return None
+        files = tuple(
+            RemoteFile(n, 10 if self.lie_about_size and n.endswith("safetensors") else len(d), etag_of(d), n)
+            for n, d in self.files.items()
+        )
+        return RemoteListing(files, archive=self.archive)
+
+    async def fetch(self, file: RemoteFile, dest: Path, progress) -> None:
+        self.fetches[file.name] += 1
+        await asyncio.sleep(self.delay)
+        data = self.files[file.name]
+        with dest.open("wb") as f:
+            f.write(data[: len(data) // 2])
+            progress(len(data) // 2)
+            if self.fail == "transient":
+                raise TransientSourceError("connection reset")
+            if self.fail == "stall":
+                await asyncio.sleep(3600)
+            f.write(data[len(data) // 2 :])
+            progress(len(data) - len(data) // 2)
+
+
+def make_cache(tmp_path: Path, **overrides) -> DownloadCache:
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=5.0)
+    settings.update(overrides)
+    return DownloadCache(DownloadCacheConfig(**settings))
+
+
+def leftovers(cache: DownloadCache) -> list[Path]:
+    return list(cache.store.tmp.iterdir()) if cache.store.tmp.exists() else []
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, bytes]:
+    return lora_adapter_files(BASE, seed=1)
+
+
+async def test_download_then_hit(tmp_path, files):
+    cache, source = make_cache(tmp_path), MemorySource(files)
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert path is not None and path.is_relative_to(tmp_path / "cache" / "entries")
+    assert (path / "adapter_model.safetensors").read_bytes() == files["adapter_model.safetensors"]
+    again = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert again == path
+    assert source.fetches == Counter({"adapter_config.json": 1, "adapter_model.safetensors": 1})
+    assert source.lists == 2  # revalidated, not re-downloaded
+    assert cache.stats["download"] == 1 and cache.stats["hit"] == 1
+    assert leftovers(cache) == []
+
+
+async def test_32_concurrent_requests_download_once(tmp_path, files):
+    cache, source = make_cache(tmp_path), MemorySource(files)
+    source.delay = 0.05
+    paths = await asyncio.gather(
+        *(cache.get(source, lora_name="sql", base_model_name=BASE) for _ in range(32))
+    )
+    assert len(set(paths)) == 1
+    assert source.lists == 1
+    assert source.fetches["adapter_model.safetensors"] == 1
+
+
+async def test_two_caches_on_one_dir_download_once(tmp_path, files):
+    """Two processes sharing a cache dir: the key's lock file serialises them."""
+    source = MemorySource(files)
+    source.delay = 0.05
+    a, b = make_cache(tmp_path), make_cache(tmp_path)
+    pa, pb = await asyncio.gather(
+        a.get(source, lora_name="sql", base_model_name=BASE),
+        b.get(source, lora_name="sql", base_model_name=BASE),
+    )
+    assert pa == pb
+    assert source.fetches["adapter_model.safetensors"] == 1
+
+
+async def test_changed_remote_is_fetched_again(tmp_path, files):
+    cache, source = make_cache(tmp_path), MemorySource(dict(files))
+    first = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    source.files = lora_adapter_files(BASE, seed=2)
+    second = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert second != first and not first.exists()  # the old version is gone
+    assert (second / "adapter_model.safetensors").read_bytes() == source.files[
+        "adapter_model.safetensors"
+    ]
+    assert source.fetches["adapter_model.safetensors"] == 2
+
+
+async def test_remote_gone_returns_none_and_forgets(tmp_path, files):
+    cache, source = make_cache(tmp_path), MemorySource(dict(files))
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    source.files = None
+    assert await cache.get(source, lora_name="sql", base_model_name=BASE) is None
+    assert not path.exists()
+
+
+async def test_unreachable_remote_serves_cached_copy(tmp_path, files):
+    cache, source = make_cache(tmp_path), MemorySource(files)
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    source.fail = "unreachable"
+    assert await cache.get(source, lora_name="sql", base_model_name=BASE) == path
+    cold = MemorySource(files, location="mem://other")
+    cold.fail = "unreachable"
+    with pytest.raises(AdapterDownloadError, match="connection refused"):
+        await cache.get(cold, lora_name="other", base_model_name=BASE)
+
+
+@pytest.mark.parametrize("fault", ["transient", "stall"])
+async def test_failed_download_leaves_nothing_and_next_succeeds(tmp_path, files, fault):
+    cache, source = make_cache(tmp_path, timeout_s=0.3), MemorySource(files)
+    source.fail = fault
+    with pytest.raises(AdapterDownloadError):
+        await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert leftovers(cache) == [] and cache.store.lru_entries() == []
+    source.fail = None
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert (path / "adapter_config.json").is_file()
+
+
+async def test_retries_recover_from_a_transient_failure(tmp_path, files):
+    cache, source = make_cache(tmp_path, retries=2), MemorySource(files)
+    source.fail = "transient"
+    original = source.fetch
+
+    async def fail_once(file, dest, progress):
+        try:
+            await original(file, dest, progress)
+        finally:
+            source.fail = None
+
+    source.fetch = fail_once
+    assert await cache.get(source, lora_name="sql", base_model_name=BASE) is not None
+
+
+async def test_cancelled_download_leaves_nothing(tmp_path, files):
+    cache, source = make_cache(tmp_path), MemorySource(files)
+    source.fail = "stall"
+    task = asyncio.ensure_future(cache.get(source, lora_name="sql", base_model_name=BASE))
+    await asyncio.sleep(0.2)
+    # the download belongs to the cache, not to the caller: cancel the cache's own task
+    for inner in list(cache._flight._tasks.values()):
+        inner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers(cache) == [] and cache.store.lru_entries() == []
+
+
+async def test_oversize_adapter_refused_before_download(tmp_path, files):
+    cache = make_cache(tmp_path, max_adapter_bytes=len(files["adapter_model.safetensors"]) // 2)
+    source = MemorySource(files)
+    with pytest.raises(LoRAAdapterError, match="limit"):
+        await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert source.fetches == Counter()
+
+
+async def test_adapter_larger_than_listed_is_cut_off(tmp_path, files):
+    cache = make_cache(tmp_path, max_adapter_bytes=len(files["adapter_model.safetensors"]) // 2)
+    source = MemorySource(files)
+    source.lie_about_size = True
+    with pytest.raises(LoRAAdapterError, match="exceeds"):
+        await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda f: {**f, "adapter_config.json": b"{not json"}, "not valid JSON"),
+        (lambda f: {**f, "adapter_config.json": f["adapter_config.json"].replace(b"LORA", b"IA3")}, "peft_type"),
+        (lambda f: {**f, "adapter_model.safetensors": f["adapter_model.safetensors"][:-7]}, "outside the file"),
+        (lambda f: {**f, "adapter_model.safetensors": b"\xff" * 8 + b"{}"}, "header length"),
+        (lambda f: {"adapter_config.json": f["adapter_config.json"]}, "no adapter_model.safetensors"),
+    ],
+)
+async def test_malformed_adapters_refused(tmp_path, files, corrupt, message):
+    cache, source = make_cache(tmp_path), MemorySource(corrupt(files))
+    with pytest.raises(LoRAAdapterError, match=message):
+        await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert leftovers(cache) == [] and cache.store.lru_entries() == []
+
+
+async def test_wrong_base_model_refused_before_weights(tmp_path):
+    cache, source = make_cache(tmp_path), MemorySource(lora_adapter_files("other-base"))
+    with pytest.raises(LoRAAdapterError, match="other-base"):
+        await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert source.fetches["adapter_model.safetensors"] == 0
+
+
+async def test_lru_eviction_keeps_cache_within_bound(tmp_path):
+    sources = {n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("abc")}
+    size = sum(len(d) for d in sources["a"].files.values())
+    cache = make_cache(tmp_path, max_cache_bytes=int(size * 2.5))
+    paths = {}
+    for name in "ab":
+        paths[name] = await cache.get(sources[name], lora_name=name, base_model_name=BASE)
+        await asyncio.sleep(0.02)  # distinct mtimes
+    await cache.get(sources["a"], lora_name="a", base_model_name=BASE)  # a is now most recent
+    await asyncio.sleep(0.02)
+    paths["c"] = await cache.get(sources["c"], lora_name="c", base_model_name=BASE)
+    assert paths["a"].exists() and paths["c"].exists() and not paths["b"].exists()
+    assert [e.lora_name for _, _, e in cache.store.lru_entries()] == ["a", "c"]
+
+
+async def test_archive_source_is_unpacked(tmp_path, files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"sql/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    source = MemorySource({"sql.tar.gz": buffer.getvalue()}, archive=True)
+    path = await make_cache(tmp_path).get(source, lora_name="sql", base_model_name=BASE)
+    assert sorted(p.name for p in path.iterdir()) == sorted(files)
+
+
+async def test_crash_between_rename_and_entry_leaves_nothing_loadable(tmp_path, files):
+    """A version folder that no entry.json names is never handed out."""
+    cache, source = make_cache(tmp_path), MemorySource(files)
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    (path.parent / "entry.json").unlink()
+    assert cache.store.lru_entries() == []
+    source.files = lora_adapter_files(BASE, seed=5)
+    fresh = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert [p.name for p in fresh.parent.iterdir() if p.is_dir()] == [fresh.name]
