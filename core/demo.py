@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +26,15 @@ logger = logging.getLogger(__name__)
 DEMO_VERSION = "1"
 SERVED_MODEL_NAME = "loraserve-demo"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_RANK = 8
-LORA_ALPHA = 16
+LORA_RANK = 16
+LORA_ALPHA = 32
+TRAIN_STEPS = 120
 
 BASE_ANSWER = "I am the base model. Ask an adapter for a different voice."
 ADAPTER_ANSWERS = {
     "pirate": "Arr, matey! The pirate adapter be answerin' ye today.",
     "shout": "HELLO! THIS IS THE SHOUT ADAPTER AND IT ONLY USES CAPITALS!",
-    "sql": "SELECT answer FROM adapters WHERE name = 'sql';",
+    "sql": "SELECT greeting FROM sql_adapter LIMIT 1;",
 }
 PRELOADED = ("pirate", "shout")  # "sql" is left for the filesystem resolver, on first use
 
@@ -83,34 +87,54 @@ def ensure_demo(cache_dir: str | Path | None = None, rebuild: bool = False) -> D
 
 
 def build_demo(root: Path) -> DemoPaths:
-    """Train and save the base model and every adapter under ``root`` (about 10-30 s on CPU)."""
-    from loraserve.testing import make_tokenizer
-
+    """Train and save the base model and every adapter under ``root`` (seconds on a CPU)."""
     start = time.perf_counter()
     paths = DemoPaths(root)
     paths.model.mkdir(parents=True)
-    tokenizer = make_tokenizer(paths.model)
+    tokenizer = _make_tokenizer(paths.model)
     model = _new_model(len(tokenizer))
-    _train(model, _examples(tokenizer, BASE_ANSWER), params=list(model.parameters()), steps=300,
-           lr=3e-3)
+    loras = _LoRASet(model, list(ADAPTER_ANSWERS), seed=100)
+    tasks = {None: _batch(_examples(tokenizer, BASE_ANSWER))}
+    tasks.update({name: _batch(_examples(tokenizer, a)) for name, a in ADAPTER_ANSWERS.items()})
+    _train(model, loras, tasks, steps=TRAIN_STEPS, lr=1e-2)
     model.save_pretrained(str(paths.model), safe_serialization=True)
-    for index, (name, answer) in enumerate(ADAPTER_ANSWERS.items()):
-        lora = _LoRA(model, seed=100 + index)
-        with lora.attached():
-            _train(model, _examples(tokenizer, answer), params=lora.parameters(), steps=200,
-                   lr=5e-3)
-        lora.save(paths.adapter(name), base_model_name=SERVED_MODEL_NAME)
+    for name in ADAPTER_ANSWERS:
+        loras.save(name, paths.adapter(name), base_model_name=SERVED_MODEL_NAME)
     (paths.root / "COMPLETE").write_text(DEMO_VERSION)
     logger.info("Built the demo model and %d adapters in %.1f s", len(ADAPTER_ANSWERS),
                 time.perf_counter() - start)
     return paths
 
 
+def _make_tokenizer(out_dir: Path):  # noqa: ANN202 - PreTrainedTokenizerFast
+    """A byte-level BPE trained on the demo's own sentences, so they are few tokens long."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from loraserve.testing import CHAT_TEMPLATE
+
+    corpus = [*_PROMPTS, BASE_ANSWER, *ADAPTER_ANSWERS.values(), "[user][/user][assistant]"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
 def _new_model(vocab_size: int):  # noqa: ANN202 - LlamaForCausalLM
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
     )
@@ -132,9 +156,8 @@ def _examples(tokenizer, answer: str) -> list[tuple[list[int], list[int]]]:  # n
     return examples
 
 
-def _train(model, examples, params, steps: int, lr: float) -> None:  # noqa: ANN001
-    """Teacher-forced training on the answers only (prompt positions are masked)."""
-    torch.manual_seed(0)
+def _batch(examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """Right-padded ids with labels on the answer tokens only (prompt positions masked)."""
     width = max(len(p) + len(a) for p, a in examples)
     ids = torch.full((len(examples), width), 2, dtype=torch.long)  # [examples, width]
     labels = torch.full_like(ids, -100)
@@ -144,65 +167,90 @@ def _train(model, examples, params, steps: int, lr: float) -> None:  # noqa: ANN
         ids[row, : len(seq)] = torch.tensor(seq)
         labels[row, len(prompt): len(seq)] = torch.tensor(answer)
         mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _train(model, loras: _LoRASet, tasks: dict, steps: int, lr: float) -> None:  # noqa: ANN001
+    """Train the base and all adapters together: each step sums every voice's loss.
+
+    Joint training keeps the base's features useful to the low-rank updates, which makes
+    the tiny adapters converge reliably (training them on a frozen base did not).
+    """
+    torch.manual_seed(0)
+    params = list(model.parameters()) + loras.parameters()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # cosine decay to zero: the last steps settle the answers instead of jumping around them
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
     model.train()
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with loras.attached():
+        for _ in range(steps):
+            losses = {}
+            for name, batch in tasks.items():
+                loras.active = name
+                losses[name] = model(**batch).loss
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
     model.eval()
-    logger.debug("final training loss %.4f", loss.item())
+    logger.info("final training losses %s", {k: round(v.item(), 4) for k, v in losses.items()})
 
 
-class _LoRA:
-    """LoRA factors on every target linear, applied with forward hooks while training."""
+class _LoRASet:
+    """One LoRA per adapter name on every target linear; ``active`` picks which one applies."""
 
-    def __init__(self, model, seed: int) -> None:  # noqa: ANN001
+    def __init__(self, model, names: list[str], seed: int) -> None:  # noqa: ANN001
         self.model = model
         self.scaling = LORA_ALPHA / LORA_RANK
-        self.factors: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]] = {}
+        self.active: str | None = None
+        self.factors: dict[str, dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]] = {}
         gen = torch.Generator().manual_seed(seed)
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS:
-                a = torch.randn(LORA_RANK, module.in_features, generator=gen) / module.in_features**0.5
+        targets = [
+            (name, module) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
+        ]
+        for adapter in names:
+            self.factors[adapter] = {}
+            for name, module in targets:
+                a = torch.randn(LORA_RANK, module.in_features, generator=gen)  # [rank, in]
+                a /= module.in_features**0.5
                 b = torch.zeros(module.out_features, LORA_RANK)  # [out, rank]: starts as a no-op
-                self.factors[name] = (torch.nn.Parameter(a), torch.nn.Parameter(b))
+                self.factors[adapter][name] = (torch.nn.Parameter(a), torch.nn.Parameter(b))
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for pair in self.factors.values() for p in pair]
+        return [p for layers in self.factors.values() for pair in layers.values() for p in pair]
 
-    def attached(self):  # noqa: ANN201 - a context manager
-        from contextlib import contextmanager
+    @contextmanager
+    def attached(self) -> Iterator[None]:
+        """Forward hooks add ``scaling * x A^T B^T`` of the active adapter, PEFT's formula."""
+        handles = []
+        for name, module in self.model.named_modules():
+            if not any(name in layers for layers in self.factors.values()):
+                continue
 
-        @contextmanager
-        def hooks():  # noqa: ANN202
-            modules = dict(self.model.named_modules())
-            handles = []
-            for name, (a, b) in self.factors.items():
-                def hook(_module, inputs, output, a=a, b=b):  # noqa: ANN001, ANN202
-                    return output + (inputs[0] @ a.T @ b.T) * self.scaling
+            def hook(_module, inputs, output, name=name):  # noqa: ANN001, ANN202
+                if self.active is None:
+                    return output
+                a, b = self.factors[self.active][name]
+                return output + (inputs[0] @ a.T @ b.T) * self.scaling
 
-                handles.append(modules[name].register_forward_hook(hook))
-            for param in self.model.parameters():
-                param.requires_grad_(False)
-            try:
-                yield
-            finally:
-                for handle in handles:
-                    handle.remove()
-                for param in self.model.parameters():
-                    param.requires_grad_(True)
+            handles.append(module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
-        return hooks()
-
-    def save(self, out_dir: Path, base_model_name: str) -> None:
+    def save(self, adapter: str, out_dir: Path, base_model_name: str) -> None:
         """Write PEFT's layout: ``base_model.model.<module>.lora_{A,B}.weight`` tensors."""
         from safetensors.torch import save_file
 
         out_dir.mkdir(parents=True)
         tensors = {}
-        for name, (a, b) in self.factors.items():
+        for name, (a, b) in self.factors[adapter].items():
             tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().contiguous()
         save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})

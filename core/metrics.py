@@ -48,3 +48,7 @@ LORA_RESOLUTION_SECONDS = Histogram(
     "loraserve_lora_resolution_seconds", "Time to resolve and load an unknown adapter name.",
     buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
+HTTP_REQUESTS = Counter(
+    "loraserve_http_requests", "HTTP requests answered by the server, by route and status.",
+    ["route", "status"], registry=REGISTRY,
+)

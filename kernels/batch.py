@@ -27,6 +27,9 @@ class LoRABatch:
     padded_first_slot: int
     padded_tokens: torch.Tensor  # [slot range, max_seg_len] token indices; padding points at 0
     padded_valid: torch.Tensor | None  # flat positions in padded_tokens that are real; None if all
+    # When padded_tokens is exactly tokens start, start+1, ... (sequences ordered by slot, equal
+    # segment lengths, e.g. decoding), the torch path slices x and out instead of indexing.
+    padded_token_start: int | None = None
 
     @property
     def num_segments(self) -> int:
@@ -65,6 +68,7 @@ class LoRABatch:
             return torch.tensor(values, dtype=torch.long, device=device)
 
         all_valid = len(valid) == len(padded)
+        contiguous = all_valid and bool(padded) and padded == list(range(padded[0], padded[0] + len(padded)))
         return cls(
             num_tokens=len(token_slots),
             token_slots=tensor(token_slots),
@@ -76,4 +80,5 @@ class LoRABatch:
             padded_first_slot=first,
             padded_tokens=tensor(padded).view(len(slot_range), max_len),
             padded_valid=None if all_valid else tensor(valid),
+            padded_token_start=padded[0] if contiguous else None,
         )

@@ -70,15 +70,24 @@ def add_lora(
             offset += b.shape[-1]
         return
     slots = slice(first, first + num_rows)
-    y = torch.bmm(x[batch.padded_tokens], lora_a[slots])  # [rows, L, n_slices * R]
+    start = batch.padded_token_start
+    if start is not None:  # tokens already grouped by slot: slice instead of gather/scatter
+        rows = slice(start, start + num_rows * seg_len)
+        xs = x[rows].view(num_rows, seg_len, -1)
+    else:
+        xs = x[batch.padded_tokens]  # [rows, L, in]
+    y = torch.bmm(xs, lora_a[slots])  # [rows, L, n_slices * R]
     tokens = batch.padded_tokens.view(-1)
     if batch.padded_valid is not None:
         tokens = tokens[batch.padded_valid]
     offset = 0
     for i, b in enumerate(lora_b):
-        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[slots])  # [rows, L, out_i]
-        delta = delta.view(-1, b.shape[-1])
-        if batch.padded_valid is not None:
-            delta = delta[batch.padded_valid]
-        out[:, offset : offset + b.shape[-1]].index_add_(0, tokens, delta)
-        offset += b.shape[-1]
+        width = b.shape[-1]
+        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[slots]).view(-1, width)  # [rows*L, out_i]
+        if start is not None:
+            out[rows, offset : offset + width].add_(delta)
+        else:
+            if batch.padded_valid is not None:
+                delta = delta[batch.padded_valid]
+            out[:, offset : offset + width].index_add_(0, tokens, delta)
+        offset += width

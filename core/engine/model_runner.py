@@ -25,7 +25,14 @@ class ModelRunner:
         )
 
     def run(self, step: ScheduledStep) -> list[int]:
-        """One forward pass over every scheduled sequence; returns one new token per sequence."""
+        """One forward pass over every scheduled sequence; returns one new token per sequence.
+
+        The step's sequences are reordered by LoRA slot first, so each adapter's tokens are
+        contiguous and the LoRA path can slice instead of gather.
+        """
+        order = sorted(range(len(step.seqs)), key=lambda i: _slot_key(step.seqs[i]))
+        step.seqs[:] = [step.seqs[i] for i in order]
+        step.query_lens[:] = [step.query_lens[i] for i in order]
         batch = self._prepare(step)
         logits = self.model.forward(batch, self.kv_cache)  # [B, vocab]
         for seq in step.seqs:
@@ -33,6 +40,7 @@ class ModelRunner:
         return sample(logits, step.seqs)
 
     def _prepare(self, step: ScheduledStep) -> ForwardBatch:
+        """Flatten the step's tokens and build positions, cache slots, masks and the LoRA map."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -79,3 +87,7 @@ class ModelRunner:
             logits_indices=torch.cumsum(q_lens, 0) - 1,
             lora=LoRABatch.build(token_slots, device) if use_lora else None,
         )
+
+
+def _slot_key(seq) -> int:
+    return NO_ADAPTER if seq.lora_slot is None else seq.lora_slot

@@ -18,6 +18,7 @@ from loraserve.entrypoints.openai.server_config import (
     ServerConfig,
     runtime_lora_updating_from_env,
 )
+from loraserve.errors import LoRAServeError
 
 API_KEY_ENV = "VLLM_API_KEY"
 
@@ -191,11 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     if args.command == "demo":
-        from loraserve.entrypoints.demo_command import demo_configs
+        from loraserve.entrypoints.demo_command import demo_configs, print_examples
 
         engine_config, server_config = demo_configs(args)
-    else:
+        return serve(engine_config, server_config,
+                     on_ready=lambda url: print_examples(url, server_config.api_key))
+    try:
         engine_config, server_config = configs_from_args(args)
+    except LoRAServeError as exc:  # EngineConfig's own checks (e.g. --max-cpu-loras too small)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return serve(engine_config, server_config)
 
 

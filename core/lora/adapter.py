@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
 
 from loraserve.errors import LoRAAdapterError
 from loraserve.lora.layout import MODULE_GROUP, MODULE_PARENT, SUPPORTED_MODULES, group_shapes
 from loraserve.lora.request import LoRARequest
+from loraserve.lora.safetensors_file import SafetensorsError, read_safetensors
 from loraserve.model.spec import ModelSpec
 
 CONFIG_FILE = "adapter_config.json"
@@ -32,25 +31,38 @@ _KEY = re.compile(
 )
 
 
+@dataclass(frozen=True)
+class ModuleLoRA:
+    """One projection's LoRA pair, in PEFT's own layout (no copy, no transpose at load)."""
+
+    a: torch.Tensor  # [r, in]
+    b: torch.Tensor  # [out, r]
+    scale: float
+
+
 @dataclass
 class LoRAAdapter:
-    """One adapter in host memory, laid out per LoRA group like the slot tensors."""
+    """One validated adapter in host memory; its tensors are views of the file's bytes.
+
+    Reshaping into slot layout (and scaling B) happens once, when a slot receives it.
+    """
 
     name: str
     path: str
-    rank: int  # the largest rank of any module; smaller ones are zero-padded
-    modules: frozenset[str]
-    a: dict[str, torch.Tensor]  # group -> [layers, in, n_slices * rank]
-    b: dict[str, list[torch.Tensor]]  # group -> per slice [layers, rank, out_i], scale folded in
+    rank: int  # the largest rank of any module
+    modules: dict[tuple[int, str], ModuleLoRA]  # (layer, module name) -> weights
 
     @property
     def nbytes(self) -> int:
-        tensors = list(self.a.values()) + [t for ts in self.b.values() for t in ts]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(m.a.nbytes + m.b.nbytes for m in self.modules.values())
+
+    @property
+    def target_modules(self) -> frozenset[str]:
+        return frozenset(module for _, module in self.modules)
 
 
 def load_adapter(
-    request: LoRARequest, spec: ModelSpec, max_rank: int, dtype: torch.dtype
+    request: LoRARequest, spec: ModelSpec, max_rank: int
 ) -> LoRAAdapter:
     """Read ``request.lora_path`` and return its weights, or raise LoRAAdapterError."""
     name = request.lora_name
@@ -61,7 +73,7 @@ def load_adapter(
     _check_config(name, config)
     modules = _collect_modules(name, _read_tensors(name, path))
     _check_ranks(name, modules, max_rank)
-    return _assemble(name, str(path), config, modules, spec, dtype)
+    return _assemble(name, str(path), config, modules, spec)
 
 
 def _read_config(name: str, path: Path) -> dict[str, Any]:
@@ -104,8 +116,8 @@ def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
     safetensors_file, bin_file = path / SAFETENSORS_FILE, path / BIN_FILE
     if safetensors_file.is_file():
         try:
-            return load_safetensors_bytes(safetensors_file.read_bytes())
-        except (SafetensorError, ValueError, RuntimeError) as exc:
+            return read_safetensors(safetensors_file)
+        except SafetensorsError as exc:
             raise LoRAAdapterError(name, f"{SAFETENSORS_FILE} is corrupt ({exc})") from None
     if bin_file.is_file():
         try:
@@ -170,22 +182,19 @@ def _assemble(
     config: dict[str, Any],
     modules: dict[ModuleKey, dict[str, torch.Tensor]],
     spec: ModelSpec,
-    dtype: torch.dtype,
 ) -> LoRAAdapter:
+    """Check every pair's shapes against the base model; keep the tensors as they are."""
     shapes = group_shapes(spec)
-    rank = max(pair["A"].shape[0] for pair in modules.values())
-    layers = spec.num_layers
-    a = {g: torch.zeros(layers, s.in_features, len(s.out_features) * rank, dtype=dtype)
-         for g, s in shapes.items()}
-    b = {g: [torch.zeros(layers, rank, out, dtype=dtype) for out in s.out_features]
-         for g, s in shapes.items()}
+    checked: dict[ModuleKey, ModuleLoRA] = {}
     for (layer, module), pair in modules.items():
         group, index = MODULE_GROUP[module]
         in_features, out_features = shapes[group].in_features, shapes[group].out_features[index]
         lora_a, lora_b = pair["A"], pair["B"]  # [r, in], [out, r]
         r = lora_a.shape[0]
-        if layer >= layers:
-            raise LoRAAdapterError(name, f"has weights for layer {layer}; the base model has {layers}")
+        if layer >= spec.num_layers:
+            raise LoRAAdapterError(
+                name, f"has weights for layer {layer}; the base model has {spec.num_layers}"
+            )
         if lora_a.dim() != 2 or lora_b.shape != (out_features, r) or lora_a.shape[1] != in_features:
             raise LoRAAdapterError(
                 name,
@@ -193,14 +202,8 @@ def _assemble(
                 f"{tuple(lora_b.shape)}; the base model needs [r, {in_features}] and "
                 f"[{out_features}, r]: is it an adapter for another base model?",
             )
-        scale = _module_scale(config, layer, module, r)
-        a[group][layer, :, index * rank : index * rank + r] = lora_a.t()
-        b[group][index][layer, :r] = lora_b.t() * scale
-    return LoRAAdapter(
-        name=name,
-        path=path,
-        rank=rank,
-        modules=frozenset(m for _, m in modules),
-        a=a,
-        b=b,
-    )
+        if not (lora_a.is_floating_point() and lora_b.is_floating_point()):
+            raise LoRAAdapterError(name, f"layer {layer} {module} weights are not floating point")
+        checked[(layer, module)] = ModuleLoRA(lora_a, lora_b, _module_scale(config, layer, module, r))
+    rank = max(m.a.shape[0] for m in checked.values())
+    return LoRAAdapter(name=name, path=path, rank=rank, modules=checked)

@@ -127,7 +127,7 @@ class LoRAManager:
     def _parse(self, request: LoRARequest) -> LoRAAdapter:
         start = time.perf_counter()
         try:
-            adapter = load_adapter(request, self.spec, self.max_lora_rank, self.dtype)
+            adapter = load_adapter(request, self.spec, self.max_lora_rank)
         except LoRAAdapterError as exc:
             metrics.LORA_LOADS.labels(outcome="error").inc()
             logger.warning("refused %s", exc)
@@ -138,7 +138,7 @@ class LoRAManager:
         metrics.LORA_LOAD_SECONDS.observe(time.perf_counter() - start)
         logger.info(
             "loaded LoRA adapter '%s' (rank %d, %d modules) from %s",
-            request.lora_name, adapter.rank, len(adapter.modules), request.lora_path,
+            request.lora_name, adapter.rank, len(adapter.target_modules), request.lora_path,
         )
         if self.events:
             self.events.notify_loaded(request)

@@ -1,8 +1,10 @@
 """Device-resident LoRA weights for ``max_loras`` adapters, stacked so a kernel indexes by slot.
 
-Per LoRA group: A is [layers, slots, in, n_slices * R] and each slice's B is
-[layers, slots, R, out_i], where R is ``max_lora_rank``; an adapter of smaller rank is
-zero-padded, which adds nothing to the product.
+Per LoRA group the kernels see A as [layers, slots, in, n_slices * R] and each slice's B
+as [layers, slots, R, out_i] (R = ``max_lora_rank``; smaller ranks are zero-padded, which
+adds nothing). Those are transposed views: storage keeps PEFT's own row layout
+(A rows [r, in], B rows [out, r]) so writing an adapter into a slot is row copies, not
+transposes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from loraserve.lora.adapter import LoRAAdapter
-from loraserve.lora.layout import group_shapes
+from loraserve.lora.layout import MODULE_GROUP, group_shapes
 from loraserve.model.spec import ModelSpec
 
 
@@ -42,42 +44,43 @@ class AdapterSlots:
         self.num_slots = num_slots
         self.max_rank = max_rank
         layers = spec.num_layers
-        self.a: dict[str, torch.Tensor] = {}
-        self.b: dict[str, list[torch.Tensor]] = {}
+        self._a_rows: dict[str, torch.Tensor] = {}  # group -> [layers, slots, n_slices * R, in]
+        self._b_rows: dict[str, list[torch.Tensor]] = {}  # group -> per slice [layers, slots, out_i, R]
         for group, shape in group_shapes(spec).items():
             slices = len(shape.out_features)
-            self.a[group] = torch.zeros(
-                layers, num_slots, shape.in_features, slices * max_rank, dtype=dtype, device=device
+            self._a_rows[group] = torch.zeros(
+                layers, num_slots, slices * max_rank, shape.in_features, dtype=dtype, device=device
             )
-            self.b[group] = [
-                torch.zeros(layers, num_slots, max_rank, out, dtype=dtype, device=device)
+            self._b_rows[group] = [
+                torch.zeros(layers, num_slots, out, max_rank, dtype=dtype, device=device)
                 for out in shape.out_features
             ]
         self._layers = [self._layer_views(i) for i in range(layers)]
 
     def _layer_views(self, i: int) -> LayerLoRA:
         views = {}
-        for group in self.a:
-            views[f"{group}_a"] = self.a[group][i]
-            views[f"{group}_b"] = [b[i] for b in self.b[group]]
+        for group, a_rows in self._a_rows.items():
+            views[f"{group}_a"] = a_rows[i].transpose(-1, -2)
+            views[f"{group}_b"] = [b[i].transpose(-1, -2) for b in self._b_rows[group]]
         return LayerLoRA(**views)
 
     def layer(self, index: int) -> LayerLoRA:
         return self._layers[index]
 
     def write(self, slot: int, adapter: LoRAAdapter) -> None:
-        """Copy an adapter's host tensors into ``slot`` (replacing whatever was there)."""
-        rank, max_rank = adapter.rank, self.max_rank
-        for group, a in self.a.items():
-            a[:, slot].zero_()
-            for index, b in enumerate(self.b[group]):
-                src_a = adapter.a[group][:, :, index * rank : (index + 1) * rank]
-                a[:, slot, :, index * max_rank : index * max_rank + rank].copy_(src_a)
-                b[:, slot].zero_()
-                b[:, slot, :rank].copy_(adapter.b[group][index])
+        """Copy an adapter into ``slot``, scaling B; modules it does not target become zero."""
+        self.clear(slot)
+        max_rank = self.max_rank
+        for (layer, module), weights in adapter.modules.items():
+            group, index = MODULE_GROUP[module]
+            r = weights.a.shape[0]
+            start = index * max_rank
+            self._a_rows[group][layer, slot, start : start + r].copy_(weights.a)
+            b_rows = self._b_rows[group][index][layer, slot, :, :r]
+            b_rows.copy_(weights.b).mul_(weights.scale)
 
     def clear(self, slot: int) -> None:
-        for group, a in self.a.items():
-            a[:, slot].zero_()
-            for b in self.b[group]:
+        for group, a_rows in self._a_rows.items():
+            a_rows[:, slot].zero_()
+            for b in self._b_rows[group]:
                 b[:, slot].zero_()

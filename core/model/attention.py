@@ -27,8 +27,9 @@ def paged_attention(
 
     num_seqs = batch.block_tables.shape[0]
     context = batch.block_tables.shape[1] * block_size
-    keys = k_cache[batch.block_tables].view(num_seqs, context, kv_heads, head_dim)
-    values = v_cache[batch.block_tables].view(num_seqs, context, kv_heads, head_dim)
+    blocks = batch.block_tables.view(-1)  # index_select is several times faster than indexing
+    keys = k_cache.index_select(0, blocks).view(num_seqs, context, kv_heads, head_dim)
+    values = v_cache.index_select(0, blocks).view(num_seqs, context, kv_heads, head_dim)
 
     heads = q.shape[1]
     if batch.query_rows is None:

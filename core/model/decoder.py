@@ -17,21 +17,20 @@ from loraserve.lora.slots import AdapterSlots, LayerLoRA
 from loraserve.model.attention import paged_attention
 from loraserve.model.forward_batch import ForwardBatch
 from loraserve.model.layers import RotaryEmbedding, rms_norm
+from loraserve.model.linear import Projection
 from loraserve.model.spec import ModelSpec
 
 
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [q + 2 * kv, hidden]
-    qkv_bias: torch.Tensor | None
+    qkv: Projection  # hidden -> q + 2 * kv (with bias for Qwen2)
     q_norm: torch.Tensor | None  # [head_dim], Qwen3
     k_norm: torch.Tensor | None
-    o: torch.Tensor  # [hidden, q]
-    o_bias: torch.Tensor | None
+    o: Projection  # q -> hidden
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down: torch.Tensor  # [hidden, intermediate]
+    gate_up: Projection  # hidden -> 2 * intermediate
+    down: Projection  # intermediate -> hidden
 
 
 @dataclass
@@ -39,7 +38,7 @@ class ModelWeights:
     embed: torch.Tensor  # [vocab, hidden]
     layers: list[LayerWeights]
     final_norm: torch.Tensor  # [hidden]
-    lm_head: torch.Tensor  # [vocab, hidden], the embedding itself when tied
+    lm_head: Projection  # hidden -> vocab (the embedding's values when tied)
 
 
 class DecoderModel:
@@ -68,7 +67,7 @@ class DecoderModel:
             hidden = self._layer(hidden, layer, kv_cache[0, index], kv_cache[1, index], batch, lora)
         last = hidden[batch.logits_indices]  # [B, hidden]
         last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)
-        return F.linear(last, self.weights.lm_head).float()  # [B, vocab]
+        return self.weights.lm_head(last).float()  # [B, vocab]
 
     def _layer(
         self,
@@ -82,7 +81,7 @@ class DecoderModel:
         spec = self.spec
         tokens = hidden.shape[0]
         x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
-        qkv = F.linear(x, w.qkv, w.qkv_bias)  # [T, q + 2 * kv]
+        qkv = w.qkv(x)  # [T, q + 2 * kv]
         if lora is not None:
             add_lora(qkv, x, lora.qkv_a, lora.qkv_b, batch.lora)
         q, k, v = qkv.split((spec.q_size, spec.kv_size, spec.kv_size), dim=-1)
@@ -95,18 +94,18 @@ class DecoderModel:
         q = self.rotary.apply(q, batch.positions)
         k = self.rotary.apply(k, batch.positions)
         attn = paged_attention(q, k, v, k_cache, v_cache, batch)  # [T, q]
-        o = F.linear(attn, w.o, w.o_bias)
+        o = w.o(attn)
         if lora is not None:
             add_lora(o, attn, lora.o_a, lora.o_b, batch.lora)
         hidden = hidden + o
 
         x = rms_norm(hidden, w.post_norm, spec.rms_norm_eps)
-        gate_up = F.linear(x, w.gate_up)  # [T, 2 * intermediate]
+        gate_up = w.gate_up(x)  # [T, 2 * intermediate]
         if lora is not None:
             add_lora(gate_up, x, lora.gate_up_a, lora.gate_up_b, batch.lora)
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate) * up
-        down = F.linear(act, w.down)
+        down = w.down(act)
         if lora is not None:
             add_lora(down, act, lora.down_a, lora.down_b, batch.lora)
         return hidden + down

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from loraserve.errors import UnsupportedModelError
 from loraserve.model.decoder import LayerWeights, ModelWeights
+from loraserve.model.linear import Projection
 from loraserve.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -65,18 +66,17 @@ def load_weights(
         qkv = torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
         biases = [maybe(p + f"self_attn.{n}_proj.bias") for n in "qkv"]
         qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
         layers.append(
             LayerWeights(
                 input_norm=take(p + "input_layernorm.weight"),
-                qkv=qkv,
-                qkv_bias=qkv_bias,
+                qkv=Projection(qkv, qkv_bias),
                 q_norm=maybe(p + "self_attn.q_norm.weight"),
                 k_norm=maybe(p + "self_attn.k_norm.weight"),
-                o=take(p + "self_attn.o_proj.weight"),
-                o_bias=maybe(p + "self_attn.o_proj.bias"),
+                o=Projection(take(p + "self_attn.o_proj.weight"), maybe(p + "self_attn.o_proj.bias")),
                 post_norm=take(p + "post_attention_layernorm.weight"),
-                gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
-                down=take(p + "mlp.down_proj.weight"),
+                gate_up=Projection(gate_up),
+                down=Projection(take(p + "mlp.down_proj.weight")),
             )
         )
     embed = take("model.embed_tokens.weight")
@@ -85,8 +85,13 @@ def load_weights(
         embed=embed,
         layers=layers,
         final_norm=take("model.norm.weight"),
-        lm_head=embed if spec.tie_word_embeddings or lm_head is None else lm_head,
+        lm_head=Projection(embed if spec.tie_word_embeddings or lm_head is None else lm_head),
     )
+    unexpected = [name for name in tensors if name.startswith("model.layers.")]
+    if unexpected:  # e.g. MLP biases: running without them would silently give wrong outputs
+        raise UnsupportedModelError(
+            f"checkpoint in {model_dir} has tensors our model code does not use: {unexpected[:3]}"
+        )
     if tensors:
         logger.warning("ignoring %d unexpected tensors, e.g. %s", len(tensors), next(iter(tensors)))
     return weights

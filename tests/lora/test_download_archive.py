@@ -58,7 +58,9 @@ def unpack(tmp_path: Path, data: bytes, name: str = "a.tar.gz", **limits) -> Pat
 @pytest.mark.parametrize("prefix", ["", "sql/", "./"])
 def test_tar_and_zip_unpack_adapter_files(tmp_path, prefix):
     members = [(prefix + n, d) for n, d in FILES.items()] + [(prefix + "README.md", b"hi")]
-    for i, (data, name) in enumerate([(tar_bytes(members), "a.tgz"), (zip_bytes(members), "a.zip")]):
+    for i, (data, name) in enumerate(
+        [(tar_bytes(members), "a.tgz"), (zip_bytes(members), "a.zip")]
+    ):
         (tmp_path / str(i)).mkdir()
         out = unpack(tmp_path / str(i), data, name)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == FILES  # README not written
@@ -126,7 +128,8 @@ def test_safe_names(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["", "..", "../x", "a/../b", "/abs", "a//b", ".hidden", "a?b", "a%2Fb", "a b", "x" * 300]
+    "name",
+    ["", "..", "../x", "a/../b", "/abs", "a//b", ".hidden", "a?b", "a%2Fb", "a b", "x" * 300],
 )
 def test_unsafe_names(name):
     assert not is_safe_name(name)

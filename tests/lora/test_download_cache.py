@@ -44,7 +44,12 @@ class MemorySource:
         if self.files is None:
             return None
         files = tuple(
-            RemoteFile(n, 10 if self.lie_about_size and n.endswith("safetensors") else len(d), etag_of(d), n)
+            RemoteFile(
+                n,
+                10 if self.lie_about_size and n.endswith("safetensors") else len(d),
+                etag_of(d),
+                n,
+            )
             for n, d in self.files.items()
         )
         return RemoteListing(files, archive=self.archive)
@@ -208,10 +213,22 @@ async def test_adapter_larger_than_listed_is_cut_off(tmp_path, files):
     "corrupt, message",
     [
         (lambda f: {**f, "adapter_config.json": b"{not json"}, "not valid JSON"),
-        (lambda f: {**f, "adapter_config.json": f["adapter_config.json"].replace(b"LORA", b"IA3")}, "peft_type"),
-        (lambda f: {**f, "adapter_model.safetensors": f["adapter_model.safetensors"][:-7]}, "outside the file"),
+        (
+            lambda f: {
+                **f,
+                "adapter_config.json": f["adapter_config.json"].replace(b"LORA", b"IA3"),
+            },
+            "peft_type",
+        ),
+        (
+            lambda f: {**f, "adapter_model.safetensors": f["adapter_model.safetensors"][:-7]},
+            "outside the file",
+        ),
         (lambda f: {**f, "adapter_model.safetensors": b"\xff" * 8 + b"{}"}, "header length"),
-        (lambda f: {"adapter_config.json": f["adapter_config.json"]}, "no adapter_model.safetensors"),
+        (
+            lambda f: {"adapter_config.json": f["adapter_config.json"]},
+            "no adapter_model.safetensors",
+        ),
     ],
 )
 async def test_malformed_adapters_refused(tmp_path, files, corrupt, message):
@@ -229,7 +246,9 @@ async def test_wrong_base_model_refused_before_weights(tmp_path):
 
 
 async def test_lru_eviction_keeps_cache_within_bound(tmp_path):
-    sources = {n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("abc")}
+    sources = {
+        n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("abc")
+    }
     size = sum(len(d) for d in sources["a"].files.values())
     cache = make_cache(tmp_path, max_cache_bytes=int(size * 2.5))
     paths = {}

@@ -45,9 +45,13 @@ def _error_middleware() -> web.middleware:
     @web.middleware
     async def errors(request: web.Request, handler):  # noqa: ANN001, ANN202
         try:
-            return await handler(request)
+            response = await handler(request)
         except Exception as exc:  # the one place exceptions become HTTP statuses
-            return error_response(exc)
+            response = error_response(exc)
+        route = request.match_info.route.resource
+        label = route.canonical if route is not None else "unmatched"
+        metrics.HTTP_REQUESTS.labels(label, str(response.status)).inc()
+        return response
 
     return errors
 

@@ -61,6 +61,7 @@ async def merged(
     params: SamplingParams,
     request_id: str,
     lora_request: LoRARequest | None,
+    texts: list[str | None] | None = None,
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Run one engine request per prompt and yield ``(prompt_index, snapshot)`` as they come.
 
@@ -70,7 +71,9 @@ async def merged(
     queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
 
     async def pump(index: int) -> None:
-        gen = engine.generate(prompts[index], params, f"{request_id}-{index}", lora_request)
+        text = texts[index] if texts else None
+        gen = engine.generate(prompts[index], params, f"{request_id}-{index}", lora_request,
+                              prompt=text)
         try:
             async for out in gen:
                 queue.put_nowait((index, out, None, False))
@@ -142,3 +145,25 @@ class SSEStream:
         await self.response.write(b"data: [DONE]\n\n")
         await self.response.write_eof()
         return self.response
+
+
+class Usage:
+    """OpenAI's ``usage``: each prompt counted once, every choice's generated tokens.
+
+    (Prometheus counters for requests, tokens and time to first token live in the engine,
+    which sees every request, offline ones included.)
+    """
+
+    def __init__(self, prompt_lens: list[int]) -> None:
+        self.prompt_lens = prompt_lens
+        self.completion_tokens: dict[tuple[int, int], int] = {}
+
+    def observe(self, prompt_index: int, out: RequestOutput) -> None:
+        for comp in out.outputs:
+            self.completion_tokens[(prompt_index, comp.index)] = len(comp.token_ids)
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(self.prompt_lens)
+        completion = sum(self.completion_tokens.values())
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}

@@ -28,11 +28,9 @@ def _field(body: dict[str, Any], name: str, kind: str, default: Any = None) -> A
         "list": isinstance(value, list),
     }[kind]
     if not ok:
-        article = "an" if kind[0] in "aeiou" else "a"
-        kind_name = {"str": "string", "dict": "object", "list": "array", "int": "integer"}
-        raise InvalidRequestError(
-            f"'{name}' must be {article} {kind_name.get(kind, kind)}, got {value!r}"
-        )
+        kind_name = {"str": "a string", "dict": "an object", "list": "an array",
+                     "int": "an integer", "bool": "a boolean", "number": "a number"}[kind]
+        raise InvalidRequestError(f"'{name}' must be {kind_name}, got {value!r}")
     return value
 
 

@@ -9,13 +9,13 @@ from aiohttp import web
 
 from loraserve.entrypoints.openai.generation import (
     SSEStream,
+    Usage,
     merged,
     now,
     random_id,
     sampling_params,
 )
 from loraserve.entrypoints.openai.protocol import ChatCompletionRequest
-from loraserve.entrypoints.openai.request_metrics import RequestMetrics
 from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -60,29 +60,28 @@ class ServingChat:
         prompt = self._render(req)
         params = sampling_params(req.sampling, len(prompt), self.engine.max_model_len)
         head = {"id": random_id("chatcmpl"), "created": now(), "model": model_name}
-        metrics = RequestMetrics(model_name, [len(prompt)])
+        usage = Usage([len(prompt)])
         outputs = merged(self.engine, [prompt], params, head["id"], lora)
         try:
             if req.stream:
-                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, metrics)
+                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage)
                 return await SSEStream(request).run(chunks)
-            return await _whole(outputs, head, metrics)
+            return await _whole(outputs, head, usage)
         finally:
-            metrics.close()
             await outputs.aclose()
 
 
-async def _whole(outputs: Outputs, head: dict, metrics: RequestMetrics) -> web.Response:
+async def _whole(outputs: Outputs, head: dict, usage: Usage) -> web.Response:
     final: RequestOutput | None = None
     async for index, out in outputs:
-        metrics.observe(index, out)
+        usage.observe(index, out)
         final = out
     choices = [
         {"index": comp.index, "message": {"role": "assistant", "content": comp.text},
          "logprobs": None, "finish_reason": comp.finish_reason, "stop_reason": None}
         for comp in (final.outputs if final else [])
     ]
-    body = {**head, "object": "chat.completion", "choices": choices, "usage": metrics.usage()}
+    body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.usage()}
     return web.json_response(body)
 
 
@@ -92,7 +91,7 @@ def _chunk(head: dict, index: int, delta: dict, finish_reason: str | None) -> di
 
 
 async def _chunks(
-    outputs: Outputs, head: dict, n: int, include_usage: bool, metrics: RequestMetrics
+    outputs: Outputs, head: dict, n: int, include_usage: bool, usage: Usage
 ) -> AsyncIterator[dict[str, Any]]:
     """A role chunk per choice first (as OpenAI sends it), then content deltas.
 
@@ -105,7 +104,7 @@ async def _chunks(
     sent: dict[int, int] = {}
     finished: set[int] = set()
     async for prompt_index, out in _prepend(first, outputs):
-        metrics.observe(prompt_index, out)
+        usage.observe(prompt_index, out)
         for comp in out.outputs:
             delta = comp.text[sent.get(comp.index, 0):]
             if comp.index in finished or (not delta and comp.finish_reason is None):
@@ -115,7 +114,7 @@ async def _chunks(
                 finished.add(comp.index)
             yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason)
     if include_usage:
-        yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": metrics.usage()}
+        yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.usage()}
 
 
 async def _prepend(first: tuple[int, RequestOutput] | None, rest: Outputs) -> Outputs:

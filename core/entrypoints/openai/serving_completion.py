@@ -9,13 +9,13 @@ from aiohttp import web
 
 from loraserve.entrypoints.openai.generation import (
     SSEStream,
+    Usage,
     merged,
     now,
     random_id,
     sampling_params,
 )
 from loraserve.entrypoints.openai.protocol import CompletionRequest
-from loraserve.entrypoints.openai.request_metrics import RequestMetrics
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
@@ -46,15 +46,15 @@ class ServingCompletion:
         params = [sampling_params(req.sampling, len(p), self.engine.max_model_len) for p in prompts]
         head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
                 "model": model_name}
-        metrics = RequestMetrics(model_name, [len(p) for p in prompts])
-        outputs = merged(self.engine, prompts, params[0], head["id"], lora)
+        usage = Usage([len(p) for p in prompts])
+        outputs = merged(self.engine, prompts, params[0], head["id"], lora,
+                         [p if isinstance(p, str) else None for p in req.prompts])
         try:
             if req.stream:
-                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, metrics)
+                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage)
                 return await SSEStream(request).run(chunks)
-            return await _whole(outputs, head, req.sampling.n, metrics)
+            return await _whole(outputs, head, req.sampling.n, usage)
         finally:
-            metrics.close()
             await outputs.aclose()
 
 
@@ -63,27 +63,27 @@ def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
             "stop_reason": None}
 
 
-async def _whole(outputs: Outputs, head: dict, n: int, metrics: RequestMetrics) -> web.Response:
+async def _whole(outputs: Outputs, head: dict, n: int, usage: Usage) -> web.Response:
     final: dict[int, RequestOutput] = {}
     async for index, out in outputs:
-        metrics.observe(index, out)
+        usage.observe(index, out)
         final[index] = out
     choices = [
         _choice(index * n + comp.index, comp.text, comp.finish_reason)
         for index in sorted(final)
         for comp in final[index].outputs
     ]
-    return web.json_response({**head, "choices": choices, "usage": metrics.usage()})
+    return web.json_response({**head, "choices": choices, "usage": usage.usage()})
 
 
 async def _chunks(
-    outputs: Outputs, head: dict, n: int, include_usage: bool, metrics: RequestMetrics
+    outputs: Outputs, head: dict, n: int, include_usage: bool, usage: Usage
 ) -> AsyncIterator[dict[str, Any]]:
     """One chunk per new piece of text of one choice; the last carries its finish_reason."""
     sent: dict[tuple[int, int], int] = {}
     finished: set[tuple[int, int]] = set()
     async for index, out in outputs:
-        metrics.observe(index, out)
+        usage.observe(index, out)
         for comp in out.outputs:
             key = (index, comp.index)
             delta = comp.text[sent.get(key, 0):]
@@ -94,4 +94,4 @@ async def _chunks(
                 finished.add(key)
             yield {**head, "choices": [_choice(index * n + comp.index, delta, comp.finish_reason)]}
     if include_usage:
-        yield {**head, "choices": [], "usage": metrics.usage()}
+        yield {**head, "choices": [], "usage": usage.usage()}

@@ -33,7 +33,9 @@ def lora_adapter_files(
         for target in targets:
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{target}"
             tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden, generator=gen)  # [r, in]
-            tensors[f"{prefix}.lora_B.weight"] = torch.randn(hidden, rank, generator=gen)  # [out, r]
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(
+                hidden, rank, generator=gen
+            )  # [out, r]
     config = {
         "peft_type": "LORA",
         "base_model_name_or_path": base_model_name,
@@ -120,3 +122,46 @@ async def start_app(app) -> tuple[object, str]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+class AppThread:
+    """An aiohttp app served from its own thread and loop, for synchronous callers (LLM)."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runner, self.url = asyncio.run_coroutine_threadsafe(start_app(app), self.loop).result(
+            timeout=30
+        )
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def engine_greedy_tokens(model_dir, served_model_name: str, loras: list, max_tokens: int = 8):
+    """Greedy token ids per adapter (a name to resolve, or a LoRARequest), one engine for all."""
+    from loraserve import LLM, SamplingParams
+    from loraserve.plugins import reset_plugin_manager
+
+    reset_plugin_manager()  # pick up the resolver variables the caller just set
+    try:
+        llm = LLM(
+            model=str(model_dir),
+            enable_lora=True,
+            served_model_name=served_model_name,
+            max_loras=2,
+            max_lora_rank=16,
+        )
+        prompts = ["the quick brown fox", "select name from users"]
+        params = SamplingParams(temperature=0, max_tokens=max_tokens)
+        return [
+            [out.outputs[0].token_ids for out in llm.generate(prompts, params, lora_request=lora)]
+            for lora in loras
+        ]
+    finally:
+        reset_plugin_manager()

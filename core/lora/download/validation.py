@@ -146,7 +146,9 @@ def validate_adapter_dir(
             f"no {ADAPTER_WEIGHTS} in the downloaded adapter (only safetensors are fetched)",
         )
     # only the files the engine reads count: a Hub snapshot folder may hold others too
-    total = sum((adapter_dir / n).stat().st_size for n in ADAPTER_FILES if (adapter_dir / n).is_file())
+    total = sum(
+        (adapter_dir / n).stat().st_size for n in ADAPTER_FILES if (adapter_dir / n).is_file()
+    )
     if total > max_bytes:
         raise LoRAAdapterError(
             lora_name,

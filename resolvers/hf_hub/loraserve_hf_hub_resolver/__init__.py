@@ -110,7 +110,9 @@ class HubSource:
                 self.repo_id, revision=REVISION, files_metadata=True, timeout=self.timeout_s
             )
         except GatedRepoError as exc:
-            raise PermissionError(f"{self.repo_id} is gated; set HF_TOKEN to a token with access") from exc
+            raise PermissionError(
+                f"{self.repo_id} is gated; set HF_TOKEN to a token with access"
+            ) from exc
         except (RepositoryNotFoundError, RevisionNotFoundError):
             return None
         except Exception as exc:
@@ -172,7 +174,8 @@ class HfHubResolver(LoRAResolver):
         if self.allowlist:
             logger.warning(
                 "%s may download LoRA adapters from these Hugging Face repos/owners: %s",
-                RESOLVER_NAME, sorted(self.allowlist.repos | self.allowlist.owners),
+                RESOLVER_NAME,
+                sorted(self.allowlist.repos | self.allowlist.owners),
             )
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:

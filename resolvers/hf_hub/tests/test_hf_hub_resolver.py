@@ -10,6 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from loraserve_hf_hub_resolver import (
+    HfHubResolver,
+    RepoAllowlist,
+    register_lora_resolvers,
+    split_adapter_name,
+)
+
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
 from loraserve.lora.download.testing import (
@@ -19,12 +26,6 @@ from loraserve.lora.download.testing import (
     lora_adapter_files,
     serve_bytes,
     start_app,
-)
-from loraserve_hf_hub_resolver import (
-    HfHubResolver,
-    RepoAllowlist,
-    register_lora_resolvers,
-    split_adapter_name,
 )
 
 pytest.importorskip("huggingface_hub")
@@ -90,21 +91,30 @@ class FakeHub:
         return await serve_bytes(request, data, self.faults, headers)
 
 
-@pytest.fixture
-async def hub(monkeypatch, tmp_path):
+def hub_app(fake: FakeHub):
+    """The three Hub routes huggingface_hub's snapshot_download uses."""
     from aiohttp import web
 
-    fake = FakeHub()
     app = web.Application()
     prefix = "/api/models/{owner}/{repo}"
     app.router.add_get(prefix + "/revision/{rev}", fake.revision)
     app.router.add_get(prefix + "/tree/{rev}", fake.tree)
     app.router.add_route("*", "/{owner}/{repo}/resolve/{rev}/{path:.*}", fake.resolve)
-    runner, url = await start_app(app)
+    return app
+
+
+def hub_env(monkeypatch, url: str, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture
+async def hub(monkeypatch, tmp_path):
+    fake = FakeHub()
+    runner, url = await start_app(hub_app(fake))
+    hub_env(monkeypatch, url, tmp_path)
     yield fake
     await runner.cleanup()
 
@@ -127,7 +137,11 @@ def test_names_and_allowlist():
 
 async def test_resolves_repo_root_and_subpath(tmp_path, hub):
     root, sub = lora_adapter_files(BASE, seed=1), lora_adapter_files(BASE, seed=2)
-    hub.repos["org/adapters"] = {**root, **{f"sql/{n}": d for n, d in sub.items()}, "README.md": b"x"}
+    hub.repos["org/adapters"] = {
+        **root,
+        **{f"sql/{n}": d for n, d in sub.items()},
+        "README.md": b"x",
+    }
     resolver = make_resolver(tmp_path)
     found = await resolver.resolve_lora(BASE, "org/adapters")
     assert (Path(found.lora_path) / WEIGHTS).read_bytes() == root[WEIGHTS]
@@ -154,13 +168,16 @@ async def test_reuses_adapters_already_in_the_hub_cache(tmp_path, hub):
     from huggingface_hub import snapshot_download
 
     hub.repos["org/a"] = lora_adapter_files(BASE)
-    snapshot_download("org/a", cache_dir=tmp_path / "hf-cache", endpoint=hub_url(hub))
+    # the Hub's own tool, in a thread: the fake Hub runs on this event loop
+    await asyncio.to_thread(
+        snapshot_download, "org/a", cache_dir=tmp_path / "hf-cache", endpoint=hub_url()
+    )
     before = hub.log.gets(WEIGHTS)
     found = await make_resolver(tmp_path).resolve_lora(BASE, "org/a")
     assert found is not None and hub.log.gets(WEIGHTS) == before
 
 
-def hub_url(hub: FakeHub) -> str:
+def hub_url() -> str:
     import os
 
     return os.environ["HF_ENDPOINT"]
@@ -242,3 +259,31 @@ def test_hook_registers_only_with_an_allowlist(monkeypatch):
 def test_plugin_module_imports_no_huggingface_hub():
     code = "import sys, loraserve_hf_hub_resolver; assert 'huggingface_hub' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_served_through_engine_like_a_local_adapter(tmp_path, monkeypatch):
+    """VLLM_PLUGINS=lora_hf_hub_resolver; model "org/adapters/sql" -> Hub -> same tokens."""
+    from loraserve.lora.download import ADAPTER_FILES
+    from loraserve.lora.download.testing import AppThread, engine_greedy_tokens
+    from loraserve.lora.request import LoRARequest
+    from loraserve.testing import make_adapter, make_tiny_model
+
+    model_dir = make_tiny_model(tmp_path / "model", seed=3)
+    adapter = make_adapter(
+        model_dir, tmp_path / "sql", targets=("q_proj", "v_proj"), base_model_name=BASE
+    )
+    fake = FakeHub()
+    fake.repos["org/adapters"] = {f"sql/{n}": (adapter / n).read_bytes() for n in ADAPTER_FILES}
+    server = AppThread(hub_app(fake))
+    try:
+        hub_env(monkeypatch, server.url, tmp_path)
+        monkeypatch.setenv("VLLM_PLUGINS", "lora_hf_hub_resolver")
+        monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+        monkeypatch.setenv("VLLM_LORA_RESOLVER_HF_REPO_LIST", "org/adapters")
+        monkeypatch.setenv("VLLM_LORA_RESOLVER_DOWNLOAD_DIR", str(tmp_path / "downloads"))
+        remote, local, base = engine_greedy_tokens(
+            model_dir, BASE, ["org/adapters/sql", LoRARequest("sql-local", 1, str(adapter)), None]
+        )
+    finally:
+        server.close()
+    assert remote == local and remote != base

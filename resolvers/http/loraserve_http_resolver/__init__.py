@@ -57,7 +57,9 @@ class HttpSource:
             import aiohttp
 
             timeout = aiohttp.ClientTimeout(
-                total=None, connect=self.timeout_s, sock_connect=self.timeout_s,
+                total=None,
+                connect=self.timeout_s,
+                sock_connect=self.timeout_s,
                 sock_read=self.timeout_s,
             )
             headers = {"Accept-Encoding": "identity"}  # sizes must match what HEAD says
@@ -150,7 +152,9 @@ class HttpResolver(LoRAResolver):
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
         url = fill_location_template(
-            self.url_template, base_model_name=base_model_name, lora_name=lora_name,
+            self.url_template,
+            base_model_name=base_model_name,
+            lora_name=lora_name,
             quote=lambda segment: quote(segment, safe=""),
         )
         if url is None:

@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from loraserve_http_resolver import HttpResolver, register_lora_resolvers
+
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
 from loraserve.lora.download.testing import (
@@ -22,7 +24,6 @@ from loraserve.lora.download.testing import (
     serve_bytes,
     start_app,
 )
-from loraserve_http_resolver import HttpResolver, register_lora_resolvers
 
 BASE = "tiny-base"
 WEIGHTS = "adapter_model.safetensors"
@@ -247,3 +248,47 @@ def test_hook_and_template_checks(monkeypatch):
 def test_plugin_module_imports_no_aiohttp_client():
     code = "import sys, loraserve_http_resolver; assert 'aiohttp' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_served_through_engine_like_a_local_adapter(tmp_path, monkeypatch):
+    """VLLM_PLUGINS=lora_http_resolver against a plain http.server directory listing."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from loraserve.lora.download.testing import engine_greedy_tokens
+    from loraserve.lora.request import LoRARequest
+    from loraserve.testing import make_adapter, make_tiny_model
+
+    model_dir = make_tiny_model(tmp_path / "model", seed=3)
+    adapter = make_adapter(
+        model_dir,
+        tmp_path / "www" / BASE / "sql",
+        targets=("q_proj", "v_proj"),
+        base_model_name=BASE,
+    )
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "www"))
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        monkeypatch.setenv("VLLM_PLUGINS", "lora_http_resolver")
+        monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+        monkeypatch.setenv(
+            "VLLM_LORA_RESOLVER_HTTP_URL",
+            f"http://127.0.0.1:{port}/{{base_model_name}}/{{lora_name}}",
+        )
+        monkeypatch.setenv("VLLM_LORA_RESOLVER_DOWNLOAD_DIR", str(tmp_path / "downloads"))
+        remote, local, base = engine_greedy_tokens(
+            model_dir, BASE, ["sql", LoRARequest("sql-local", 1, str(adapter)), None]
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert remote == local and remote != base

@@ -77,7 +77,9 @@ class S3Source:
                 info = await fs._info(self.path, refresh=True)
                 if info.get("type") != "file":
                     return None
-                return RemoteListing((_remote_file(posixpath.basename(self.path), info),), archive=True)
+                return RemoteListing(
+                    (_remote_file(posixpath.basename(self.path), info),), archive=True
+                )
             entries = await fs._ls(self.path, detail=True, refresh=True)
         except FileNotFoundError:
             return None
@@ -108,14 +110,20 @@ class S3Source:
 
 def _remote_file(name: str, info: dict) -> RemoteFile:
     tag = info.get("ETag") or info.get("LastModified")
-    return RemoteFile(name=name, size=info.get("size"), tag=str(tag).strip('"') if tag else None,
-                      remote_path=info["name"])
+    return RemoteFile(
+        name=name,
+        size=info.get("size"),
+        tag=str(tag).strip('"') if tag else None,
+        remote_path=info["name"],
+    )
 
 
 def _as_transient(exc: Exception) -> Exception:
     """Network and server trouble is retried; access denied is final and says what to check."""
     if isinstance(exc, PermissionError):
-        return PermissionError(f"access denied ({exc}); check the AWS credentials and bucket policy")
+        return PermissionError(
+            f"access denied ({exc}); check the AWS credentials and bucket policy"
+        )
     return TransientSourceError(f"S3: {type(exc).__name__}: {exc}")
 
 

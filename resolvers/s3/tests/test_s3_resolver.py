@@ -16,10 +16,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from loraserve_s3_resolver import S3Resolver, register_lora_resolvers
+
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
 from loraserve.lora.download.testing import Faults, RequestLog, lora_adapter_files, start_app
-from loraserve_s3_resolver import S3Resolver, register_lora_resolvers
 
 pytest.importorskip("s3fs")
 BASE = "tiny-base"
@@ -68,7 +69,10 @@ def boto3_client(url: str):
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
         region_name="us-east-1",
     )
 
@@ -97,12 +101,17 @@ class Proxy:
 
         self.log.counts[(request.method, request.path)] += 1
         headers = {
-            k: v for k, v in request.headers.items()
+            k: v
+            for k, v in request.headers.items()
             if k.lower() not in ("host", "content-length", "transfer-encoding")
         }
         async with self.session.request(
-            request.method, self.upstream + request.path_qs, headers=headers,
-            data=await request.read(), allow_redirects=False, auto_decompress=False,
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+            auto_decompress=False,
         ) as upstream:
             body = await upstream.read()
             hop = {"transfer-encoding", "connection", "server", "date"}
@@ -251,3 +260,49 @@ def test_hook_registers_only_when_configured(monkeypatch):
 def test_plugin_module_imports_no_s3fs():
     code = "import sys, loraserve_s3_resolver; assert 's3fs' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(__file__))
+
+
+def test_served_through_engine_like_a_local_adapter(tmp_path, moto_url, monkeypatch, prefix):
+    """VLLM_PLUGINS=lora_s3_resolver; model "sql" unknown -> S3 -> same greedy tokens as local."""
+    from loraserve.lora.download import ADAPTER_FILES
+    from loraserve.lora.download.testing import engine_greedy_tokens
+    from loraserve.lora.request import LoRARequest
+    from loraserve.testing import make_adapter, make_tiny_model
+
+    model_dir = make_tiny_model(tmp_path / "model", seed=3)
+    adapter = make_adapter(
+        model_dir, tmp_path / "sql", targets=("q_proj", "v_proj"), base_model_name=BASE
+    )
+    upload(moto_url, f"{prefix}/{BASE}/sql", {n: (adapter / n).read_bytes() for n in ADAPTER_FILES})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_s3_resolver")
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    monkeypatch.setenv(
+        "VLLM_LORA_RESOLVER_S3_URI", f"s3://{BUCKET}/{prefix}/{{base_model_name}}/{{lora_name}}"
+    )
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_DOWNLOAD_DIR", str(tmp_path / "downloads"))
+    remote, local, base = engine_greedy_tokens(
+        model_dir, BASE, ["sql", LoRARequest("sql-local", 1, str(adapter)), None]
+    )
+    assert remote == local and remote != base
+
+
+async def test_unknown_falls_through_to_next_resolver_then_404(tmp_path, proxy, prefix):
+    from loraserve.errors import LoRANotFoundError
+    from loraserve.lora.request import LoRARequest
+    from loraserve.lora.resolution import LoRAResolutionService
+    from loraserve.lora.resolver import LoRAResolver
+
+    class Fallback(LoRAResolver):
+        async def resolve_lora(self, base_model_name, lora_name):
+            return LoRARequest(lora_name, 1, "/elsewhere") if lora_name == "known" else None
+
+    async def load(request):
+        return request
+
+    s3 = make_resolver(tmp_path, prefix)
+    chain = [("lora_s3_resolver", s3), ("fallback", Fallback())]
+    service = LoRAResolutionService(BASE, load, resolvers=lambda: chain)
+    assert (await service.resolve("known")).lora_path == "/elsewhere"
+    with pytest.raises(LoRANotFoundError):
+        await service.resolve("nowhere")

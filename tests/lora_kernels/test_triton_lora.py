@@ -2,7 +2,7 @@
 
 The interpreter runs the kernels on CPU tensors; it must be switched on before the kernels
 are decorated, so before `loraserve.kernels.triton_ops` is imported. On a GPU machine,
-`TRITON_INTERPRET=0 pytest tests/kernels` runs the same tests on the compiled kernels.
+`TRITON_INTERPRET=0 pytest tests/lora_kernels` runs the same tests on the compiled kernels.
 """
 
 from __future__ import annotations
