@@ -10,6 +10,7 @@ process, interleaved, best of N, so machine speed cancels out.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -113,31 +114,54 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
     with_many = best_of(rounds, {f"{held} held": engine(distinct)})[f"{held} held"]
     print(f"4. {held} adapters held, 16 in use / only 16 held: {with_16 / with_many:.2f}  (target >= 0.90)")
 
-    print(f"5. cold load / raw read of the file:              {cold_load_ratio(llm, adapters[0], rounds * 5):.2f}  (target <= 3, lower is better)")
+    from_disk, cached = cold_load_ratios(llm, adapters[0], rounds * 5)
+    print(f"5. cold load / raw read, file on local disk:      {from_disk:.2f}  (target <= 3, lower is better)")
+    print(f"   the same with the file already page-cached:    {cached:.2f}")
 
 
-def cold_load_ratio(llm: LLM, adapter: Path, rounds: int) -> float:
-    """Parse+validate+place into a slot, against reading the same bytes from disk."""
+def cold_load_ratios(llm: LLM, adapter: Path, rounds: int) -> tuple[float, float]:
+    """Parse + validate + write into a slot, against reading the same bytes.
+
+    Measured twice: with the file evicted from the page cache first (a cold load from
+    local disk) and with it cached (where our per-tensor work shows most).
+    """
     manager = llm.engine.lora_manager
-    weights = adapter / "adapter_model.safetensors"
     counter = iter(range(10**6))
 
     def cold_load() -> None:
         name = f"cold{next(counter)}"
-        manager.add(LoRARequest(name, 1, str(adapter)))
-        manager.ensure_host(manager.get(name))
-        manager.release_slot(name) if manager.acquire_slot(name) is not None else None
+        request = manager.add(LoRARequest(name, 1, str(adapter)))
+        manager.ensure_host(request)
+        assert manager.acquire_slot(name) is not None
+        manager.release_slot(name)
         manager.release_host(name)
         manager.remove(name)
 
     def raw_read() -> None:
-        with open(weights, "rb") as f:
-            f.read()
+        for file in adapter.iterdir():
+            file.read_bytes()
 
-    times = best_of(rounds, {"cold load": cold_load, "raw read": raw_read})
-    print(f"   cold load {times['cold load'] * 1000:.2f} ms, raw read {times['raw read'] * 1000:.2f} ms "
-          f"({weights.stat().st_size / 2**20:.1f} MiB)")
-    return times["cold load"] / times["raw read"]
+    def evicted(run: Callable[[], None]) -> Callable[[], float]:
+        def timed() -> float:
+            for file in adapter.iterdir():
+                fd = os.open(file, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+        return timed
+
+    disk_load, disk_read = float("inf"), float("inf")
+    for _ in range(rounds):
+        disk_load = min(disk_load, evicted(cold_load)())
+        disk_read = min(disk_read, evicted(raw_read)())
+    cached = best_of(rounds, {"cold load": cold_load, "raw read": raw_read})
+    size = sum(f.stat().st_size for f in adapter.iterdir()) / 2**20
+    print(f"   from disk: load {disk_load * 1000:.2f} ms, read {disk_read * 1000:.2f} ms; "
+          f"page-cached: load {cached['cold load'] * 1000:.2f} ms, "
+          f"read {cached['raw read'] * 1000:.2f} ms ({size:.1f} MiB)")
+    return disk_load / disk_read, cached["cold load"] / cached["raw read"]
 
 
 def reference_models(model_dir: Path, adapters: list[Path]):

@@ -28,7 +28,7 @@ SERVED_MODEL_NAME = "loraserve-demo"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_RANK = 16
 LORA_ALPHA = 32
-TRAIN_STEPS = 120
+TRAIN_STEPS = 80
 
 BASE_ANSWER = "I am the base model. Ask an adapter for a different voice."
 ADAPTER_ANSWERS = {
@@ -96,7 +96,12 @@ def build_demo(root: Path) -> DemoPaths:
     loras = _LoRASet(model, list(ADAPTER_ANSWERS), seed=100)
     tasks = {None: _batch(_examples(tokenizer, BASE_ANSWER))}
     tasks.update({name: _batch(_examples(tokenizer, a)) for name, a in ADAPTER_ANSWERS.items()})
-    _train(model, loras, tasks, steps=TRAIN_STEPS, lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only fight over the cores
+    try:
+        _train(model, loras, tasks, steps=TRAIN_STEPS, lr=1e-2)
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(str(paths.model), safe_serialization=True)
     for name in ADAPTER_ANSWERS:
         loras.save(name, paths.adapter(name), base_model_name=SERVED_MODEL_NAME)

@@ -68,8 +68,7 @@ def _entry(name: str, info: object, data_size: int) -> tuple[torch.dtype, list[i
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
         raise SafetensorsError(f"tensor {name!r} lies outside the file (truncated?)")
-    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    if end - begin != math.prod(shape) * itemsize:
+    if end - begin != math.prod(shape) * _ITEMSIZE[DTYPES[dtype]]:
         raise SafetensorsError(f"tensor {name!r} size disagrees with its shape")
     return DTYPES[dtype], shape, begin, end
 
@@ -77,14 +76,26 @@ def _entry(name: str, info: object, data_size: int) -> tuple[torch.dtype, list[i
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of the file as views into one buffer filled by a single read."""
     size = path.stat().st_size
-    buffer = bytearray(size)
+    buffer = torch.empty(size, dtype=torch.uint8)
     with path.open("rb") as f:
-        if f.readinto(buffer) != size:
+        if f.readinto(buffer.numpy()) != size:
             raise SafetensorsError("the file changed while it was read")
-    start, entries = parse_header(buffer, size)
-    data = torch.frombuffer(buffer, dtype=torch.uint8) if size > start else torch.empty(0, dtype=torch.uint8)
+    start, entries = parse_header(buffer.numpy(), size)
+    flat: dict[torch.dtype, torch.Tensor] = {}  # the data region viewed as each dtype once
     tensors = {}
     for name, (dtype, shape, begin, end) in entries.items():
-        raw = data[start + begin : start + end]
-        tensors[name] = raw.view(dtype).view(shape) if end > begin else torch.empty(shape, dtype=dtype)
+        itemsize = _ITEMSIZE[dtype]
+        if (start + begin) % itemsize or not shape or end == begin:
+            raw = buffer[start + begin : start + end]  # unaligned or scalar/empty: plain view
+            tensors[name] = raw.view(dtype).view(shape) if end > begin else torch.empty(shape, dtype=dtype)
+            continue
+        if dtype not in flat:
+            flat[dtype] = buffer[: size - size % itemsize].view(dtype)
+        strides = [1] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+        tensors[name] = flat[dtype].as_strided(shape, strides, (start + begin) // itemsize)
     return tensors
+
+
+_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}

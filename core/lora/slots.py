@@ -71,13 +71,22 @@ class AdapterSlots:
         """Copy an adapter into ``slot``, scaling B; modules it does not target become zero."""
         self.clear(slot)
         max_rank = self.max_rank
+        scales = {weights.scale for weights in adapter.modules.values()}
+        one_scale = scales.pop() if len(scales) == 1 else None
         for (layer, module), weights in adapter.modules.items():
             group, index = MODULE_GROUP[module]
             r = weights.a.shape[0]
             start = index * max_rank
             self._a_rows[group][layer, slot, start : start + r].copy_(weights.a)
             b_rows = self._b_rows[group][index][layer, slot, :, :r]
-            b_rows.copy_(weights.b).mul_(weights.scale)
+            if one_scale is None:
+                torch.mul(weights.b, weights.scale, out=b_rows)
+            else:
+                b_rows.copy_(weights.b)
+        if one_scale is not None and one_scale != 1.0:  # one pass per B instead of per module
+            for b_slices in self._b_rows.values():
+                for b in b_slices:
+                    b[:, slot].mul_(one_scale)
 
     def clear(self, slot: int) -> None:
         for group, a_rows in self._a_rows.items():

@@ -283,3 +283,22 @@ async def test_crash_between_rename_and_entry_leaves_nothing_loadable(tmp_path, 
     source.files = lora_adapter_files(BASE, seed=5)
     fresh = await cache.get(source, lora_name="sql", base_model_name=BASE)
     assert [p.name for p in fresh.parent.iterdir() if p.is_dir()] == [fresh.name]
+
+
+async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
+    from loraserve.lora.download import pin_loaded_adapter, unpin_adapter
+
+    sources = {
+        n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("ab")
+    }
+    size = sum(len(d) for d in sources["a"].files.values())
+    cache = make_cache(tmp_path, max_cache_bytes=int(size * 1.5))
+    a = await cache.get(sources["a"], lora_name="a", base_model_name=BASE)
+    pin_loaded_adapter("a", str(a))
+    try:
+        b = await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
+        assert a.exists() and b.exists()  # over the bound, but "a" is in use
+    finally:
+        unpin_adapter("a")
+    await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
+    assert not a.exists()

@@ -16,7 +16,14 @@ SLOT_PATTERNS = {
     "one_adapter_some_tokens": [N, 1, 1, N],
     "single_token": [3],
     "equal_segments": [0, 1, 0, 1],
+    "sorted_equal_segments": [N, N, 1, 1, 2, 2, 3, 3],  # the slicing shortcut (decode steps)
+    "sorted_with_slot_gap": [0, 0, 2, 2],  # slot 1 unused inside the slot range
 }
+
+
+def test_sorted_equal_segments_take_the_slicing_shortcut(problem_factory):
+    assert problem_factory(SLOT_PATTERNS["sorted_equal_segments"]).batch().padded_token_start == 2
+    assert problem_factory(SLOT_PATTERNS["padded_segments"]).batch().padded_token_start is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

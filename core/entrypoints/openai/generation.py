@@ -167,3 +167,12 @@ class Usage:
         completion = sum(self.completion_tokens.values())
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
+
+
+def streamable(text: str, finished: bool) -> str:
+    """The part of a cumulative text that is safe to send as a delta.
+
+    A trailing U+FFFD is usually an incomplete UTF-8 sequence that the next token completes
+    (and rewrites), so it is held back until more text arrives or the choice finishes.
+    """
+    return text if finished else text.rstrip("\ufffd")

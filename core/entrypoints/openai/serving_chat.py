@@ -14,6 +14,7 @@ from loraserve.entrypoints.openai.generation import (
     now,
     random_id,
     sampling_params,
+    streamable,
 )
 from loraserve.entrypoints.openai.protocol import ChatCompletionRequest
 from loraserve.errors import InvalidRequestError
@@ -106,10 +107,11 @@ async def _chunks(
     async for prompt_index, out in _prepend(first, outputs):
         usage.observe(prompt_index, out)
         for comp in out.outputs:
-            delta = comp.text[sent.get(comp.index, 0):]
+            text = streamable(comp.text, comp.finish_reason is not None)
+            delta = text[sent.get(comp.index, 0):]
             if comp.index in finished or (not delta and comp.finish_reason is None):
                 continue
-            sent[comp.index] = len(comp.text)
+            sent[comp.index] = len(text)
             if comp.finish_reason is not None:
                 finished.add(comp.index)
             yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason)

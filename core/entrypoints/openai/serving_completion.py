@@ -14,6 +14,7 @@ from loraserve.entrypoints.openai.generation import (
     now,
     random_id,
     sampling_params,
+    streamable,
 )
 from loraserve.entrypoints.openai.protocol import CompletionRequest
 
@@ -86,10 +87,11 @@ async def _chunks(
         usage.observe(index, out)
         for comp in out.outputs:
             key = (index, comp.index)
-            delta = comp.text[sent.get(key, 0):]
+            text = streamable(comp.text, comp.finish_reason is not None)
+            delta = text[sent.get(key, 0):]
             if key in finished or (not delta and comp.finish_reason is None):
                 continue
-            sent[key] = len(comp.text)
+            sent[key] = len(text)
             if comp.finish_reason is not None:
                 finished.add(key)
             yield {**head, "choices": [_choice(index * n + comp.index, delta, comp.finish_reason)]}

@@ -7,7 +7,12 @@ rest: single flight, revalidation, validation, atomic install and LRU eviction.
 
 from __future__ import annotations
 
-from loraserve.lora.download.cache import DownloadCache, get_download_cache
+from loraserve.lora.download.cache import (
+    DownloadCache,
+    get_download_cache,
+    pin_loaded_adapter,
+    unpin_adapter,
+)
 from loraserve.lora.download.config import DownloadCacheConfig, parse_bytes
 from loraserve.lora.download.naming import fill_location_template, is_safe_name
 from loraserve.lora.download.source import (
@@ -40,4 +45,6 @@ __all__ = [
     "is_archive_name",
     "is_safe_name",
     "parse_bytes",
+    "pin_loaded_adapter",
+    "unpin_adapter",
 ]

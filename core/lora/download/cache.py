@@ -257,6 +257,9 @@ class DownloadCache:
         await asyncio.to_thread(self.store.write, slug, entry)
         return path
 
+    def _is_pinned(self, slug: str, entry: CacheEntry) -> bool:
+        return str(self.store.adapter_path(slug, entry)) in _pinned_paths.values()
+
     def _evict(self, keep: str) -> None:
         """Delete least recently used adapters until the cache fits ``max_cache_bytes``."""
         entries = self.store.lru_entries()
@@ -264,7 +267,7 @@ class DownloadCache:
         for _, slug, entry in entries:
             if total <= self.config.max_cache_bytes:
                 break
-            if slug == keep or entry.external:
+            if slug == keep or entry.external or self._is_pinned(slug, entry):
                 continue
             lock = try_lock(self.store.lock_path(slug))
             if lock is None:  # being downloaded or revalidated right now
@@ -291,6 +294,22 @@ def _download_error(lora_name: str, source: AnySource, exc: BaseException) -> Ad
 
 
 _caches: dict[DownloadCacheConfig, DownloadCache] = {}
+_pinned_paths: dict[str, str] = {}  # adapter name -> folder the engine has loaded
+
+
+def pin_loaded_adapter(lora_name: str, lora_path: str) -> None:
+    """The engine loaded ``lora_path``: never evict it while the adapter is registered.
+
+    The engine may read an adapter's files again later (after dropping its host copy), so
+    a folder it loaded must survive LRU eviction; remote resolvers call this from the
+    ``lora_adapter_loaded`` hook and ``unpin_adapter`` from ``lora_adapter_evicted``.
+    """
+    _pinned_paths[lora_name] = lora_path
+
+
+def unpin_adapter(lora_name: str) -> None:
+    """The adapter is unknown to the engine again; its folder may be evicted."""
+    _pinned_paths.pop(lora_name, None)
 
 
 def get_download_cache(config: DownloadCacheConfig | None = None) -> DownloadCache:

@@ -1,0 +1,220 @@
+"""Load test: many concurrent streams over many adapters through the real server (loopback).
+
+Builds a tiny model and N adapters, computes each request's greedy answer offline with
+``LLM``, starts ``loraserve serve`` as a subprocess with the filesystem resolver (adapters
+load on first use, more adapters than GPU slots), fires every stream at once with an
+aiohttp client, and checks each stream's text against the offline answer for its adapter.
+
+    python benchmarks/load_test.py                 # 200 streams, 50 adapters, max_loras 8
+    python benchmarks/load_test.py --markdown docs/benchmarks.md   # also append the figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+SERVED = "bench-base"
+
+
+def build_fixtures(root: Path, num_adapters: int) -> tuple[Path, list[str]]:
+    """A tiny Llama and ``num_adapters`` random PEFT adapters (one made by PEFT, cloned)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from loraserve.testing import make_adapter, make_tiny_model
+
+    model = make_tiny_model(root / "model", seed=3)
+    adapters = root / "adapters"
+    template = make_adapter(model, root / "template", rank=8, seed=1, base_model_name=SERVED)
+    tensors = load_file(str(template / "adapter_model.safetensors"))
+    names = [f"lora-{i:02d}" for i in range(num_adapters)]
+    for i, name in enumerate(names):
+        out = adapters / name
+        out.mkdir(parents=True)
+        gen = torch.Generator().manual_seed(1000 + i)
+        fresh = {k: torch.randn(v.shape, generator=gen) * 0.15 for k, v in tensors.items()}
+        save_file(fresh, str(out / "adapter_model.safetensors"))
+        shutil.copy(template / "adapter_config.json", out / "adapter_config.json")
+    return model, names
+
+
+def prompts_for(num_requests: int) -> list[str]:
+    words = ["the quick brown fox", "hello world", "select name from users", "many adapters"]
+    return [f"{words[i % len(words)]} {i}" for i in range(num_requests)]
+
+
+def offline_answers(model: Path, adapters: Path, names: list[str], prompts: list[str],
+                    max_tokens: int, max_loras: int) -> list[str]:
+    from loraserve import LLM, SamplingParams
+    from loraserve.lora.request import LoRARequest
+
+    llm = LLM(str(model), enable_lora=True, max_loras=max_loras, max_cpu_loras=len(names),
+              served_model_name=SERVED)
+    loras = [LoRARequest(n, i + 1, str(adapters / n)) for i, n in enumerate(names)]
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    outs = llm.generate(prompts, params, lora_request=[loras[i % len(loras)] for i in range(len(prompts))])
+    return [o.outputs[0].text for o in outs]
+
+
+def start_server(model: Path, adapters: Path, max_loras: int, max_num_seqs: int,
+                 log: Path) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+           "VLLM_PLUGINS": "lora_filesystem_resolver",
+           "VLLM_LORA_RESOLVER_CACHE_DIR": str(adapters)}
+    exe = shutil.which("loraserve", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "loraserve.entrypoints.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "serve", str(model), "--served-model-name", SERVED, "--port", "0",
+         "--enable-lora", "--max-loras", str(max_loras), "--max-num-seqs", str(max_num_seqs),
+         "--log-level", "warning"],
+        env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
+        stderr=log.open("w"), text=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        match = re.search(r"ready on (http://\S+)", line or "")
+        if match:
+            return proc, match.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"server did not start; see {log}")
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
+                     max_tokens: int) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    start = time.perf_counter()
+    ttft, text, status = None, [], None
+    async with session.post(f"{url}/v1/completions", json=body) as response:
+        status = response.status
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            piece = chunk["choices"][0]["text"] if chunk.get("choices") else ""
+            if piece and ttft is None:
+                ttft = time.perf_counter() - start
+            text.append(piece)
+    return {"status": status, "ttft": ttft, "text": "".join(text),
+            "latency": time.perf_counter() - start}
+
+
+async def fire(url: str, names: list[str], prompts: list[str], max_tokens: int,
+               timeout_s: float) -> tuple[list[dict], float]:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(limit=0)  # every stream open at once
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = time.perf_counter()
+        results = await asyncio.gather(*[
+            one_stream(session, url, names[i % len(names)], p, max_tokens)
+            for i, p in enumerate(prompts)
+        ], return_exceptions=True)
+        wall = time.perf_counter() - start
+    return [r if isinstance(r, dict) else {"status": None, "error": repr(r)} for r in results], wall
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--adapters", type=int, default=50)
+    parser.add_argument("--max-loras", type=int, default=8)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--timeout", type=float, default=600.0, help="bound on the whole run")
+    parser.add_argument("--markdown", type=Path, help="append a 'Load test' section here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="loraserve-load-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        model, names = build_fixtures(root, args.adapters)
+        prompts = prompts_for(args.requests)
+        expected = offline_answers(model, root / "adapters", names, prompts, args.max_tokens,
+                                   args.max_loras)
+        print(f"fixtures and offline reference: {time.perf_counter() - t0:.1f} s", flush=True)
+        proc, url = start_server(model, root / "adapters", args.max_loras, args.max_num_seqs,
+                                 root / "server.log")
+        try:
+            results, wall = asyncio.run(fire(url, names, prompts, args.max_tokens, args.timeout))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    ok = [r for r in results if r.get("status") == 200]
+    correct = sum(1 for r, e in zip(results, expected) if r.get("status") == 200 and r["text"] == e)
+    ttfts = [r["ttft"] for r in ok if r.get("ttft") is not None]
+    report = {
+        "requests": args.requests, "adapters": args.adapters, "max_loras": args.max_loras,
+        "max_num_seqs": args.max_num_seqs, "max_tokens": args.max_tokens,
+        "completed": len(ok), "correct_adapter_output": correct,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(ok) / wall, 2),
+        "output_tokens_per_s": round(len(ok) * args.max_tokens / wall, 1),
+        "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p99_s": round(percentile(ttfts, 99), 3) if ttfts else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "errors": [r.get("error") for r in results if r.get("status") != 200][:3],
+    }
+    print(json.dumps(report, indent=2))
+    if args.markdown:
+        append_markdown(args.markdown, report)
+    return 0 if correct == args.requests else 1
+
+
+def append_markdown(path: Path, r: dict) -> None:
+    section = f"""
+## Load test
+
+`python benchmarks/load_test.py` — {r['requests']} concurrent streaming completions over
+{r['adapters']} adapters (tiny random Llama from `loraserve.testing`, greedy,
+{r['max_tokens']} tokens each, `ignore_eos`), `--max-loras {r['max_loras']}`, adapters found
+by the filesystem resolver on first use; aiohttp client on loopback, all streams opened at once.
+Machine: {r['machine']} (CPU only).
+
+| metric | value |
+| --- | --- |
+| completed | {r['completed']} / {r['requests']} |
+| output equals offline `LLM` greedy output for its adapter | {r['correct_adapter_output']} / {r['requests']} |
+| wall time | {r['wall_s']} s |
+| throughput | {r['requests_per_s']} req/s, {r['output_tokens_per_s']} output tokens/s |
+| time to first token p50 / p99 | {r['ttft_p50_s']} s / {r['ttft_p99_s']} s |
+"""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if "\n## Load test\n" in text:  # replace our own section, keep everyone else's
+        head, _, rest = text.partition("\n## Load test\n")
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = head.rstrip("\n") + "\n" + section + tail
+    else:
+        text = text.rstrip("\n") + "\n" + section
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
