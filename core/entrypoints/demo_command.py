@@ -24,7 +24,7 @@ def demo_configs(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig, Ser
     """Build (first run) the demo and describe it as serve's two configs."""
     from loraserve.config import EngineConfig
 
-    print("Preparing the demo model and adapters (built once, about 20 s on first run)...",
+    print("Preparing the demo model and adapters (built once: 10-30 s on the first run)...",
           flush=True)
     paths = ensure_demo(args.cache_dir, rebuild=args.rebuild)
     print(f"Demo files: {paths.root}", flush=True)

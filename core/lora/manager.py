@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 class LoRAEvents(Protocol):
-    """Who hears about adapter loads and evictions (the plugin manager implements this)."""
+    """Who hears that an adapter was registered, unregistered or refused (the plugin manager).
+
+    Moving parsed weights in and out of the host cache is internal and not reported.
+    """
 
     def notify_loaded(self, lora_request: LoRARequest) -> None: ...
 
@@ -81,6 +84,8 @@ class LoRAManager:
         with self._lock:
             self._registered[request.lora_name] = request
             self._put_host(adapter)
+        if self.events:
+            self.events.notify_loaded(request)
         return request
 
     def remove(self, name: str) -> LoRARequest:
@@ -91,7 +96,9 @@ class LoRAManager:
                 raise LoRANotFoundError(name, "No LoRA adapter with this name is loaded.")
             if self._host_refs[name] == 0:
                 self._drop_host(name)
-            return request
+        if self.events:
+            self.events.notify_evicted(name)
+        return request
 
     def get(self, name: str) -> LoRARequest | None:
         with self._lock:
@@ -140,8 +147,6 @@ class LoRAManager:
             "loaded LoRA adapter '%s' (rank %d, %d modules) from %s",
             request.lora_name, adapter.rank, len(adapter.target_modules), request.lora_path,
         )
-        if self.events:
-            self.events.notify_loaded(request)
         return adapter
 
     def _put_host(self, adapter: LoRAAdapter) -> None:
@@ -162,8 +167,6 @@ class LoRAManager:
         for slot, owner in enumerate(self._slot_owner):
             if owner == name and self._slot_refs[slot] == 0:
                 self._slot_owner[slot] = None
-        if self.events:
-            self.events.notify_evicted(name)
 
     def host_adapter(self, name: str) -> LoRAAdapter | None:
         with self._lock:
