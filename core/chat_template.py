@@ -35,7 +35,7 @@ def render_chat(
     """One conversation through ``template``; ``variables`` (special tokens, template kwargs)
     are visible to the template by name."""
     if not messages:
-        raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
+        raise ValueError("Cannot apply a chat template to an empty conversation")
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message and add_generation_prompt cannot be used together")
     for tool in tools or ():
@@ -68,7 +68,7 @@ def _message(message: Any) -> dict[str, Any]:
     elif callable(getattr(message, "model_dump", None)):  # pydantic, e.g. OpenAI SDK messages
         message = message.model_dump()
     if not isinstance(message, Mapping):
-        raise TypeError(f"Chat messages should be dicts, dataclasses or pydantic models, but got {message!r}.")
+        raise TypeError(f"chat messages must be dicts (role, content), got {message!r}")
     plain = {key: _plain(value) for key, value in message.items() if value is not None}
     reasoning = next((plain[k] for k in _REASONING_FIELDS if plain.get(k) is not None), None)
     if reasoning is not None:
@@ -104,12 +104,12 @@ def _tag_final_message(chat: list[dict[str, Any]], template: str, field: bool | 
     field = field if isinstance(field, str) else "content"
     final = chat[-1].get(field)
     if not isinstance(final, str):
-        raise ValueError(f'continue_final_message is set but the final message has no text "{field}" to continue')
+        raise ValueError(f"continue_final_message: the final message has no text {field!r}")
     fields = [field]
     if field in _REASONING_FIELDS:
         fields = [f for f in _REASONING_FIELDS if chat[-1].get(f) == final]
     if not any(f in template for f in fields):
-        raise ValueError(f'continue_final_message is set to "{field}" but the chat template never reads it')
+        raise ValueError(f"continue_final_message: the chat template never reads {field!r}")
     for f in fields:
         chat[-1][f] = chat[-1][f] + _CONTINUE_TAG
     return final
@@ -118,7 +118,7 @@ def _tag_final_message(chat: list[dict[str, Any]], template: str, field: bool | 
 def _cut_after_final_message(rendered: str, final_text: str) -> str:
     tag = _CONTINUE_TAG.strip()
     if final_text.strip() not in rendered or tag not in rendered:
-        raise ValueError("continue_final_message is set but the chat template dropped the final message")
+        raise ValueError("continue_final_message: the chat template dropped the final message")
     at = rendered.rindex(tag)
     if rendered[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG:
         return rendered[:at]
@@ -126,7 +126,7 @@ def _cut_after_final_message(rendered: str, final_text: str) -> str:
 
 
 @lru_cache
-def compile_template(template: str):  # noqa: ANN201 - jinja2.Template, imported lazily
+def compile_template(template: str):
     """The sandboxed jinja2 environment transformers uses, with the same helpers."""
     import jinja2
     import jinja2.ext
@@ -140,26 +140,29 @@ def compile_template(template: str):  # noqa: ANN201 - jinja2.Template, imported
         )
 
     class GenerationBlocks(jinja2.ext.Extension):
-        """``{% generation %}...{% endgeneration %}`` marks assistant text; rendering keeps it as is."""
+        """``{% generation %}...{% endgeneration %}`` marks assistant text; it renders as is."""
 
         tags = {"generation"}
 
-        def parse(self, parser):  # noqa: ANN001, ANN202
+        def parse(self, parser):
             lineno = next(parser.stream).lineno
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+            block = jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body)
+            return block.set_lineno(lineno)
 
-        def _render(self, caller):  # noqa: ANN001, ANN202
+        def _render(self, caller):
             return caller()
 
-    def raise_exception(message: str):  # noqa: ANN202
+    def raise_exception(message: str):
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:  # noqa: ANN001
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # jinja's own tojson HTML-escapes, which changes what the model sees
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
-    def strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+    def strftime_now(format: str) -> str:
         return datetime.now().strftime(format)
 
     class TemplateDict:
@@ -174,7 +177,7 @@ def compile_template(template: str):  # noqa: ANN201 - jinja2.Template, imported
     class TemplateNamespace(jinja2.utils.Namespace):
         """A namespace that refuses underscore names, which lead towards CPython internals."""
 
-        def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's own signature trick
+        def __init__(*args: Any, **kwargs: Any) -> None:
             self, args = args[0], args[1:]
             attrs = dict(*args, **kwargs)
             for name in attrs:

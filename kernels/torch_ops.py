@@ -54,40 +54,55 @@ def add_lora(
     """Fast CPU path: one batched matmul over the range of slots the step uses.
 
     Tokens are padded per slot to the longest segment, and the slot tensors are sliced, not
-    gathered, so no adapter weights are copied; a single adapter over the whole batch is a
-    plain matmul.
+    gathered, so no adapter weights are copied. When the step's tokens are already grouped
+    by slot (the model runner orders sequences so), x and out are sliced too, and one
+    adapter is a plain matmul.
     """
     if batch.is_empty:
         return
     num_rows, seg_len = batch.padded_tokens.shape
     rank = lora_b[0].shape[1]
-    first = batch.padded_first_slot
-    if num_rows == 1 and batch.padded_valid is None and seg_len == x.shape[0]:
-        y = x @ lora_a[first]  # [T, n_slices * R]
+    slots = slice(batch.padded_first_slot, batch.padded_first_slot + num_rows)
+    start = batch.padded_token_start
+    if start is None:
+        _add_lora_gathered(out, x, lora_a[slots], [b[slots] for b in lora_b], batch, rank)
+        return
+    rows = slice(start, start + num_rows * seg_len)
+    if num_rows == 1:
+        y = x[rows] @ lora_a[slots.start]  # [L, n_slices * R]
         offset = 0
         for i, b in enumerate(lora_b):
-            out[:, offset : offset + b.shape[-1]].addmm_(y[:, i * rank : (i + 1) * rank], b[first])
-            offset += b.shape[-1]
+            width = b.shape[-1]
+            out[rows, offset : offset + width].addmm_(y[:, i * rank : (i + 1) * rank], b[slots.start])
+            offset += width
         return
-    slots = slice(first, first + num_rows)
-    start = batch.padded_token_start
-    if start is not None:  # tokens already grouped by slot: slice instead of gather/scatter
-        rows = slice(start, start + num_rows * seg_len)
-        xs = x[rows].view(num_rows, seg_len, -1)
-    else:
-        xs = x[batch.padded_tokens]  # [rows, L, in]
-    y = torch.bmm(xs, lora_a[slots])  # [rows, L, n_slices * R]
+    y = torch.bmm(x[rows].view(num_rows, seg_len, -1), lora_a[slots])  # [rows, L, n_slices * R]
+    offset = 0
+    for i, b in enumerate(lora_b):
+        width = b.shape[-1]
+        out_rows = out[rows, offset : offset + width].view(num_rows, seg_len, width)
+        out_rows.baddbmm_(y[..., i * rank : (i + 1) * rank], b[slots])  # accumulate in place
+        offset += width
+
+
+def _add_lora_gathered(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,  # [rows, in, n_slices * R], the used slot range
+    lora_b: list[torch.Tensor],
+    batch: LoRABatch,
+    rank: int,
+) -> None:
+    """Tokens in any order: gather them into padded per-slot rows, scatter-add the result."""
+    y = torch.bmm(x[batch.padded_tokens], lora_a)  # [rows, L, n_slices * R]
     tokens = batch.padded_tokens.view(-1)
     if batch.padded_valid is not None:
         tokens = tokens[batch.padded_valid]
     offset = 0
     for i, b in enumerate(lora_b):
         width = b.shape[-1]
-        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[slots]).view(-1, width)  # [rows*L, out_i]
-        if start is not None:
-            out[rows, offset : offset + width].add_(delta)
-        else:
-            if batch.padded_valid is not None:
-                delta = delta[batch.padded_valid]
-            out[:, offset : offset + width].index_add_(0, tokens, delta)
+        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b).view(-1, width)  # [rows*L, out_i]
+        if batch.padded_valid is not None:
+            delta = delta[batch.padded_valid]
+        out[:, offset : offset + width].index_add_(0, tokens, delta)
         offset += width

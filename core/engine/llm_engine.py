@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from loraserve import metrics
 from loraserve.config import EngineConfig
@@ -33,6 +32,7 @@ from loraserve.model.loader import load_weights
 from loraserve.model.spec import load_spec, resolve_dtype
 from loraserve.outputs import CompletionOutput, RequestOutput
 from loraserve.sampling_params import SamplingParams
+from loraserve.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class LLMEngine:
         model_dir = Path(config.model)
         self.spec = load_spec(model_dir)
         self.dtype = resolve_dtype(config.dtype, self.spec, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer = Tokenizer.from_pretrained(model_dir)
         self.max_model_len = self._max_model_len()
         logger.info(
             "loading %s (%s, %s) on %s", config.model, self.spec.architecture, self.dtype, self.device
@@ -247,6 +247,7 @@ class LLMEngine:
         touched: dict[str, _Request] = {}
         for seq, token in zip(scheduled.seqs, tokens):
             seq.output_token_ids.append(token)
+            metrics.GENERATION_TOKENS.labels(model=self._model_label(seq.lora)).inc()
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 metrics.TIME_TO_FIRST_TOKEN.labels(model=self._model_label(seq.lora)).observe(
@@ -257,7 +258,6 @@ class LLMEngine:
                 self.scheduler.finish(seq, reason)
                 metrics.REQUESTS.labels(model=self._model_label(seq.lora), finish_reason=reason).inc()
             touched[seq.request_id] = self._requests[seq.request_id]
-        metrics.GENERATION_TOKENS.labels(model="all").inc(len(tokens))
         outputs = [self._snapshot(r) for r in touched.values()]
         for request in touched.values():
             if request.finished:

@@ -162,7 +162,7 @@ def test_load_and_unload_round_trip(server: RunningServer, server_adapters):
     status, text = post_json(f"{url}/v1/load_lora_adapter",
                              {"lora_name": "extra", "lora_path": str(server_adapters["extra"])})
     assert status == 200, text
-    assert text.startswith("Success: LoRA adapter 'extra' added successfully")
+    assert text == "Success: LoRA adapter 'extra' added successfully"
     assert "extra" in {m.id for m in api.models.list().data}
     assert api.completions.create(model="extra", prompt=PROMPT, max_tokens=2).choices
     status, text = post_json(f"{url}/v1/load_lora_adapter",
@@ -170,7 +170,7 @@ def test_load_and_unload_round_trip(server: RunningServer, server_adapters):
     assert status == 400 and "already been loaded" in json.loads(text)["error"]["message"]
     status, text = post_json(f"{url}/v1/unload_lora_adapter", {"lora_name": "extra"})
     assert status == 200
-    assert text.startswith("Success: LoRA adapter 'extra' removed successfully")
+    assert text == "Success: LoRA adapter 'extra' removed successfully"
     assert "extra" not in {m.id for m in api.models.list().data}
     with pytest.raises(openai.NotFoundError, match="extra"):
         api.completions.create(model="extra", prompt=PROMPT, max_tokens=2)

@@ -106,7 +106,7 @@ class ServingModels:
         if not request.lora_name or not request.lora_path:
             raise InvalidRequestError("Both 'lora_name' and 'lora_path' must be provided.")
         await self.add(request.lora_name, request.lora_path)
-        return f"Success: LoRA adapter '{request.lora_name}' added successfully."
+        return f"Success: LoRA adapter '{request.lora_name}' added successfully"
 
     async def unload(self, request: UnloadLoRAAdapterRequest) -> str:
         """``POST /v1/unload_lora_adapter``; by name, or by ``lora_int_id`` alone."""
@@ -124,4 +124,4 @@ class ServingModels:
             raise NotFoundError(f"The lora adapter '{name}' cannot be found.")
         await self.engine.remove_lora(name)
         logger.info("Removed LoRA adapter '%s'", name)
-        return f"Success: LoRA adapter '{name}' removed successfully."
+        return f"Success: LoRA adapter '{name}' removed successfully"

@@ -56,13 +56,16 @@ def etag_of(data: bytes) -> str:
 
 @dataclass
 class Faults:
-    """Misbehaviour for the next ``times`` file bodies: ``stall`` or ``drop`` after ``after`` bytes."""
+    """Misbehaviour for the next ``times`` file bodies: ``stall`` or ``drop`` after ``after``
+    bytes, a ``status`` error, or ``slow``: ``chunk``-byte pieces ``delay`` seconds apart."""
 
-    mode: str | None = None  # None, "stall", "drop" or "status"
+    mode: str | None = None  # None, "stall", "drop", "status" or "slow"
     after: int = 0
     times: int = 10**9
     status: int = 500
     only: str | None = None  # apply only to paths ending with this
+    chunk: int = 64 * 1024
+    delay: float = 0.0
 
     def take(self, path: str) -> str | None:
         if self.mode is None or self.times <= 0 or (self.only and not path.endswith(self.only)):
@@ -101,6 +104,10 @@ async def serve_bytes(request, data: bytes, faults: Faults, headers: dict[str, s
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = len(body)
     await response.prepare(request)
+    if mode == "slow":
+        await write_slowly(response, body, faults.chunk, faults.delay)
+        await response.write_eof()
+        return response
     if mode in ("stall", "drop"):
         await response.write(body[: faults.after])
         if mode == "stall":
@@ -110,6 +117,84 @@ async def serve_bytes(request, data: bytes, faults: Faults, headers: dict[str, s
     await response.write(body)
     await response.write_eof()
     return response
+
+
+async def write_slowly(response, body: bytes, chunk: int, delay: float) -> None:
+    """Write ``body`` in ``chunk``-byte pieces ``delay`` seconds apart (a slow link)."""
+    for start in range(0, len(body), chunk):
+        await response.write(body[start : start + chunk])
+        await asyncio.sleep(delay)
+
+
+class FakeHub:
+    """A tiny Hugging Face Hub: repos as {repo_id: {path: bytes}} on branch main, the commit a
+    hash of the content; serve ``hub_app(fake)`` and point ``HF_ENDPOINT`` at it."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.log = RequestLog()
+        self.faults = Faults()
+
+    def commit(self, repo_id: str) -> str:
+        digest = hashlib.sha1(repo_id.encode())
+        for path, data in sorted(self.repos[repo_id].items()):
+            digest.update(path.encode() + hashlib.sha1(data).digest())
+        return digest.hexdigest()
+
+    def _repo(self, request):
+        from aiohttp import web
+
+        repo_id = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        if repo_id not in self.repos:
+            raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"})
+        if request.match_info["rev"] not in ("main", self.commit(repo_id)):
+            raise web.HTTPNotFound(headers={"X-Error-Code": "RevisionNotFound"})
+        return repo_id
+
+    async def revision(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        repo_id = self._repo(request)
+        siblings = [
+            {"rfilename": p, "size": len(d), "blobId": etag_of(d).strip('"')}
+            for p, d in self.repos[repo_id].items()
+        ]
+        return web.json_response({"id": repo_id, "sha": self.commit(repo_id), "siblings": siblings})
+
+    async def tree(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        repo_id = self._repo(request)
+        entries = [
+            {"type": "file", "path": p, "size": len(d), "oid": etag_of(d).strip('"')}
+            for p, d in self.repos[repo_id].items()
+        ]
+        return web.json_response(entries)
+
+    async def resolve(self, request):
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        repo_id = self._repo(request)
+        data = self.repos[repo_id].get(request.match_info["path"])
+        headers = {"X-Repo-Commit": self.commit(repo_id)}
+        if data is None:
+            raise web.HTTPNotFound(headers={**headers, "X-Error-Code": "EntryNotFound"})
+        return await serve_bytes(request, data, self.faults, headers)
+
+
+def hub_app(fake: FakeHub):
+    """The three Hub routes huggingface_hub's snapshot_download uses."""
+    from aiohttp import web
+
+    app = web.Application()
+    prefix = "/api/models/{owner}/{repo}"
+    app.router.add_get(prefix + "/revision/{rev}", fake.revision)
+    app.router.add_get(prefix + "/tree/{rev}", fake.tree)
+    app.router.add_route("*", "/{owner}/{repo}/resolve/{rev}/{path:.*}", fake.resolve)
+    return app
 
 
 async def start_app(app) -> tuple[object, str]:

@@ -4,7 +4,6 @@ the revision API, the tree API and file resolve with ETag / X-Repo-Commit header
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -20,87 +19,16 @@ from loraserve_hf_hub_resolver import (
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
 from loraserve.lora.download.testing import (
+    FakeHub,
     Faults,
-    RequestLog,
-    etag_of,
+    hub_app,
     lora_adapter_files,
-    serve_bytes,
     start_app,
 )
 
 pytest.importorskip("huggingface_hub")
 BASE = "tiny-base"
 WEIGHTS = "adapter_model.safetensors"
-
-
-class FakeHub:
-    """Repos as {repo_id: {path: bytes}} on branch main; the commit is a hash of the content."""
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.log = RequestLog()
-        self.faults = Faults()
-
-    def commit(self, repo_id: str) -> str:
-        digest = hashlib.sha1(repo_id.encode())
-        for path, data in sorted(self.repos[repo_id].items()):
-            digest.update(path.encode() + hashlib.sha1(data).digest())
-        return digest.hexdigest()
-
-    def _repo(self, request):
-        from aiohttp import web
-
-        repo_id = f"{request.match_info['owner']}/{request.match_info['repo']}"
-        if repo_id not in self.repos:
-            raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"})
-        if request.match_info["rev"] not in ("main", self.commit(repo_id)):
-            raise web.HTTPNotFound(headers={"X-Error-Code": "RevisionNotFound"})
-        return repo_id
-
-    async def revision(self, request):
-        from aiohttp import web
-
-        self.log.counts[(request.method, request.path)] += 1
-        repo_id = self._repo(request)
-        siblings = [
-            {"rfilename": p, "size": len(d), "blobId": etag_of(d).strip('"')}
-            for p, d in self.repos[repo_id].items()
-        ]
-        return web.json_response({"id": repo_id, "sha": self.commit(repo_id), "siblings": siblings})
-
-    async def tree(self, request):
-        from aiohttp import web
-
-        self.log.counts[(request.method, request.path)] += 1
-        repo_id = self._repo(request)
-        entries = [
-            {"type": "file", "path": p, "size": len(d), "oid": etag_of(d).strip('"')}
-            for p, d in self.repos[repo_id].items()
-        ]
-        return web.json_response(entries)
-
-    async def resolve(self, request):
-        from aiohttp import web
-
-        self.log.counts[(request.method, request.path)] += 1
-        repo_id = self._repo(request)
-        data = self.repos[repo_id].get(request.match_info["path"])
-        headers = {"X-Repo-Commit": self.commit(repo_id)}
-        if data is None:
-            raise web.HTTPNotFound(headers={**headers, "X-Error-Code": "EntryNotFound"})
-        return await serve_bytes(request, data, self.faults, headers)
-
-
-def hub_app(fake: FakeHub):
-    """The three Hub routes huggingface_hub's snapshot_download uses."""
-    from aiohttp import web
-
-    app = web.Application()
-    prefix = "/api/models/{owner}/{repo}"
-    app.router.add_get(prefix + "/revision/{rev}", fake.revision)
-    app.router.add_get(prefix + "/tree/{rev}", fake.tree)
-    app.router.add_route("*", "/{owner}/{repo}/resolve/{rev}/{path:.*}", fake.resolve)
-    return app
 
 
 def hub_env(monkeypatch, url: str, tmp_path: Path) -> None:
