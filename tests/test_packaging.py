@@ -3,8 +3,9 @@ pyproject's ``packages`` is silently left out while an editable install still fi
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"loraserve": "core", "loraserve.kernels": "kernels", "loraserve.plugins": "plugins"}
