@@ -132,9 +132,10 @@ def cold_load_ratios(llm: LLM, adapter: Path, rounds: int) -> tuple[float, float
         name = f"cold{next(counter)}"
         request = manager.add(LoRARequest(name, 1, str(adapter)))
         manager.ensure_host(request)
-        assert manager.acquire_slot(name) is not None
-        manager.release_slot(name)
-        manager.release_host(name)
+        slot = manager.acquire_slot(request)
+        assert slot is not None
+        manager.release_slot(slot)
+        manager.release_host(request)
         manager.remove(name)
 
     def raw_read() -> None:

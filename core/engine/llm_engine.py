@@ -208,7 +208,7 @@ class LLMEngine:
 
     def unpin_lora(self, lora: LoRARequest | None) -> None:
         if lora is not None and self.lora_manager is not None:
-            self.lora_manager.release_host(lora.lora_name)
+            self.lora_manager.release_host(lora)
 
     def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
         if params.greedy:

@@ -91,13 +91,13 @@ class Scheduler:
 
     def _take_slot(self, seq: Sequence) -> bool:
         assert self.lora_manager is not None and seq.lora is not None
-        seq.lora_slot = self.lora_manager.acquire_slot(seq.lora.lora_name)
+        seq.lora_slot = self.lora_manager.acquire_slot(seq.lora)
         return seq.lora_slot is not None
 
     def _release(self, seq: Sequence) -> None:
         self.blocks.free(seq)
         if seq.lora_slot is not None and self.lora_manager is not None:
-            self.lora_manager.release_slot(seq.lora.lora_name)
+            self.lora_manager.release_slot(seq.lora_slot)
             seq.lora_slot = None
 
     def preempt(self, seq: Sequence) -> None:

@@ -62,9 +62,9 @@ class LoRAManager:
         self.events = events
         self._lock = threading.RLock()
         self._registered: dict[str, LoRARequest] = {}
-        self._host: OrderedDict[str, LoRAAdapter] = OrderedDict()
-        self._host_refs: Counter[str] = Counter()
-        self._slot_owner: list[str | None] = [None] * max_loras
+        self._host: OrderedDict[AdapterKey, LoRAAdapter] = OrderedDict()
+        self._host_refs: Counter[AdapterKey] = Counter()
+        self._slot_owner: list[AdapterKey | None] = [None] * max_loras
         self._slot_refs = [0] * max_loras
         self._slot_last_used = [0.0] * max_loras
 
@@ -83,7 +83,7 @@ class LoRAManager:
         adapter = self._parse(request)
         with self._lock:
             self._registered[request.lora_name] = request
-            self._put_host(adapter)
+            self._put_host(_key(request), adapter)
         if self.events:
             self.events.notify_loaded(request)
         return request
@@ -94,8 +94,8 @@ class LoRAManager:
             request = self._registered.pop(name, None)
             if request is None:
                 raise LoRANotFoundError(name, "No LoRA adapter with this name is loaded.")
-            if self._host_refs[name] == 0:
-                self._drop_host(name)
+            if self._host_refs[_key(request)] == 0:
+                self._drop_host(_key(request))
         if self.events:
             self.events.notify_evicted(name)
         return request
@@ -108,26 +108,31 @@ class LoRAManager:
         with self._lock:
             return list(self._registered.values())
 
-    # ---- host cache -----------------------------------------------------------------
+    # ---- host cache ------------------------------------------------------------------
+    # Host entries and slots are keyed by (name, id), not by name: after an unload and a
+    # new load under the same name, requests still running keep the old weights and new
+    # ones get the new weights, never a mix.
     def ensure_host(self, request: LoRARequest) -> None:
         """Make the adapter host-resident and pin it there for one more request."""
+        key = _key(request)
         with self._lock:
-            if request.lora_name in self._host:
-                self._host.move_to_end(request.lora_name)
-                self._host_refs[request.lora_name] += 1
+            if key in self._host:
+                self._host.move_to_end(key)
+                self._host_refs[key] += 1
                 return
         adapter = self._parse(request)  # evicted earlier: read it again, outside the lock
         with self._lock:
-            self._put_host(adapter)
-            self._host_refs[request.lora_name] += 1
+            self._put_host(key, adapter)
+            self._host_refs[key] += 1
 
-    def release_host(self, name: str) -> None:
+    def release_host(self, request: LoRARequest) -> None:
+        key = _key(request)
         with self._lock:
-            self._host_refs[name] -= 1
-            if self._host_refs[name] <= 0:
-                del self._host_refs[name]
-                if name not in self._registered:
-                    self._drop_host(name)
+            self._host_refs[key] -= 1
+            if self._host_refs[key] <= 0:
+                del self._host_refs[key]
+                if self._registered.get(request.lora_name) != request:
+                    self._drop_host(key)
                 else:
                     self._shrink_host()
 
@@ -149,63 +154,62 @@ class LoRAManager:
         )
         return adapter
 
-    def _put_host(self, adapter: LoRAAdapter) -> None:
-        self._host[adapter.name] = adapter
-        self._host.move_to_end(adapter.name)
-        self._shrink_host(keep=adapter.name)
+    def _put_host(self, key: AdapterKey, adapter: LoRAAdapter) -> None:
+        self._host[key] = adapter
+        self._host.move_to_end(key)
+        self._shrink_host(keep=key)
 
-    def _shrink_host(self, keep: str | None = None) -> None:
+    def _shrink_host(self, keep: AdapterKey | None = None) -> None:
         """Evict unpinned adapters, least recently used first, down to max_cpu_loras."""
         excess = len(self._host) - self.max_cpu_loras
-        idle = [n for n in self._host if self._host_refs[n] == 0 and n != keep]
-        for name in idle[: max(excess, 0)]:
-            self._drop_host(name)
+        idle = [k for k in self._host if self._host_refs[k] == 0 and k != keep]
+        for key in idle[: max(excess, 0)]:
+            self._drop_host(key)
             metrics.LORA_EVICTIONS.labels(tier="cpu").inc()
 
-    def _drop_host(self, name: str) -> None:
-        self._host.pop(name, None)
+    def _drop_host(self, key: AdapterKey) -> None:
+        self._host.pop(key, None)
         for slot, owner in enumerate(self._slot_owner):
-            if owner == name and self._slot_refs[slot] == 0:
+            if owner == key and self._slot_refs[slot] == 0:
                 self._slot_owner[slot] = None
-
-    def host_adapter(self, name: str) -> LoRAAdapter | None:
-        with self._lock:
-            return self._host.get(name)
 
     @property
     def num_host_adapters(self) -> int:
         return len(self._host)
 
     # ---- device slots (called by the scheduler, on the step thread) -------------------
-    def slot_of(self, name: str) -> int | None:
-        try:
-            return self._slot_owner.index(name)
-        except ValueError:
-            return None
-
-    def can_acquire(self, name: str) -> bool:
-        return self.slot_of(name) is not None or 0 in self._slot_refs
-
-    def acquire_slot(self, name: str) -> int | None:
-        """Pin a slot holding ``name`` for one sequence, loading it if needed; None if all pinned."""
-        slot = self.slot_of(name)
+    def acquire_slot(self, request: LoRARequest) -> int | None:
+        """Pin a slot holding the adapter for one sequence, writing it if needed; None if all pinned."""
+        key = _key(request)
+        slot = self._slot_of(key)
         if slot is None:
             free = [s for s, refs in enumerate(self._slot_refs) if refs == 0]
             if not free:
                 return None
             slot = min(free, key=lambda s: (self._slot_owner[s] is not None, self._slot_last_used[s]))
             with self._lock:
-                adapter = self._host[name]
+                adapter = self._host[key]
             if self._slot_owner[slot] is not None:
                 metrics.LORA_EVICTIONS.labels(tier="gpu").inc()
             self.slots.write(slot, adapter)
-            self._slot_owner[slot] = name
+            self._slot_owner[slot] = key
         self._slot_refs[slot] += 1
         self._slot_last_used[slot] = time.monotonic()
         return slot
 
-    def release_slot(self, name: str) -> None:
-        slot = self.slot_of(name)
-        if slot is not None:
-            self._slot_refs[slot] -= 1
-            self._slot_last_used[slot] = time.monotonic()
+    def release_slot(self, slot: int) -> None:
+        self._slot_refs[slot] -= 1
+        self._slot_last_used[slot] = time.monotonic()
+
+    def _slot_of(self, key: AdapterKey) -> int | None:
+        try:
+            return self._slot_owner.index(key)
+        except ValueError:
+            return None
+
+
+AdapterKey = tuple[str, int]
+
+
+def _key(request: LoRARequest) -> AdapterKey:
+    return (request.lora_name, request.lora_int_id)
