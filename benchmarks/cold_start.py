@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import logging
 import os
 import shutil
 import socket
@@ -470,6 +471,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # before huggingface_hub is imported
+    logging.getLogger("loraserve_hf_hub_resolver").setLevel(logging.ERROR)  # allowlist notice
     work = Path(tempfile.mkdtemp(prefix="loraserve-cold-"))
     try:
         asyncio.run(bench(work, args.rounds))

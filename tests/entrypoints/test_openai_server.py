@@ -203,19 +203,33 @@ def _idle(server: RunningServer, timeout: float = 15.0) -> bool:
     return False
 
 
-def test_client_disconnect_mid_stream_frees_the_sequence(server: RunningServer):
+@pytest.fixture
+def slow_steps(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each engine step takes >= 20 ms, so 200 tokens need ~4 s on any machine: a request
+    gone idle within 2 s was aborted, not finished."""
+    engine = server.engine.engine
+    step = engine.step
+
+    def slow_step():
+        time.sleep(0.02)
+        return step()
+
+    monkeypatch.setattr(engine, "step", slow_step)
+
+
+def test_client_disconnect_mid_stream_frees_the_sequence(server: RunningServer, slow_steps):
     body = {"model": "a1", "prompt": PROMPT, "max_tokens": 200, "stream": True,
             "ignore_eos": True}
     _, lines = stream_lines(f"{server.url}/v1/completions", body, stop_after=1)
     assert lines[0].startswith("data: {")  # one chunk, then hang up
-    assert _idle(server)
+    assert _idle(server, timeout=2.0)
 
 
-def test_client_timeout_on_whole_response_frees_the_sequence(server: RunningServer):
+def test_client_timeout_on_whole_response_frees_the_sequence(server: RunningServer, slow_steps):
     body = {"model": BASE, "prompt": PROMPT, "max_tokens": 200, "ignore_eos": True}
     with pytest.raises(TimeoutError):
         post_json(f"{server.url}/v1/completions", body, timeout=0.3)
-    assert _idle(server)
+    assert _idle(server, timeout=2.0)
 
 
 def test_metrics_and_health(server: RunningServer):

@@ -9,9 +9,11 @@ friends). s3fs is imported only when the first adapter is looked up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import posixpath
+import threading
 from pathlib import Path
 
 from loraserve.errors import LoRAServeError, PluginError
@@ -39,50 +41,67 @@ URI_ENV = "VLLM_LORA_RESOLVER_S3_URI"
 RESOLVER_NAME = "lora_s3_resolver"
 
 
+class S3Client:
+    """The resolver's one s3fs filesystem, run on fsspec's I/O thread, not the server's loop.
+
+    Making a botocore client is 50-150 ms of CPU (service models, the client class); made on
+    the server's event loop for every resolution, it stalled all streaming requests that
+    long. Made once on fsspec's own loop and reused, the server's loop only awaits futures.
+    """
+
+    def __init__(self) -> None:
+        self._filesystems: dict[float, object] = {}
+        self._lock = threading.Lock()
+
+    def filesystem(self, timeout_s: float):
+        """The filesystem for ``timeout_s`` (blocking: s3fs is imported on first use)."""
+        with self._lock:
+            if timeout_s not in self._filesystems:
+                import s3fs
+
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                    "AWS_ENDPOINT_URL"
+                )
+                self._filesystems[timeout_s] = s3fs.S3FileSystem(
+                    skip_instance_cache=True,
+                    use_listings_cache=False,
+                    client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+                    config_kwargs={
+                        "connect_timeout": timeout_s,
+                        "read_timeout": timeout_s,
+                        "retries": {"max_attempts": 2, "mode": "standard"},
+                    },
+                )
+            return self._filesystems[timeout_s]
+
+
 class S3Source:
     """One adapter under an S3 prefix (or one archive object), for the download cache."""
 
-    def __init__(self, uri: str, timeout_s: float) -> None:
+    def __init__(self, uri: str, client: S3Client, timeout_s: float) -> None:
         self.location = uri
         self.path = uri.removeprefix("s3://").rstrip("/")  # bucket/key
         self.timeout_s = timeout_s
-        self._fs = None
-        self._client = None
+        self._client = client
 
-    async def _filesystem(self):
-        if self._fs is None:
-            import s3fs
+    async def _run(self, call):
+        """Await ``call(fs)``, a coroutine of the filesystem, on fsspec's I/O loop.
 
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            self._fs = s3fs.S3FileSystem(
-                asynchronous=True,
-                skip_instance_cache=True,
-                client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-                config_kwargs={
-                    "connect_timeout": self.timeout_s,
-                    "read_timeout": self.timeout_s,
-                    "retries": {"max_attempts": 2, "mode": "standard"},
-                },
-            )
-            self._client = await self._fs.set_session()
-        return self._fs
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = self._fs = None
+        Cancelling the caller (the cache's stall watchdog) cancels the transfer there too.
+        """
+        fs = await asyncio.to_thread(self._client.filesystem, self.timeout_s)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(fs), fs.loop))
 
     async def list_files(self) -> RemoteListing | None:
-        fs = await self._filesystem()
         try:
             if is_archive_name(self.path):
-                info = await fs._info(self.path, refresh=True)
+                info = await self._run(lambda fs: fs._info(self.path, refresh=True))
                 if info.get("type") != "file":
                     return None
                 return RemoteListing(
                     (_remote_file(posixpath.basename(self.path), info),), archive=True
                 )
-            entries = await fs._ls(self.path, detail=True, refresh=True)
+            entries = await self._run(lambda fs: fs._ls(self.path, detail=True, refresh=True))
         except FileNotFoundError:
             return None
         except Exception as exc:
@@ -99,9 +118,10 @@ class S3Source:
             def relative_update(self, inc: int = 1) -> None:
                 progress(inc)
 
-        fs = await self._filesystem()
         try:
-            await fs._get_file(file.remote_path, str(dest), callback=_Report())
+            await self._run(
+                lambda fs: fs._get_file(file.remote_path, str(dest), callback=_Report())
+            )
         except LoRAServeError:  # the cache's own size check, raised from the callback
             raise
         except FileNotFoundError as exc:
@@ -140,6 +160,7 @@ class S3Resolver(LoRAResolver):
             )
         self.uri_template = uri_template
         self._cache = cache
+        self._client = S3Client()
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
         uri = fill_location_template(
@@ -149,11 +170,8 @@ class S3Resolver(LoRAResolver):
             logger.info("%s: refused adapter name %r", RESOLVER_NAME, lora_name)
             return None
         cache = self._cache or get_download_cache()
-        source = S3Source(uri, cache.config.timeout_s)
-        try:
-            path = await cache.get(source, lora_name=lora_name, base_model_name=base_model_name)
-        finally:
-            await source.aclose()
+        source = S3Source(uri, self._client, cache.config.timeout_s)
+        path = await cache.get(source, lora_name=lora_name, base_model_name=base_model_name)
         return None if path is None else LoRARequest(lora_name, 1, str(path), base_model_name)
 
 
