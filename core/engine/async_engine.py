@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -92,7 +93,14 @@ class AsyncLLMEngine:
             return known
         if manager is None or not allow_resolvers:
             raise LoRANotFoundError(name)
-        return await self._resolution.resolve(name)
+        start = time.perf_counter()
+        try:
+            resolved = await self._resolution.resolve(name)
+        except LoRANotFoundError:
+            metrics.LORA_RESOLUTIONS.labels(outcome="not_found").inc()
+            raise
+        metrics.LORA_RESOLUTION_SECONDS.observe(time.perf_counter() - start)
+        return resolved
 
     async def _load_resolved(self, request: LoRARequest) -> LoRARequest:
         loaded = await self.add_lora(request)

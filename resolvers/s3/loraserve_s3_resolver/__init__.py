@@ -41,55 +41,53 @@ URI_ENV = "VLLM_LORA_RESOLVER_S3_URI"
 RESOLVER_NAME = "lora_s3_resolver"
 
 
-class S3Client:
-    """The resolver's one s3fs filesystem, run on fsspec's I/O thread, not the server's loop.
+_filesystems: dict[tuple, object] = {}
+_filesystems_lock = threading.Lock()
+
+
+def s3_filesystem(timeout_s: float):
+    """The process's s3fs filesystem for these settings, living on fsspec's I/O thread.
 
     Making a botocore client is 50-150 ms of CPU (service models, the client class); made on
     the server's event loop for every resolution, it stalled all streaming requests that
-    long. Made once on fsspec's own loop and reused, the server's loop only awaits futures.
+    long. Made once on fsspec's own loop and kept (s3fs's own instance cache does the same:
+    collecting one while another loop runs makes s3fs close it on the wrong loop), the
+    server's loop only awaits futures. Blocking: s3fs is imported on first use.
     """
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    key = (timeout_s, endpoint, env.get("AWS_PROFILE"), env.get("AWS_ACCESS_KEY_ID"))
+    with _filesystems_lock:
+        if key not in _filesystems:
+            import s3fs
 
-    def __init__(self) -> None:
-        self._filesystems: dict[float, object] = {}
-        self._lock = threading.Lock()
-
-    def filesystem(self, timeout_s: float):
-        """The filesystem for ``timeout_s`` (blocking: s3fs is imported on first use)."""
-        with self._lock:
-            if timeout_s not in self._filesystems:
-                import s3fs
-
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-                    "AWS_ENDPOINT_URL"
-                )
-                self._filesystems[timeout_s] = s3fs.S3FileSystem(
-                    skip_instance_cache=True,
-                    use_listings_cache=False,
-                    client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-                    config_kwargs={
-                        "connect_timeout": timeout_s,
-                        "read_timeout": timeout_s,
-                        "retries": {"max_attempts": 2, "mode": "standard"},
-                    },
-                )
-            return self._filesystems[timeout_s]
+            _filesystems[key] = s3fs.S3FileSystem(
+                skip_instance_cache=True,
+                use_listings_cache=False,
+                client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+                config_kwargs={
+                    "connect_timeout": timeout_s,
+                    "read_timeout": timeout_s,
+                    "retries": {"max_attempts": 2, "mode": "standard"},
+                },
+            )
+        return _filesystems[key]
 
 
 class S3Source:
     """One adapter under an S3 prefix (or one archive object), for the download cache."""
 
-    def __init__(self, uri: str, client: S3Client, timeout_s: float) -> None:
+    def __init__(self, uri: str, timeout_s: float) -> None:
         self.location = uri
         self.path = uri.removeprefix("s3://").rstrip("/")  # bucket/key
         self.timeout_s = timeout_s
-        self._client = client
 
     async def _run(self, call):
         """Await ``call(fs)``, a coroutine of the filesystem, on fsspec's I/O loop.
 
         Cancelling the caller (the cache's stall watchdog) cancels the transfer there too.
         """
-        fs = await asyncio.to_thread(self._client.filesystem, self.timeout_s)
+        fs = await asyncio.to_thread(s3_filesystem, self.timeout_s)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(fs), fs.loop))
 
     async def list_files(self) -> RemoteListing | None:
@@ -160,7 +158,6 @@ class S3Resolver(LoRAResolver):
             )
         self.uri_template = uri_template
         self._cache = cache
-        self._client = S3Client()
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
         uri = fill_location_template(
@@ -170,7 +167,7 @@ class S3Resolver(LoRAResolver):
             logger.info("%s: refused adapter name %r", RESOLVER_NAME, lora_name)
             return None
         cache = self._cache or get_download_cache()
-        source = S3Source(uri, self._client, cache.config.timeout_s)
+        source = S3Source(uri, cache.config.timeout_s)
         path = await cache.get(source, lora_name=lora_name, base_model_name=base_model_name)
         return None if path is None else LoRARequest(lora_name, 1, str(path), base_model_name)
 
