@@ -83,7 +83,8 @@ class LoRAResolutionService:
 
     async def _resolve_once(self, lora_name: str) -> LoRARequest:
         failures: list[str] = []
-        for resolver_name, resolver in self._resolvers():
+        # the first call imports resolver plugins: keep that off the event loop
+        for resolver_name, resolver in await asyncio.to_thread(self._resolvers):
             found = await self._ask(resolver_name, resolver, lora_name, failures)
             if found is None:
                 continue
