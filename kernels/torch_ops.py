@@ -80,8 +80,9 @@ def add_lora(
     offset = 0
     for i, b in enumerate(lora_b):
         width = b.shape[-1]
-        out_rows = out[rows, offset : offset + width].view(num_rows, seg_len, width)
-        out_rows.baddbmm_(y[..., i * rank : (i + 1) * rank], b[slots])  # accumulate in place
+        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[slots])  # [rows, L, out_i]
+        # (bmm then add: baddbmm_ into this strided view of out is several times slower)
+        out[rows, offset : offset + width].add_(delta.view(-1, width))
         offset += width
 
 

@@ -45,14 +45,14 @@ class AdapterSlots:
         self.max_rank = max_rank
         layers = spec.num_layers
         self._a_rows: dict[str, torch.Tensor] = {}  # group -> [layers, slots, n_slices * R, in]
-        self._b_rows: dict[str, list[torch.Tensor]] = {}  # group -> per slice [layers, slots, out_i, R]
+        self._b: dict[str, list[torch.Tensor]] = {}  # group -> per slice [layers, slots, R, out_i]
         for group, shape in group_shapes(spec).items():
             slices = len(shape.out_features)
             self._a_rows[group] = torch.zeros(
                 layers, num_slots, slices * max_rank, shape.in_features, dtype=dtype, device=device
             )
-            self._b_rows[group] = [
-                torch.zeros(layers, num_slots, out, max_rank, dtype=dtype, device=device)
+            self._b[group] = [
+                torch.zeros(layers, num_slots, max_rank, out, dtype=dtype, device=device)
                 for out in shape.out_features
             ]
         self._layers = [self._layer_views(i) for i in range(layers)]
@@ -61,7 +61,7 @@ class AdapterSlots:
         views = {}
         for group, a_rows in self._a_rows.items():
             views[f"{group}_a"] = a_rows[i].transpose(-1, -2)
-            views[f"{group}_b"] = [b[i].transpose(-1, -2) for b in self._b_rows[group]]
+            views[f"{group}_b"] = [b[i] for b in self._b[group]]
         return LayerLoRA(**views)
 
     def layer(self, index: int) -> LayerLoRA:
@@ -78,18 +78,18 @@ class AdapterSlots:
             r = weights.a.shape[0]
             start = index * max_rank
             self._a_rows[group][layer, slot, start : start + r].copy_(weights.a)
-            b_rows = self._b_rows[group][index][layer, slot, :, :r]
+            b = self._b[group][index][layer, slot, :r]  # [r, out]
             if one_scale is None:
-                torch.mul(weights.b, weights.scale, out=b_rows)
+                torch.mul(weights.b.t(), weights.scale, out=b)
             else:
-                b_rows.copy_(weights.b)
+                b.copy_(weights.b.t())
         if one_scale is not None and one_scale != 1.0:  # one pass per B instead of per module
-            for b_slices in self._b_rows.values():
+            for b_slices in self._b.values():
                 for b in b_slices:
                     b[:, slot].mul_(one_scale)
 
     def clear(self, slot: int) -> None:
         for group, a_rows in self._a_rows.items():
             a_rows[:, slot].zero_()
-            for b in self._b_rows[group]:
+            for b in self._b[group]:
                 b[:, slot].zero_()
