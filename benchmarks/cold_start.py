@@ -49,19 +49,12 @@ from loraserve.lora.download.testing import (
 from loraserve.lora.request import LoRARequest
 from loraserve.plugins import get_plugin_manager, reset_plugin_manager
 from loraserve.sampling_params import SamplingParams
+from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
 
 RANK, WARM_ADAPTERS, PROMPT_LEN, NEW_TOKENS = 16, 4, 32, 16
 SERVED = "bench-base"
 DOWNLOAD_S = 2.0  # how long the throttled link takes to send the weights
-MODEL = dict(
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    max_position_embeddings=512,
-)
 _ids = itertools.count()
 
 

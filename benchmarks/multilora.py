@@ -21,17 +21,10 @@ import torch
 
 from loraserve import LLM, SamplingParams
 from loraserve.lora.request import LoRARequest
+from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
 
 BATCH, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
-MODEL = dict(
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    max_position_embeddings=512,
-)
 
 
 def best_of(rounds: int, runs: dict[str, Callable[[], None]]) -> dict[str, float]:
@@ -120,7 +113,6 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
         })
     print(f"4. {held} adapters held, 16 in use / only 16 held: "
           f"{times['16 held'] / times[f'{held} held']:.2f}  (target >= 0.90)")
-    del crowded
 
     from_disk, cached = cold_load_ratios(llm, adapters[0], rounds * 5)
     print(f"5. cold load / raw read, file on local disk:      {from_disk:.2f}  (target <= 3, lower is better)")

@@ -12,6 +12,15 @@ from typing import Any
 import torch
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+# The model the benchmarks share: big enough that matmuls dominate, small enough for a CPU.
+BENCHMARK_MODEL = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    max_position_embeddings=512,
+)
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 _CORPUS = [
