@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from loraserve.entrypoints.openai.server_config import ServerConfig
-from loraserve.errors import LoRAServeError
+from loraserve.errors import LoRAServeError, PluginError
 
 logger = logging.getLogger("loraserve.serve")
 
@@ -42,6 +42,8 @@ def serve(engine_config, server_config: ServerConfig,  # noqa: ANN001 - EngineCo
         from loraserve.engine.async_engine import AsyncLLMEngine
 
         engine = AsyncLLMEngine(engine_config)
+    except PluginError as exc:  # a wrong VLLM_PLUGINS, caught before the model loads
+        return _fail(str(exc))
     except (LoRAServeError, OSError, ValueError) as exc:
         return _fail(f"cannot load model '{engine_config.model}': {exc}")
     try:

@@ -77,7 +77,9 @@ class ServingModels:
                 f"The lora adapter '{name}' has the same name as the base model; choose another"
             )
         if not os.path.isdir(path):
-            raise NotFoundError(f"No adapter found for '{path}' (LoRA adapter '{name}')")
+            raise NotFoundError(
+                f"LoRA adapter '{name}': path '{path}' does not exist or is not a directory"
+            )
         if base_model_name not in (None, self.base_model_name):
             # vLLM keeps the lineage only when it names a served model; say so instead of hiding it
             logger.warning(
