@@ -177,7 +177,7 @@ class AsyncLLMEngine:
             self._streams.pop(request_id, None)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self.engine._requests):
+        for request_id in self.engine.unfinished_request_ids():
             self.engine.abort_request(request_id)
             self._deliver(request_id, RuntimeError(f"engine step failed: {exc}"))
 

@@ -228,6 +228,9 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
 
+    def unfinished_request_ids(self) -> list[str]:
+        return list(self._requests)
+
     @property
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)

@@ -45,10 +45,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def schedule(self) -> ScheduledStep | None:
         step = ScheduledStep([], [])
         self._schedule_running(step)

@@ -35,7 +35,6 @@ class ModelSpec:
     rope_theta: float
     rope_scaling: dict[str, Any] | None
     max_position_embeddings: int
-    qk_norm: bool
     tie_word_embeddings: bool
     sliding_window: int | None
     eos_token_ids: tuple[int, ...]
@@ -85,7 +84,6 @@ def load_spec(model_dir: str | Path) -> ModelSpec:
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-        qk_norm=arch == "Qwen3ForCausalLM",
         tie_word_embeddings=cfg.get("tie_word_embeddings", False),
         sliding_window=sliding,
         eos_token_ids=eos_ids,
