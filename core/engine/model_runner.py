@@ -48,7 +48,7 @@ class ModelRunner:
         token_slots: list[int] = []
         for seq, q_len in zip(step.seqs, step.query_lens):
             start = seq.num_cached_tokens
-            input_ids.extend(seq.token_ids[start : start + q_len])
+            input_ids.extend(seq.token_slice(start, start + q_len))
             table = seq.block_table
             for pos in range(start, start + q_len):
                 positions.append(pos)
