@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 BASE = "base"
 
@@ -90,3 +97,29 @@ def stream_lines(url: str, body: dict, stop_after: int | None = None) -> tuple[d
         return dict(response.headers), lines
     finally:
         conn.close()
+
+
+def loraserve_cmd() -> list[str]:
+    """The installed ``loraserve`` console script (or the module, if the script is missing)."""
+    exe = shutil.which("loraserve", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "loraserve.entrypoints.cli"]
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without VLLM_* settings, and no plugins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env["VLLM_PLUGINS"] = ""
+    return env
+
+
+def wait_until_ready(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The URL a ``loraserve`` subprocess prints once it serves; fails if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"loraserve exited: {proc.stderr.read()}")
+        match = re.search(r"ready on (http://\S+)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError("loraserve did not become ready")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import openai
 import pytest
+from openai_harness import clean_env, loraserve_cmd, wait_until_ready
 
 from loraserve.entrypoints.cli import build_parser, configs_from_args, main, parse_lora_module
 from loraserve.entrypoints.openai.server_config import LoRAModulePath
@@ -102,17 +98,6 @@ def test_help_explains_flags(capsys):
 # ---- the real command, as a subprocess -------------------------------------------------------
 
 
-def loraserve_cmd() -> list[str]:
-    exe = shutil.which("loraserve", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "loraserve.entrypoints.cli"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
-    env["VLLM_PLUGINS"] = ""
-    return env
-
-
 def test_cli_subprocess_serves_and_stops(llama_dir: Path, server_adapters, tmp_path: Path):
     spec = json.dumps({"name": "a2", "path": str(server_adapters["a2"]), "base_model_name": "base"})
     proc = subprocess.Popen(
@@ -122,15 +107,7 @@ def test_cli_subprocess_serves_and_stops(llama_dir: Path, server_adapters, tmp_p
         cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stderr.read()}")
-            match = re.search(r"ready on (http://\S+)", line)
-            url = match.group(1) if match else None
-        assert url, "server did not become ready"
+        url = wait_until_ready(proc)
         api = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
         models = {m.id: m.model_dump() for m in api.models.list().data}
         assert models["a1"]["parent"] == "base" and models["a2"]["parent"] == "base"

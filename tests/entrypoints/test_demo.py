@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import time
 
 import openai
 import pytest
 import torch
-from test_cli_args import loraserve_cmd
+from openai_harness import loraserve_cmd, wait_until_ready
 
 from loraserve.demo import ADAPTER_ANSWERS, BASE_ANSWER, PRELOADED, SERVED_MODEL_NAME, ensure_demo
 
@@ -60,15 +58,7 @@ def test_demo_command_serves_with_resolver(demo):
         cwd=cache, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail(f"demo exited: {proc.stderr.read()}")
-            match = re.search(r"ready on (http://\S+)", line)
-            url = match.group(1) if match else None
-        assert url, "demo did not become ready"
+        url = wait_until_ready(proc)
         api = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         assert {m.id for m in api.models.list().data} == {SERVED_MODEL_NAME, *PRELOADED}
         for name in (SERVED_MODEL_NAME, *ADAPTER_ANSWERS):  # the last one via the resolver
