@@ -24,10 +24,7 @@ import itertools
 import logging
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,9 +39,10 @@ from loraserve.lora.download.testing import (
     AppThread,
     FakeHub,
     Faults,
+    S3Proxy,
     hub_app,
+    moto_server,
     serve_bytes,
-    write_slowly,
 )
 from loraserve.lora.request import LoRARequest
 from loraserve.plugins import get_plugin_manager, reset_plugin_manager
@@ -157,33 +155,22 @@ class S3Remote(Remote):
     def __init__(self, files: dict[str, bytes]) -> None:
         from aiohttp import web
 
-        self.files, self.faults, self._session = files, Faults(), None
-        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-        if exe is None:
-            raise SystemExit("moto_server not found: pip install 'moto[server]'")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.moto = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.proc.kill()
-                    raise SystemExit("moto_server did not start") from None
-                time.sleep(0.1)
+        self.files = files
+        self._moto = moto_server()
+        self.moto = self._moto.__enter__()
         self._s3().create_bucket(Bucket=self.bucket)
+        self._forward = S3Proxy(self.moto)
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
+        app.router.add_route("*", "/{tail:.*}", self._forward.handle)
         self.proxy = AppThread(app)
+
+    @property
+    def faults(self) -> Faults:
+        return self._forward.faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        self._forward.faults = value
 
     def _s3(self):
         import boto3
@@ -195,39 +182,6 @@ class S3Remote(Remote):
             aws_secret_access_key="bench",
             region_name="us-east-1",
         )
-
-    async def _forward(self, request):
-        import aiohttp
-        from aiohttp import web
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {
-            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
-        }
-        async with self._session.request(
-            request.method,
-            self.moto + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-            allow_redirects=False,
-            auto_decompress=False,
-        ) as upstream:
-            body = await upstream.read()
-            hop = {"transfer-encoding", "connection", "server", "date"}
-            if request.method != "HEAD":
-                hop.add("content-length")
-            out = {k: v for k, v in upstream.headers.items() if k.lower() not in hop}
-            status = upstream.status
-        slow = request.method == "GET" and status < 300 and self.faults.take(request.path) == "slow"
-        if not slow:
-            return web.Response(status=status, body=body, headers=out)
-        response = web.StreamResponse(status=status, headers=out)
-        response.content_length = len(body)
-        await response.prepare(request)
-        await write_slowly(response, body, self.faults.chunk, self.faults.delay)
-        await response.write_eof()
-        return response
 
     def env(self, work: Path) -> dict[str, str]:
         return {
@@ -244,11 +198,9 @@ class S3Remote(Remote):
             s3.put_object(Bucket=self.bucket, Key=f"{SERVED}/{lora_name}/{name}", Body=data)
 
     def close(self) -> None:
-        if self._session is not None:
-            asyncio.run_coroutine_threadsafe(self._session.close(), self.proxy.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._forward.close(), self.proxy.loop).result(10)
         self.proxy.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        self._moto.__exit__(None, None, None)
 
 
 def use_remote(remote: Remote, work: Path) -> None:

@@ -9,8 +9,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
@@ -117,6 +125,92 @@ async def serve_bytes(request, data: bytes, faults: Faults, headers: dict[str, s
     await response.write(body)
     await response.write_eof()
     return response
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A real S3 endpoint: ``moto_server`` on a free 127.0.0.1 port; yields its URL."""
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "moto_server"
+    )
+    if exe is None:
+        raise RuntimeError("moto_server not found: pip install 'moto[server]'")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class S3Proxy:
+    """Forwards every request to an S3 endpoint, counting them in ``log`` and applying
+    ``faults`` to successful GETs (stall or drop a third of the way in, or a slow link)."""
+
+    def __init__(self, upstream: str, faults: Faults | None = None) -> None:
+        self.upstream = upstream
+        self.log = RequestLog()
+        self.faults = faults or Faults()
+        self._session = None
+
+    async def handle(self, request):
+        import aiohttp
+        from aiohttp import web
+
+        self.log.counts[(request.method, request.path)] += 1
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        skip = ("host", "content-length", "transfer-encoding")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=await request.read(),
+            allow_redirects=False,
+            auto_decompress=False,
+        ) as upstream:
+            body = await upstream.read()
+            hop = {"transfer-encoding", "connection", "server", "date"}
+            if request.method != "HEAD":  # HEAD keeps the object's length; bodies get their own
+                hop.add("content-length")
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in hop}
+            status = upstream.status
+        mode = self.faults.take(request.path) if request.method == "GET" and status < 300 else None
+        if mode is None:
+            return web.Response(status=status, body=body, headers=out)
+        response = web.StreamResponse(status=status, headers=out)
+        response.content_length = len(body)
+        await response.prepare(request)
+        if mode == "slow":
+            await write_slowly(response, body, self.faults.chunk, self.faults.delay)
+            await response.write_eof()
+            return response
+        await response.write(body[: self.faults.after or len(body) // 3])
+        if mode == "stall":
+            await asyncio.sleep(3600)
+        request.transport.close()  # the "server" dies mid-body
+        return response
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 async def write_slowly(response, body: bytes, chunk: int, delay: float) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -19,7 +17,13 @@ from loraserve_s3_resolver import S3Resolver, register_lora_resolvers
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
-from loraserve.lora.download.testing import Faults, RequestLog, lora_adapter_files, start_app
+from loraserve.lora.download.testing import (
+    Faults,
+    S3Proxy,
+    lora_adapter_files,
+    moto_server,
+    start_app,
+)
 
 pytest.importorskip("s3fs")
 BASE = "tiny-base"
@@ -27,41 +31,11 @@ BUCKET = "adapters"
 WEIGHTS = "adapter_model.safetensors"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_url():
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
-        "moto_server"
-    )
-    if exe is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
-    s3 = boto3_client(url)
-    s3.create_bucket(Bucket=BUCKET)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with moto_server() as url:
+        boto3_client(url).create_bucket(Bucket=BUCKET)
+        yield url
 
 
 def boto3_client(url: str):
@@ -87,63 +61,17 @@ def aws_env(monkeypatch):
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-class Proxy:
-    """Forwards to moto; counts requests; can stall or cut adapter weight downloads."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.log = RequestLog()
-        self.faults = Faults(only=WEIGHTS)
-
-    async def handle(self, request):
-        from aiohttp import web
-
-        self.log.counts[(request.method, request.path)] += 1
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() not in ("host", "content-length", "transfer-encoding")
-        }
-        async with self.session.request(
-            request.method,
-            self.upstream + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-            allow_redirects=False,
-            auto_decompress=False,
-        ) as upstream:
-            body = await upstream.read()
-            hop = {"transfer-encoding", "connection", "server", "date"}
-            if request.method != "HEAD":  # HEAD keeps the object's length; bodies get their own
-                hop.add("content-length")
-            out = {k: v for k, v in upstream.headers.items() if k.lower() not in hop}
-            status = upstream.status
-        mode = self.faults.take(request.path) if request.method == "GET" and status < 300 else None
-        if mode is None:
-            return web.Response(status=status, body=body, headers=out)
-        response = web.StreamResponse(status=status, headers=out)
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body[: len(body) // 3])
-        if mode == "stall":
-            await asyncio.sleep(3600)
-        request.transport.close()
-        return response
-
-
 @pytest.fixture
 async def proxy(moto_url, monkeypatch):
-    import aiohttp
     from aiohttp import web
 
-    proxy = Proxy(moto_url)
-    proxy.session = aiohttp.ClientSession()
+    proxy = S3Proxy(moto_url, Faults(only=WEIGHTS))
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     runner, url = await start_app(app)
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     yield proxy
-    await proxy.session.close()
+    await proxy.close()
     await runner.cleanup()
 
 
