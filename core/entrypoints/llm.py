@@ -72,11 +72,13 @@ class LLM:
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
-        sampling_params: SamplingParams | None = None,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         lora_request: LoRASpec | Sequence[LoRASpec] = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """Generate for every prompt; one output per prompt, in order.
+
+        ``sampling_params`` is one ``SamplingParams`` for all prompts or a list, one per prompt.
 
         ``lora_request`` is one adapter for all prompts or a list with one entry (or None)
         per prompt. An entry may be a ``LoRARequest`` or the name of an adapter that is
@@ -84,14 +86,14 @@ class LLM:
         """
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
-        params = sampling_params or SamplingParams()
-        loras = self._per_prompt_loras(lora_request, len(prompts))
+        params = self._per_prompt(sampling_params or SamplingParams(), len(prompts), "sampling_params")
+        loras = self._per_prompt(lora_request, len(prompts), "lora_request")
         ids = []
-        for prompt, lora in zip(prompts, loras):
+        for prompt, lora, prompt_params in zip(prompts, loras, params):
             text, token_ids = self._tokenize(prompt)
             request_id = str(self._counter)
             self._counter += 1
-            self.engine.add_request(request_id, token_ids, params, self._lora(lora), prompt=text)
+            self.engine.add_request(request_id, token_ids, prompt_params, self._lora(lora), prompt=text)
             ids.append(request_id)
         finished: dict[str, RequestOutput] = {}
         with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm) as bar:
@@ -112,14 +114,13 @@ class LLM:
         )
 
     @staticmethod
-    def _per_prompt_loras(lora_request: Any, count: int) -> list[LoRASpec]:
-        if isinstance(lora_request, (list, tuple)):
-            if len(lora_request) != count:
-                raise InvalidRequestError(
-                    f"lora_request has {len(lora_request)} entries for {count} prompts"
-                )
-            return list(lora_request)
-        return [lora_request] * count
+    def _per_prompt(value: Any, count: int, name: str) -> list[Any]:
+        """One value for every prompt, or a list with exactly one entry per prompt."""
+        if isinstance(value, (list, tuple)):
+            if len(value) != count:
+                raise InvalidRequestError(f"{name} has {len(value)} entries for {count} prompts")
+            return list(value)
+        return [value] * count
 
     def _lora(self, lora: LoRASpec) -> LoRARequest | None:
         if lora is None or isinstance(lora, LoRARequest):

@@ -88,3 +88,13 @@ def test_prompt_longer_than_context_is_refused(llm):
     with pytest.raises(InvalidRequestError, match="maximum context length is 256 tokens"):
         llm.generate({"prompt_token_ids": [5] * 300}, SamplingParams(max_tokens=4))
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_sampling_params_per_prompt(llm):
+    greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    longer = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    short, long_ = llm.generate(["hello", "hello"], [greedy, longer])
+    assert len(short.outputs[0].token_ids) == 3 and len(long_.outputs[0].token_ids) == 6
+    assert long_.outputs[0].token_ids[:3] == short.outputs[0].token_ids
+    with pytest.raises(InvalidRequestError, match="sampling_params has 1 entries for 2 prompts"):
+        llm.generate(["a", "b"], [greedy])
