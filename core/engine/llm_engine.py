@@ -184,27 +184,30 @@ class LLMEngine:
         """
         if lora_request is None:
             return None
-        if self.lora_manager is None:
-            raise InvalidRequestError(
-                f"LoRA adapter '{lora_request.lora_name}' requested but LoRA is not enabled; "
-                "start with enable_lora=True (--enable-lora)"
-            )
-        lora = self.lora_manager.get(lora_request.lora_name)
+        manager = self._lora_manager(lora_request.lora_name)
+        lora = manager.get(lora_request.lora_name)
         if lora is None:
             if not register:
                 raise LoRANotFoundError(lora_request.lora_name)
-            lora = self.lora_manager.add(lora_request)
-        self.lora_manager.ensure_host(lora)
+            lora = manager.add(lora_request)
+        manager.ensure_host(lora)
         return lora
 
     def load_lora(self, lora_request: LoRARequest) -> LoRARequest:
         """Load and register an adapter under a fresh, never reused id; the name must be new."""
-        if self.lora_manager is None:
-            raise InvalidRequestError("LoRA is not enabled; restart with --enable-lora")
         name = lora_request.lora_name
-        if name == self.config.served_model_name or self.lora_manager.get(name):
+        manager = self._lora_manager(name)
+        if name == self.config.served_model_name or manager.get(name):
             raise InvalidRequestError(f"The lora adapter '{name}' has already been loaded.")
-        return self.lora_manager.add(dataclasses.replace(lora_request, lora_int_id=next_lora_id()))
+        return manager.add(dataclasses.replace(lora_request, lora_int_id=next_lora_id()))
+
+    def _lora_manager(self, lora_name: str) -> LoRAManager:
+        if self.lora_manager is None:
+            raise InvalidRequestError(
+                f"LoRA adapter '{lora_name}' requested but LoRA is not enabled; "
+                "start with enable_lora=True (--enable-lora)"
+            )
+        return self.lora_manager
 
     def unpin_lora(self, lora: LoRARequest | None) -> None:
         if lora is not None and self.lora_manager is not None:
@@ -273,13 +276,13 @@ class LLMEngine:
         if not params.ignore_eos and token in self.eos_token_ids:
             update_text(seq, self.tokenizer, drop_last=True)
             return "stop"
-        if params.stop or self.detokenize_every_step:
-            if update_text(seq, self.tokenizer):
-                return "stop"
+        text_each_step = bool(params.stop) or self.detokenize_every_step
+        if text_each_step and update_text(seq, self.tokenizer):
+            return "stop"
         if (params.max_tokens is not None and len(seq.output_token_ids) >= params.max_tokens) or (
             seq.num_tokens >= self.max_model_len
         ):
-            if not (params.stop or self.detokenize_every_step):
+            if not text_each_step:  # otherwise the text is already up to date
                 update_text(seq, self.tokenizer)
             return "length"
         return None

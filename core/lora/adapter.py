@@ -118,7 +118,7 @@ def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
         try:
             return read_safetensors(safetensors_file)
         except SafetensorsError as exc:
-            raise LoRAAdapterError(name, f"{SAFETENSORS_FILE} is corrupt ({exc})") from None
+            raise LoRAAdapterError(name, f"{SAFETENSORS_FILE} is corrupt: {exc}") from None
     if bin_file.is_file():
         try:
             tensors = torch.load(bin_file, map_location="cpu", weights_only=True)

@@ -57,7 +57,6 @@ class LoRAManager:
         self.spec = spec
         self.max_lora_rank = max_lora_rank
         self.max_cpu_loras = max_cpu_loras
-        self.dtype = dtype
         self.slots = AdapterSlots(spec, max_loras, max_lora_rank, dtype, device)
         self.events = events
         self._lock = threading.RLock()

@@ -1,8 +1,9 @@
 """Read a safetensors file with one read into one buffer; tensors are views into it.
 
 The format is an 8-byte little-endian header length, a JSON header of
-``{name: {dtype, shape, data_offsets}}``, then the tensor bytes. Every entry is checked
-against the file size before any view is made, so a truncated or hostile file is refused.
+``{name: {dtype, shape, data_offsets}}``, then the tensor bytes, packed back to back. Every
+entry is checked against the file size before any view is made, so a truncated or hostile
+file is refused. The download cache runs the same header checks without reading the data.
 """
 
 from __future__ import annotations
@@ -10,11 +11,18 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-DTYPES = {
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+TORCH_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -26,17 +34,28 @@ DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-MAX_HEADER_BYTES = 100 << 20
+MAX_HEADER_BYTES = 64 << 20  # a 64 MiB JSON header is already absurd for a LoRA
 
 
 class SafetensorsError(ValueError):
     """The file is not a well-formed safetensors file; the message says what is wrong."""
 
 
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str  # safetensors' name, e.g. "F32"
+    shape: list[int]
+    begin: int  # offsets into the data region
+    end: int
+
+
 def parse_header(blob: bytes | bytearray | memoryview, file_size: int) -> tuple[int, dict]:
-    """(data start, {name: (dtype, shape, begin, end)}) after checking every entry fits."""
+    """(data start, {name: TensorEntry}) after checking the entries tile the data exactly.
+
+    ``blob`` needs to hold only the first 8 + header-length bytes of the file.
+    """
     if file_size < 8:
-        raise SafetensorsError(f"truncated: {file_size} bytes")
+        raise SafetensorsError(f"truncated ({file_size} bytes)")
     (header_len,) = struct.unpack("<Q", bytes(blob[:8]))
     if header_len > min(MAX_HEADER_BYTES, file_size - 8):
         raise SafetensorsError(f"corrupt header length {header_len}")
@@ -47,19 +66,25 @@ def parse_header(blob: bytes | bytearray | memoryview, file_size: int) -> tuple[
     if not isinstance(header, dict):
         raise SafetensorsError("the header is not a JSON object")
     data_size = file_size - 8 - header_len
-    entries = {}
-    for name, info in header.items():
-        if name != "__metadata__":
-            entries[name] = _entry(name, info, data_size)
+    entries = {
+        name: _entry(name, info, data_size) for name, info in header.items() if name != "__metadata__"
+    }
+    end = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin != end:  # safetensors packs tensors back to back, no gaps or overlaps
+            raise SafetensorsError("gaps or overlaps between tensors")
+        end = entry.end
+    if end != data_size:
+        raise SafetensorsError(f"data is {data_size} bytes but its tensors cover {end}")
     return 8 + header_len, entries
 
 
-def _entry(name: str, info: object, data_size: int) -> tuple[torch.dtype, list[int], int, int]:
+def _entry(name: str, info: object, data_size: int) -> TensorEntry:
     bad = SafetensorsError(f"tensor {name!r} has an invalid header entry")
     if not isinstance(info, dict):
         raise bad
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES or not isinstance(shape, list) or not isinstance(offsets, list):
+    if dtype not in DTYPE_BYTES or not isinstance(shape, list) or not isinstance(offsets, list):
         raise bad
     if not all(type(d) is int and d >= 0 for d in shape):
         raise bad
@@ -68,9 +93,20 @@ def _entry(name: str, info: object, data_size: int) -> tuple[torch.dtype, list[i
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
         raise SafetensorsError(f"tensor {name!r} lies outside the file (truncated?)")
-    if end - begin != math.prod(shape) * _ITEMSIZE[DTYPES[dtype]]:
+    if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise SafetensorsError(f"tensor {name!r} size disagrees with its shape")
-    return DTYPES[dtype], shape, begin, end
+    return TensorEntry(dtype, shape, begin, end)
+
+
+def read_header(path: Path) -> tuple[int, dict]:
+    """``parse_header`` of a file, reading only its header."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) == 8:
+            (header_len,) = struct.unpack("<Q", prefix)
+            prefix += f.read(min(header_len, MAX_HEADER_BYTES))
+    return parse_header(prefix, size)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -83,19 +119,20 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     start, entries = parse_header(buffer.numpy(), size)
     flat: dict[torch.dtype, torch.Tensor] = {}  # the data region viewed as each dtype once
     tensors = {}
-    for name, (dtype, shape, begin, end) in entries.items():
-        itemsize = _ITEMSIZE[dtype]
-        if (start + begin) % itemsize or not shape or end == begin:
-            raw = buffer[start + begin : start + end]  # unaligned or scalar/empty: plain view
-            tensors[name] = raw.view(dtype).view(shape) if end > begin else torch.empty(shape, dtype=dtype)
+    for name, entry in entries.items():
+        dtype = TORCH_DTYPES.get(entry.dtype)
+        if dtype is None:
+            raise SafetensorsError(f"tensor {name!r} has dtype {entry.dtype}, which torch cannot load")
+        itemsize = DTYPE_BYTES[entry.dtype]
+        shape, offset = entry.shape, start + entry.begin
+        if offset % itemsize or not shape or entry.end == entry.begin:
+            raw = buffer[offset : start + entry.end]  # unaligned, scalar or empty: plain view
+            tensors[name] = raw.view(dtype).view(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
             continue
         if dtype not in flat:
             flat[dtype] = buffer[: size - size % itemsize].view(dtype)
         strides = [1] * len(shape)
         for i in range(len(shape) - 2, -1, -1):
             strides[i] = strides[i + 1] * shape[i + 1]
-        tensors[name] = flat[dtype].as_strided(shape, strides, (start + begin) // itemsize)
+        tensors[name] = flat[dtype].as_strided(shape, strides, offset // itemsize)
     return tensors
-
-
-_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}

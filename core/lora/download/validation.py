@@ -8,32 +8,13 @@ never unpickled (``.bin`` adapters are not fetched remotely).
 from __future__ import annotations
 
 import json
-import math
-import struct
 from pathlib import Path
 
 from loraserve.errors import LoRAAdapterError
 from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS
+from loraserve.lora.safetensors_file import SafetensorsError, read_header
 
 MAX_CONFIG_BYTES = 1024 * 1024
-MAX_HEADER_BYTES = 64 * 1024 * 1024  # a 64 MiB JSON header is already absurd for a LoRA
-DTYPE_BYTES = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I16": 2,
-    "U16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "U32": 4,
-    "F32": 4,
-    "I64": 8,
-    "U64": 8,
-    "F64": 8,
-}
 
 
 def same_base_model(declared: str | None, served: str) -> bool:
@@ -74,64 +55,15 @@ def check_adapter_config(path: Path, lora_name: str, base_model_name: str) -> di
 
 def check_safetensors(path: Path, lora_name: str) -> int:
     """Parse the header and check every tensor fits the file; return the tensor count."""
-    size = path.stat().st_size
-    where = path.name
-    if size < 8:
-        raise LoRAAdapterError(lora_name, f"{where} is truncated ({size} bytes)")
-    with path.open("rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > min(MAX_HEADER_BYTES, size - 8):
-            raise LoRAAdapterError(lora_name, f"{where} has a corrupt header length {header_len}")
-        raw = f.read(header_len)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise LoRAAdapterError(lora_name, f"{where} has a header that is not JSON") from None
-    if not isinstance(header, dict):
-        raise LoRAAdapterError(lora_name, f"{where} has a header that is not a JSON object")
-    data_size = size - 8 - header_len
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        spans.append(_tensor_span(name, info, data_size, lora_name, where))
-    if not spans:
-        raise LoRAAdapterError(lora_name, f"{where} holds no tensors")
-    if not any("lora_A" in n or "lora_B" in n for n in header):
-        raise LoRAAdapterError(lora_name, f"{where} holds no lora_A/lora_B tensors")
-    spans.sort()
-    end = 0
-    for begin, stop in spans:
-        if begin != end:  # safetensors packs tensors back to back, no gaps or overlaps
-            raise LoRAAdapterError(lora_name, f"{where} has gaps or overlaps between tensors")
-        end = stop
-    if end != data_size:
-        raise LoRAAdapterError(
-            lora_name, f"{where} data is {data_size} bytes but its tensors cover {end}"
-        )
-    return len(spans)
-
-
-def _tensor_span(name: str, info: object, data_size: int, lora_name: str, where: str):
-    """(begin, end) of one tensor after checking dtype, shape and offsets agree."""
-    bad = LoRAAdapterError(lora_name, f"{where}: tensor {name!r} has an invalid header entry")
-    if not isinstance(info, dict):
-        raise bad
-    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BYTES or not isinstance(shape, list) or not isinstance(offsets, list):
-        raise bad
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise bad
-    if len(offsets) != 2 or not all(
-        isinstance(o, int) and not isinstance(o, bool) for o in offsets
-    ):
-        raise bad
-    begin, end = offsets
-    if not 0 <= begin <= end <= data_size:
-        raise LoRAAdapterError(lora_name, f"{where}: tensor {name!r} lies outside the file")
-    if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
-        raise LoRAAdapterError(lora_name, f"{where}: tensor {name!r} size disagrees with its shape")
-    return begin, end
+        _, entries = read_header(path)
+    except SafetensorsError as exc:
+        raise LoRAAdapterError(lora_name, f"{path.name} is malformed: {exc}") from None
+    if not entries:
+        raise LoRAAdapterError(lora_name, f"{path.name} holds no tensors")
+    if not any("lora_A" in n or "lora_B" in n for n in entries):
+        raise LoRAAdapterError(lora_name, f"{path.name} holds no lora_A/lora_B tensors")
+    return len(entries)
 
 
 def validate_adapter_dir(
