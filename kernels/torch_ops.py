@@ -68,15 +68,15 @@ def add_lora(
         _add_lora_gathered(out, x, lora_a[slots], [b[slots] for b in lora_b], batch, rank)
         return
     rows = slice(start, start + num_rows * seg_len)
-    if num_rows == 1:
-        y = x[rows] @ lora_a[slots.start]  # [L, n_slices * R]
-        offset = 0
-        for i, b in enumerate(lora_b):
-            width = b.shape[-1]
-            out[rows, offset : offset + width].addmm_(y[:, i * rank : (i + 1) * rank], b[slots.start])
-            offset += width
+    if num_rows == 1:  # one adapter: plain matmuls, on x and out themselves when it covers all
+        slot = slots.start
+        whole = seg_len == x.shape[0]
+        y = torch.mm(x if whole else x[rows], lora_a[slot])  # [L, n_slices * R]
+        outs = (out if whole else out[rows]).split([b.shape[-1] for b in lora_b], dim=1)
+        for y_i, b, out_i in zip(y.split(rank, dim=1), lora_b, outs, strict=True):
+            out_i.addmm_(y_i, b[slot])
         return
-    y = torch.bmm(x[rows].view(num_rows, seg_len, -1), lora_a[slots])  # [rows, L, n_slices * R]
+    y = _shrink_rows(x[rows].view(num_rows, seg_len, -1), lora_a[slots])  # [rows, L, n_slices * R]
     offset = 0
     for i, b in enumerate(lora_b):
         width = b.shape[-1]
@@ -84,6 +84,21 @@ def add_lora(
         # (bmm then add: baddbmm_ into this strided view of out is several times slower)
         out[rows, offset : offset + width].add_(delta.view(-1, width))
         offset += width
+
+
+_GEMV_MAX_TOKENS = 4  # measured: up to here the A-major form reads A about 1.7x faster
+
+
+def _shrink_rows(x: torch.Tensor, lora_a: torch.Tensor) -> torch.Tensor:
+    """x [rows, L, in] @ A [rows, in, n] for a few tokens per row (decoding) or many.
+
+    A is a transposed view of row-major [n, in] storage. With one to a few tokens per row the
+    product is memory-bound, and computing (A_rows @ x^T)^T walks each adapter's rows in
+    storage order, which streams A markedly faster than the x @ A form.
+    """
+    if x.shape[1] > _GEMV_MAX_TOKENS or not lora_a.transpose(-1, -2).is_contiguous():
+        return torch.bmm(x, lora_a)
+    return torch.bmm(lora_a.transpose(-1, -2), x.transpose(1, 2)).transpose(1, 2)
 
 
 def _add_lora_gathered(
@@ -95,7 +110,7 @@ def _add_lora_gathered(
     rank: int,
 ) -> None:
     """Tokens in any order: gather them into padded per-slot rows, scatter-add the result."""
-    y = torch.bmm(x[batch.padded_tokens], lora_a)  # [rows, L, n_slices * R]
+    y = _shrink_rows(x[batch.padded_tokens], lora_a)  # [rows, L, n_slices * R]
     tokens = batch.padded_tokens.view(-1)
     if batch.padded_valid is not None:
         tokens = tokens[batch.padded_valid]

@@ -86,6 +86,17 @@ def test_strided_views(problem_factory, matches_reference):
     matches_reference(wide[:, 5:], problem)
 
 
+@pytest.mark.parametrize("pattern", list(SLOT_PATTERNS))
+def test_row_major_a_as_the_slots_store_it(problem_factory, matches_reference, pattern):
+    """The engine passes A as a transposed view of row-major [slots, n, in] storage, which
+    sends few-token rows (decoding) through the A-major shrink; results must not change."""
+    problem = problem_factory(SLOT_PATTERNS[pattern], in_features=24, out_sizes=(16, 8, 8))
+    a_rows = problem.lora_a.transpose(-1, -2).contiguous()
+    out = problem.out.clone()
+    torch_ops.add_lora(out, problem.x, a_rows.transpose(-1, -2), problem.lora_b, problem.batch())
+    matches_reference(out, problem)
+
+
 def test_cpu_uses_torch_backend():
     assert backend_for(torch.device("cpu")) == "torch"
 
