@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import stat
 import tarfile
 import zipfile
@@ -13,36 +12,14 @@ import pytest
 from loraserve.errors import LoRAAdapterError
 from loraserve.lora.download import fill_location_template, is_safe_name
 from loraserve.lora.download.archive import extract_adapter_archive
-from loraserve.lora.download.testing import lora_adapter_files
+from loraserve.lora.download.testing import (
+    lora_adapter_files,
+    tar_bytes,
+    tar_member,
+    zip_bytes,
+)
 
 FILES = {"adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": b"x" * 100}
-
-
-def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                tar.addfile(member)
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                tar.addfile(info, io.BytesIO(member[1]))
-    return buffer.getvalue()
-
-
-def zip_bytes(members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members:
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
-def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    return info
 
 
 def unpack(tmp_path: Path, data: bytes, name: str = "a.tar.gz", **limits) -> Path:
@@ -69,10 +46,10 @@ def test_tar_and_zip_unpack_adapter_files(tmp_path, prefix):
 HOSTILE_TARS = {
     "absolute": [("/etc/adapter_config.json", b"{}")],
     "dotdot": [("sql/../../adapter_config.json", b"{}")],
-    "symlink": [special("adapter_model.safetensors", tarfile.SYMTYPE, "/etc/passwd")],
-    "hardlink": [special("adapter_model.safetensors", tarfile.LNKTYPE, "/etc/passwd")],
-    "device": [special("adapter_model.safetensors", tarfile.CHRTYPE)],
-    "fifo": [special("fifo", tarfile.FIFOTYPE)],
+    "symlink": [tar_member("adapter_model.safetensors", tarfile.SYMTYPE, "/etc/passwd")],
+    "hardlink": [tar_member("adapter_model.safetensors", tarfile.LNKTYPE, "/etc/passwd")],
+    "device": [tar_member("adapter_model.safetensors", tarfile.CHRTYPE)],
+    "fifo": [tar_member("fifo", tarfile.FIFOTYPE)],
     "too many": [(f"f{i}", b"") for i in range(20)],
     "too big": [("adapter_model.safetensors", b"\0" * 20_000)],
 }

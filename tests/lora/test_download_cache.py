@@ -4,8 +4,6 @@ atomic install, cleanup after failures, size limits, LRU eviction."""
 from __future__ import annotations
 
 import asyncio
-import io
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from loraserve.lora.download import (
     RemoteListing,
     TransientSourceError,
 )
-from loraserve.lora.download.testing import etag_of, lora_adapter_files
+from loraserve.lora.download.testing import etag_of, lora_adapter_files, tar_bytes
 
 BASE = "tiny-base"
 
@@ -263,13 +261,8 @@ async def test_lru_eviction_keeps_cache_within_bound(tmp_path):
 
 
 async def test_archive_source_is_unpacked(tmp_path, files):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"sql/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    source = MemorySource({"sql.tar.gz": buffer.getvalue()}, archive=True)
+    archive = tar_bytes((f"sql/{name}", data) for name, data in files.items())
+    source = MemorySource({"sql.tar.gz": archive}, archive=True)
     path = await make_cache(tmp_path).get(source, lora_name="sql", base_model_name=BASE)
     assert sorted(p.name for p in path.iterdir()) == sorted(files)
 
@@ -286,7 +279,8 @@ async def test_crash_between_rename_and_entry_leaves_nothing_loadable(tmp_path, 
 
 
 async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
-    from loraserve.lora.download import pin_loaded_adapter, unpin_adapter
+    from loraserve.lora.download.hooks import lora_adapter_evicted, lora_adapter_loaded
+    from loraserve.lora.request import LoRARequest
 
     sources = {
         n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("ab")
@@ -294,11 +288,11 @@ async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
     size = sum(len(d) for d in sources["a"].files.values())
     cache = make_cache(tmp_path, max_cache_bytes=int(size * 1.5))
     a = await cache.get(sources["a"], lora_name="a", base_model_name=BASE)
-    pin_loaded_adapter("a", str(a))
+    lora_adapter_loaded(LoRARequest("a", 1, str(a)))
     try:
         b = await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
         assert a.exists() and b.exists()  # over the bound, but "a" is in use
     finally:
-        unpin_adapter("a")
+        lora_adapter_evicted("a")
     await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
     assert not a.exists()

@@ -301,8 +301,8 @@ def pin_loaded_adapter(lora_name: str, lora_path: str) -> None:
     """The engine loaded ``lora_path``: never evict it while the adapter is registered.
 
     The engine may read an adapter's files again later (after dropping its host copy), so
-    a folder it loaded must survive LRU eviction; remote resolvers call this from the
-    ``lora_adapter_loaded`` hook and ``unpin_adapter`` from ``lora_adapter_evicted``.
+    a folder it loaded must survive LRU eviction. Remote resolver plugins get this called
+    from the ``lora_adapter_loaded`` hook by importing ``loraserve.lora.download.hooks``.
     """
     _pinned_paths[lora_name] = lora_path
 

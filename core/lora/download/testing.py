@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,54 @@ def lora_adapter_files(
         ADAPTER_CONFIG: json.dumps(config, indent=2).encode(),
         ADAPTER_WEIGHTS: save(tensors),
     }
+
+
+TarMember = tarfile.TarInfo | tuple[str | tarfile.TarInfo, bytes]
+
+
+def tar_bytes(members: Iterable[TarMember], mode: str = "w:gz") -> bytes:
+    """A tar archive in memory. A member is ``(name, content)``, or a prepared ``TarInfo``
+    (a link, a device, a hostile path; see ``tar_member``) alone or with content."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for member in members:
+            info, data = (member, b"") if isinstance(member, tarfile.TarInfo) else member
+            if not isinstance(info, tarfile.TarInfo):
+                info = tarfile.TarInfo(info)
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    """A tar header of any type, for archives that must be refused."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def zip_bytes(
+    members: Iterable[tuple[str | zipfile.ZipInfo, bytes]],
+    compression: int = zipfile.ZIP_DEFLATED,
+) -> bytes:
+    """A zip archive in memory, one ``(name or ZipInfo, content)`` per member."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def registered_hook_functions(plugin: object, hook: str) -> set:
+    """The functions pluggy registers for ``hook`` when ``plugin`` (a module) is a plugin."""
+    import pluggy
+
+    from loraserve.plugins import hookspecs
+
+    manager = pluggy.PluginManager("loraserve")
+    manager.add_hookspecs(hookspecs)
+    manager.register(plugin)
+    return {impl.function for impl in getattr(manager.hook, hook).get_hookimpls()}
 
 
 def etag_of(data: bytes) -> str:

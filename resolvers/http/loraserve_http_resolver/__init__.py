@@ -29,8 +29,10 @@ from loraserve.lora.download import (
     fill_location_template,
     get_download_cache,
     is_archive_name,
-    pin_loaded_adapter,
-    unpin_adapter,
+)
+from loraserve.lora.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
+    lora_adapter_evicted,
+    lora_adapter_loaded,
 )
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver
@@ -183,14 +185,3 @@ def register_lora_resolvers(register) -> None:
     if token and template.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("%s is sent in clear text to %s; use https", TOKEN_ENV, host)
     register(RESOLVER_NAME, HttpResolver(template, token))
-
-
-@hookimpl
-def lora_adapter_loaded(lora_request) -> None:
-    """Keep a loaded adapter's downloaded folder out of LRU eviction."""
-    pin_loaded_adapter(lora_request.lora_name, lora_request.lora_path)
-
-
-@hookimpl
-def lora_adapter_evicted(lora_name: str) -> None:
-    unpin_adapter(lora_name)

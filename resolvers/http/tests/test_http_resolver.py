@@ -4,7 +4,6 @@ stall, drop, fail with 5xx, demand a token, or serve hostile archives."""
 from __future__ import annotations
 
 import asyncio
-import io
 import subprocess
 import sys
 import tarfile
@@ -21,8 +20,12 @@ from loraserve.lora.download.testing import (
     Faults,
     RequestLog,
     lora_adapter_files,
+    registered_hook_functions,
     serve_bytes,
     start_app,
+    tar_bytes,
+    tar_member,
+    zip_bytes,
 )
 
 BASE = "tiny-base"
@@ -79,18 +82,10 @@ def assert_clean(resolver: HttpResolver) -> None:
 
 
 def archive(files: dict[str, bytes], kind: str) -> bytes:
-    buffer = io.BytesIO()
     if kind == "zip":
-        with zipfile.ZipFile(buffer, "w") as zf:
-            for name, data in files.items():
-                zf.writestr(f"adapter/{name}", data)
-    else:
-        with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tar.gz" else "w") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+        members = [(f"adapter/{name}", data) for name, data in files.items()]
+        return zip_bytes(members, compression=zipfile.ZIP_STORED)
+    return tar_bytes(files.items(), mode="w:gz" if kind == "tar.gz" else "w")
 
 
 async def test_directory_resolves_and_revalidates(tmp_path, server):
@@ -182,37 +177,19 @@ async def test_oversize_and_malformed_refused(tmp_path, server):
         assert_clean(resolver)
 
 
-def hostile_tar(files: dict[str, bytes], evil: tarfile.TarInfo, data: bytes = b"") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-        evil.size = len(data) if evil.isreg() else 0
-        tar.addfile(evil, io.BytesIO(data) if evil.isreg() else None)
-    return buffer.getvalue()
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, link
-    return info
-
-
 @pytest.mark.parametrize(
     "evil",
     [
-        _member("../../escaped"),
-        _member("/tmp/escaped"),
-        _member("link", tarfile.SYMTYPE, "/etc/passwd"),
-        _member("hard", tarfile.LNKTYPE, "/etc/passwd"),
-        _member("dev", tarfile.CHRTYPE),
+        tar_member("../../escaped"),
+        tar_member("/tmp/escaped"),
+        tar_member("link", tarfile.SYMTYPE, "/etc/passwd"),
+        tar_member("hard", tarfile.LNKTYPE, "/etc/passwd"),
+        tar_member("dev", tarfile.CHRTYPE),
     ],
     ids=["dotdot", "absolute", "symlink", "hardlink", "device"],
 )
 async def test_hostile_archives_refused(tmp_path, server, evil):
-    server.files["/x/sql.tar.gz"] = hostile_tar(lora_adapter_files(BASE), evil, b"pwned")
+    server.files["/x/sql.tar.gz"] = tar_bytes([*lora_adapter_files(BASE).items(), (evil, b"pwned")])
     resolver = make_resolver(tmp_path, server, "/x/{lora_name}.tar.gz")
     with pytest.raises(LoRAAdapterError, match="archive member"):
         await resolver.resolve_lora(BASE, "sql")
@@ -221,10 +198,7 @@ async def test_hostile_archives_refused(tmp_path, server, evil):
 
 
 async def test_zip_bomb_refused(tmp_path, server):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("adapter_model.safetensors", b"\0" * 20_000_000)
-    server.files["/x/sql.zip"] = buffer.getvalue()
+    server.files["/x/sql.zip"] = zip_bytes([("adapter_model.safetensors", b"\0" * 20_000_000)])
     resolver = make_resolver(tmp_path, server, "/x/{lora_name}.zip", max_adapter_bytes=1_000_000)
     with pytest.raises(LoRAAdapterError, match="limit"):
         await resolver.resolve_lora(BASE, "sql")
@@ -243,6 +217,16 @@ def test_hook_and_template_checks(monkeypatch):
     for bad in ("ftp://h/{lora_name}", "https://h/fixed"):
         with pytest.raises(PluginError):
             HttpResolver(bad)
+
+
+def test_plugin_keeps_loaded_adapters_out_of_eviction():
+    """The plugin module carries the download cache's pin/unpin hook implementations."""
+    import loraserve_http_resolver
+
+    from loraserve.lora.download import hooks
+
+    for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
+        assert registered_hook_functions(loraserve_http_resolver, hook) == {getattr(hooks, hook)}
 
 
 def test_plugin_module_imports_no_aiohttp_client():

@@ -28,8 +28,10 @@ from loraserve.lora.download import (
     fill_location_template,
     get_download_cache,
     is_archive_name,
-    pin_loaded_adapter,
-    unpin_adapter,
+)
+from loraserve.lora.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
+    lora_adapter_evicted,
+    lora_adapter_loaded,
 )
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver
@@ -180,14 +182,3 @@ def register_lora_resolvers(register) -> None:
         logger.warning("%s is not set, so %s resolves nothing.", URI_ENV, RESOLVER_NAME)
         return
     register(RESOLVER_NAME, S3Resolver(template))
-
-
-@hookimpl
-def lora_adapter_loaded(lora_request) -> None:
-    """Keep a loaded adapter's downloaded folder out of LRU eviction."""
-    pin_loaded_adapter(lora_request.lora_name, lora_request.lora_path)
-
-
-@hookimpl
-def lora_adapter_evicted(lora_name: str) -> None:
-    unpin_adapter(lora_name)

@@ -4,10 +4,8 @@ fault-injecting proxy (so "one download" and "killed mid-download" are observabl
 from __future__ import annotations
 
 import asyncio
-import io
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +20,9 @@ from loraserve.lora.download.testing import (
     S3Proxy,
     lora_adapter_files,
     moto_server,
+    registered_hook_functions,
     start_app,
+    tar_bytes,
 )
 
 pytest.importorskip("s3fs")
@@ -158,14 +158,8 @@ async def test_oversize_and_malformed_adapters_refused(tmp_path, moto_url, proxy
 
 async def test_archive_object(tmp_path, moto_url, proxy, prefix):
     files = lora_adapter_files(BASE)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     boto3_client(moto_url).put_object(
-        Bucket=BUCKET, Key=f"{prefix}/{BASE}/sql.tar.gz", Body=buffer.getvalue()
+        Bucket=BUCKET, Key=f"{prefix}/{BASE}/sql.tar.gz", Body=tar_bytes(files.items())
     )
     resolver = make_resolver(tmp_path, prefix, suffix=".tar.gz")
     found = await resolver.resolve_lora(BASE, "sql")
@@ -182,6 +176,16 @@ def test_hook_registers_only_when_configured(monkeypatch):
     assert isinstance(registered["lora_s3_resolver"], S3Resolver)
     with pytest.raises(PluginError, match="lora_name"):
         S3Resolver("s3://b/fixed")
+
+
+def test_plugin_keeps_loaded_adapters_out_of_eviction():
+    """The plugin module carries the download cache's pin/unpin hook implementations."""
+    import loraserve_s3_resolver
+
+    from loraserve.lora.download import hooks
+
+    for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
+        assert registered_hook_functions(loraserve_s3_resolver, hook) == {getattr(hooks, hook)}
 
 
 def test_plugin_module_imports_no_s3fs():
