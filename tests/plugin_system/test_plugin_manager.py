@@ -89,24 +89,20 @@ def test_notification_that_raises_is_logged_and_ignored(make_plugin, events, reg
     assert "boom" in caplog.text and "meter down" in caplog.text
 
 
-def test_misspelt_hook_is_a_plugin_error(make_plugin, registry):
+@pytest.mark.parametrize(
+    ("name", "hook", "message"),
+    [
+        ("typo", "register_lora_resolver(register)", "typo.*register_lora_resolver"),
+        ("args", "lora_adapter_evicted(name)", "args"),
+    ],
+    ids=["misspelt_hook", "wrong_hook_arguments"],
+)
+def test_bad_hook_implementation_is_a_plugin_error(make_plugin, registry, name, hook, message):
     make_plugin(
-        "typo",
-        "from loraserve.plugins import hookimpl\n\n"
-        "@hookimpl\ndef register_lora_resolver(register):\n    pass\n",
+        name, f"from loraserve.plugins import hookimpl\n\n@hookimpl\ndef {hook}:\n    pass\n"
     )
-    with pytest.raises(PluginError, match="typo.*register_lora_resolver"):
-        PluginManager(["typo"], registry=registry).resolvers()
-
-
-def test_wrong_hook_arguments_are_a_plugin_error(make_plugin, registry):
-    make_plugin(
-        "args",
-        "from loraserve.plugins import hookimpl\n\n"
-        "@hookimpl\ndef lora_adapter_evicted(name):\n    pass\n",
-    )
-    with pytest.raises(PluginError, match="args"):
-        PluginManager(["args"], registry=registry).resolvers()
+    with pytest.raises(PluginError, match=message):
+        PluginManager([name], registry=registry).resolvers()
 
 
 def test_import_failure_names_the_plugin_and_notifications_survive(make_plugin, registry, caplog):
