@@ -17,7 +17,12 @@ from loraserve.lora.download import (
     RemoteListing,
     TransientSourceError,
 )
-from loraserve.lora.download.testing import etag_of, lora_adapter_files, tar_bytes
+from loraserve.lora.download.testing import (
+    etag_of,
+    lora_adapter_files,
+    registered_hook_functions,
+    tar_bytes,
+)
 
 BASE = "tiny-base"
 
@@ -296,3 +301,13 @@ async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
         lora_adapter_evicted("a")
     await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
     assert not a.exists()
+
+
+@pytest.mark.parametrize("plugin", ["loraserve_s3_resolver", "loraserve_http_resolver"])
+def test_download_cache_plugins_register_the_pin_hooks(plugin):
+    """Each plugin resolving through the cache keeps what the engine loaded out of eviction."""
+    from loraserve.lora.download import hooks
+
+    module = pytest.importorskip(plugin)
+    for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
+        assert registered_hook_functions(module, hook) == {getattr(hooks, hook)}

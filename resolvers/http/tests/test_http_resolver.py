@@ -20,7 +20,6 @@ from loraserve.lora.download.testing import (
     Faults,
     RequestLog,
     lora_adapter_files,
-    registered_hook_functions,
     serve_bytes,
     start_app,
     tar_bytes,
@@ -217,16 +216,6 @@ def test_hook_and_template_checks(monkeypatch):
     for bad in ("ftp://h/{lora_name}", "https://h/fixed"):
         with pytest.raises(PluginError):
             HttpResolver(bad)
-
-
-def test_plugin_keeps_loaded_adapters_out_of_eviction():
-    """The plugin module carries the download cache's pin/unpin hook implementations."""
-    import loraserve_http_resolver
-
-    from loraserve.lora.download import hooks
-
-    for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
-        assert registered_hook_functions(loraserve_http_resolver, hook) == {getattr(hooks, hook)}
 
 
 def test_plugin_module_imports_no_aiohttp_client():

@@ -20,7 +20,6 @@ from loraserve.lora.download.testing import (
     S3Proxy,
     lora_adapter_files,
     moto_server,
-    registered_hook_functions,
     start_app,
     tar_bytes,
 )
@@ -176,16 +175,6 @@ def test_hook_registers_only_when_configured(monkeypatch):
     assert isinstance(registered["lora_s3_resolver"], S3Resolver)
     with pytest.raises(PluginError, match="lora_name"):
         S3Resolver("s3://b/fixed")
-
-
-def test_plugin_keeps_loaded_adapters_out_of_eviction():
-    """The plugin module carries the download cache's pin/unpin hook implementations."""
-    import loraserve_s3_resolver
-
-    from loraserve.lora.download import hooks
-
-    for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
-        assert registered_hook_functions(loraserve_s3_resolver, hook) == {getattr(hooks, hook)}
 
 
 def test_plugin_module_imports_no_s3fs():
