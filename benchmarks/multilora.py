@@ -65,6 +65,8 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
 
     llm = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
               max_cpu_loras=max(BATCH, host_adapters + BATCH), max_num_seqs=BATCH)
+    unmerged = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
+                   max_num_seqs=BATCH, lora_merge=False)
     one = [LoRARequest("a0", 1, str(adapters[0]))] * BATCH
     distinct = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
 
@@ -74,14 +76,17 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
                      attention_mask=torch.ones_like(input_ids))
     adapter_names = [f"a{i}" for i in range(BATCH)]
 
-    def engine(loras) -> Callable[[], None]:
-        return lambda: llm.generate(token_prompts, params, lora_request=loras)
+    def engine(loras, on: LLM = llm) -> Callable[[], None]:
+        return lambda: on.generate(token_prompts, params, lora_request=loras)
 
     with torch.inference_mode():
         engine(distinct)()  # warm up: parse adapters, touch every slot
+        engine(distinct, unmerged)()
+        first = best_of(1, {"base": engine(None), "merging": engine(one)})
         times = best_of(rounds, {
             "engine base": engine(None),
             "engine 1 adapter": engine(one),
+            "1 adapter, no merge": engine(one, unmerged),
             "engine 16 adapters": engine(distinct),
             "hf generate": lambda: hf.generate(input_ids=input_ids, **hf_kwargs),
             "peft mixed generate": lambda: peft.generate(
@@ -95,6 +100,8 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
     print("\nratios (higher is better unless noted):")
     print(f"1. engine base / HF generate throughput:          {times['hf generate'] / base:.2f}  (target >= 1.3)")
     print(f"2. one adapter on all rows / engine base:         {base / times['engine 1 adapter']:.2f}  (target >= 0.90)")
+    print(f"   the run that merges it (one shot) / base:      {first['base'] / first['merging']:.2f}")
+    print(f"   the LoRA path, with --no-lora-merge / base:    {base / times['1 adapter, no merge']:.2f}")
     print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75)")
     print(f"   16 distinct adapters / PEFT mixed generate:    {times['peft mixed generate'] / times['engine 16 adapters']:.2f}  (target >= 4)")
     print(f"   (PEFT mixed / HF base, for reference:          {times['hf generate'] / times['peft mixed generate']:.2f})")

@@ -23,6 +23,7 @@ class EngineConfig:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    lora_merge: bool = True  # merge an adapter that owns every step into a weight copy (CPU, fp32)
     allow_runtime_lora_updating: bool = False
 
     def __post_init__(self) -> None:

@@ -30,6 +30,8 @@ class LoRABatch:
     # When padded_tokens is exactly tokens start, start+1, ... (sequences ordered by slot, equal
     # segment lengths, e.g. decoding), the torch path slices x and out instead of indexing.
     padded_token_start: int | None = None
+    # The slot of every token when one adapter owns the whole step, else None.
+    sole_slot: int | None = None
 
     @property
     def num_segments(self) -> int:
@@ -81,4 +83,5 @@ class LoRABatch:
             padded_tokens=tensor(padded).view(len(slot_range), max_len),
             padded_valid=None if all_valid else tensor(valid),
             padded_token_start=padded[0] if contiguous else None,
+            sole_slot=slots[0] if len(slots) == 1 and lens[0] == len(token_slots) else None,
         )

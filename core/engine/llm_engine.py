@@ -26,6 +26,7 @@ from loraserve.engine.sequence import Sequence
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
 from loraserve.lora.ids import next_lora_id
 from loraserve.lora.manager import LoRAEvents, LoRAManager
+from loraserve.lora.merge import adapter_merger_for
 from loraserve.lora.request import LoRARequest
 from loraserve.model.decoder import DecoderModel
 from loraserve.model.loader import load_weights
@@ -75,6 +76,8 @@ class LLMEngine:
                 self.dtype, self.device, lora_events,
             )
             self.model.lora_slots = self.lora_manager.slots
+            if config.lora_merge:
+                self.model.lora_merger = adapter_merger_for(self.model, self.lora_manager.slots)
 
         num_blocks = self._num_kv_blocks()
         self.runner = ModelRunner(self.model, num_blocks, config.block_size)

@@ -102,6 +102,10 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                       help="Largest adapter rank accepted (default: %(default)s).")
     lora.add_argument("--max-cpu-loras", type=_positive_int, default=None,
                       help="Adapters kept in host memory, >= --max-loras (default: --max-loras).")
+    lora.add_argument("--lora-merge", action=argparse.BooleanOptionalAction, default=True,
+                      help="When one adapter has owned every batch for 24 steps, run its "
+                           "batches on a merged copy of the weights (float32 on CPU only; "
+                           "costs one more copy of the projections; default: on).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +160,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras,
+        lora_merge=args.lora_merge,
         allow_runtime_lora_updating=runtime,
     )
     server = ServerConfig(

@@ -40,6 +40,7 @@ class LLM:
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         device: str = "auto",
+        lora_merge: bool = True,
         **ignored: Any,
     ) -> None:
         if ignored:
@@ -56,6 +57,7 @@ class LLM:
             max_loras=max_loras,
             max_lora_rank=max_lora_rank,
             max_cpu_loras=max_cpu_loras,
+            lora_merge=lora_merge,
         )
         plugins = get_plugin_manager()
         plugins.check()  # a wrong VLLM_PLUGINS fails here, before the model loads

@@ -2,9 +2,9 @@
 
 Per LoRA group the kernels see A as [layers, slots, in, n_slices * R] and each slice's B
 as [layers, slots, R, out_i] (R = ``max_lora_rank``; smaller ranks are zero-padded, which
-adds nothing). Those are transposed views: storage keeps PEFT's own row layout
-(A rows [r, in], B rows [out, r]) so writing an adapter into a slot is row copies, not
-transposes.
+adds nothing). A is a transposed view: its storage keeps PEFT's row layout [r, in], so
+writing it is row copies and a decode step reads it in storage order. B is stored as the
+kernels see it, [R, out], written from PEFT's [out, r] by one transposing copy.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class AdapterSlots:
     ) -> None:
         self.num_slots = num_slots
         self.max_rank = max_rank
+        self.dtype = dtype
+        self.device = device
         layers = spec.num_layers
         self._a_rows: dict[str, torch.Tensor] = {}  # group -> [layers, slots, n_slices * R, in]
         self._b: dict[str, list[torch.Tensor]] = {}  # group -> per slice [layers, slots, R, out_i]
@@ -56,6 +58,7 @@ class AdapterSlots:
                 for out in shape.out_features
             ]
         self._layers = [self._layer_views(i) for i in range(layers)]
+        self._versions = [0] * num_slots  # bumped on every change, so copies can tell they are stale
 
     def _layer_views(self, i: int) -> LayerLoRA:
         views = {}
@@ -66,6 +69,10 @@ class AdapterSlots:
 
     def layer(self, index: int) -> LayerLoRA:
         return self._layers[index]
+
+    def version(self, slot: int) -> int:
+        """Changes whenever the slot's contents do."""
+        return self._versions[slot]
 
     def write(self, slot: int, adapter: LoRAAdapter) -> None:
         """Copy an adapter into ``slot``, scaling B; modules it does not target become zero."""
@@ -89,6 +96,7 @@ class AdapterSlots:
                     b[:, slot].mul_(one_scale)
 
     def clear(self, slot: int) -> None:
+        self._versions[slot] += 1
         for group, a_rows in self._a_rows.items():
             a_rows[:, slot].zero_()
             for b in self._b[group]:

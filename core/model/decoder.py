@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from loraserve.kernels import add_lora
+from loraserve.lora.merge import AdapterMerger
 from loraserve.lora.slots import AdapterSlots, LayerLoRA
 from loraserve.model.attention import paged_attention
 from loraserve.model.forward_batch import ForwardBatch
@@ -56,13 +57,19 @@ class DecoderModel:
             weights.embed.device,
         )
         self.lora_slots: AdapterSlots | None = None
+        self.lora_merger: AdapterMerger | None = None  # set with lora_slots when merging suits
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
         """kv_cache: [2, layers, blocks, block_size, kv_heads, head_dim]. Returns [B, vocab] float32."""
         hidden = self.weights.embed[batch.input_ids]  # [T, hidden]
         use_lora = self.lora_slots is not None and batch.lora is not None and not batch.lora.is_empty
-        for index, layer in enumerate(self.weights.layers):
+        layers = self.weights.layers
+        if self.lora_merger is not None:
+            merged = self.lora_merger.layers_for(batch.lora if use_lora else None)
+            if merged is not None:  # one adapter owns the step and is merged into these
+                layers, use_lora = merged, False
+        for index, layer in enumerate(layers):
             lora = self.lora_slots.layer(index) if use_lora else None
             hidden = self._layer(hidden, layer, kv_cache[0, index], kv_cache[1, index], batch, lora)
         last = hidden[batch.logits_indices]  # [B, hidden]

@@ -13,6 +13,7 @@ from openai_harness import clean_env, loraserve_cmd, wait_until_ready
 
 from loraserve.entrypoints.cli import build_parser, configs_from_args, main, parse_lora_module
 from loraserve.entrypoints.openai.server_config import LoRAModulePath
+from loraserve.lora.merge import MERGE_AFTER_STEPS
 
 
 def parse(*argv: str):  # noqa: ANN201
@@ -28,6 +29,16 @@ def test_defaults_match_the_contract(monkeypatch):
     assert engine.served_model_name == "/models/m" and not engine.enable_lora
     assert (engine.max_loras, engine.max_lora_rank, engine.max_cpu_loras) == (1, 16, 1)
     assert not server.allow_runtime_lora_updating
+    assert engine.lora_merge
+
+
+def test_lora_merge_can_be_turned_off(capsys):
+    engine, _ = configs_from_args(parse("--enable-lora", "--no-lora-merge"))
+    assert not engine.lora_merge
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"owned every batch for {MERGE_AFTER_STEPS} steps" in help_text  # the help stays true
 
 
 def test_every_contract_flag(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.kernels import NO_ADAPTER, add_lora, backend_for, torch_ops
+from loraserve.kernels import NO_ADAPTER, LoRABatch, add_lora, backend_for, torch_ops
 
 N = NO_ADAPTER
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -24,6 +24,15 @@ SLOT_PATTERNS = {
 def test_sorted_equal_segments_take_the_slicing_shortcut(problem_factory):
     assert problem_factory(SLOT_PATTERNS["sorted_equal_segments"]).batch().padded_token_start == 2
     assert problem_factory(SLOT_PATTERNS["padded_segments"]).batch().padded_token_start is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "sole_slot"),
+    [("one_adapter_all_tokens", 1), ("single_token", 3), ("one_adapter_some_tokens", None),
+     ("equal_segments", None)],
+)
+def test_sole_slot_only_when_one_adapter_owns_every_token(pattern, sole_slot):
+    assert LoRABatch.build(SLOT_PATTERNS[pattern]).sole_slot == sole_slot
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

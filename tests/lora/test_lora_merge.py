@@ -1,0 +1,104 @@
+"""Steps one adapter owns alone run on merged weights: same tokens as PEFT, never stale."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraserve import LLM, SamplingParams
+from loraserve.kernels import LoRABatch
+from loraserve.lora.merge import MERGE_AFTER_STEPS
+from loraserve.lora.request import LoRARequest
+
+PROMPT = "many adapters share one base model"
+LONG = MERGE_AFTER_STEPS + 12  # a generation that runs its last steps merged
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def request(name, path, lora_id=1):
+    return LoRARequest(name, lora_id, str(path))
+
+
+def merger(llm: LLM):
+    return llm.engine.model.lora_merger
+
+
+def count_merged_steps(llm: LLM) -> list[int]:
+    """Spy on the merger: a list that grows by one for every step run on merged weights."""
+    merged_steps: list[int] = []
+    layers_for = merger(llm).layers_for
+
+    def spy(batch):
+        layers = layers_for(batch)
+        if layers is not None:
+            merged_steps.append(1)
+        return layers
+
+    merger(llm).layers_for = spy
+    return merged_steps
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    return LLM(str(llama_dir), enable_lora=True, max_loras=4, max_lora_rank=16)
+
+
+@pytest.fixture(scope="module")
+def unmerged(llama_dir):
+    return LLM(str(llama_dir), enable_lora=True, max_loras=4, max_lora_rank=16, lora_merge=False)
+
+
+@pytest.mark.parametrize("name", ["sql", "chat", "mlp", "bin"])
+def test_merged_steps_match_peft(llama_dir, adapter_dirs, hf_greedy, name):
+    llm = LLM(str(llama_dir), enable_lora=True, max_loras=4, max_lora_rank=16)
+    merged_steps = count_merged_steps(llm)
+    out = llm.generate(PROMPT, greedy(LONG), lora_request=request(name, adapter_dirs[name]))[0]
+    assert len(merged_steps) == LONG - MERGE_AFTER_STEPS + 1
+    assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, LONG, adapter_dirs[name])
+
+
+def test_merging_waits_for_a_run_of_steps(llama_dir, adapter_dirs):
+    llm = LLM(str(llama_dir), enable_lora=True, max_loras=4, max_lora_rank=16)
+    chat = request("chat", adapter_dirs["chat"])
+    llm.generate(PROMPT, greedy(MERGE_AFTER_STEPS - 1), lora_request=chat)
+    assert merger(llm).merged_slot is None
+    llm.generate(PROMPT, greedy(MERGE_AFTER_STEPS), lora_request=chat)
+    assert merger(llm).merged_slot is not None
+
+
+@pytest.mark.parametrize("others", [[None], [None, "sql"], ["sql"]])
+def test_mixed_batches_after_a_merge_use_the_lora_path(llm, unmerged, adapter_dirs, others):
+    chat = request("chat", adapter_dirs["chat"])
+    llm.generate(PROMPT, greedy(LONG), lora_request=chat)
+    assert merger(llm).merged_slot is not None
+    loras = [chat] + [name and request(name, adapter_dirs[name], 2) for name in others]
+    prompts = ["hello world", "select name from users", "the quick brown fox"][: len(loras)]
+    got = llm.generate(prompts, greedy(LONG), lora_request=loras)
+    expected = unmerged.generate(prompts, greedy(LONG), lora_request=loras)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+
+
+def test_a_rewritten_slot_never_runs_on_the_old_merge(llama_dir, adapter_dirs, hf_greedy):
+    llm = LLM(str(llama_dir), enable_lora=True, max_loras=1, max_cpu_loras=2, max_lora_rank=16)
+    llm.generate(PROMPT, greedy(LONG), lora_request=request("chat", adapter_dirs["chat"]))
+    assert merger(llm).merged_slot == 0
+    # sql now takes slot 0; too few steps to earn a merge of its own
+    out = llm.generate(PROMPT, greedy(4), lora_request=request("sql", adapter_dirs["sql"], 2))[0]
+    assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, 4, adapter_dirs["sql"])
+    assert merger(llm).merged_slot is None
+
+
+def test_untargeted_projections_are_shared_not_copied(llm, adapter_dirs):
+    llm.generate(PROMPT, greedy(LONG), lora_request=request("sql", adapter_dirs["sql"], 2))
+    base = llm.engine.model.weights.layers
+    merged = merger(llm).layers_for(LoRABatch.build([merger(llm).merged_slot]))
+    assert all(m.o is b.o and m.gate_up is b.gate_up and m.down is b.down for m, b in zip(merged, base))
+    assert all(m.qkv is not b.qkv for m, b in zip(merged, base))
+
+
+def test_off_switch_and_non_float32_weights_never_merge(llama_dir, unmerged):
+    assert merger(unmerged) is None
+    bf16 = LLM(str(llama_dir), enable_lora=True, dtype="bfloat16")
+    assert merger(bf16) is None
