@@ -40,6 +40,15 @@ LORA_EVICTIONS = Counter(
     "loraserve_lora_evictions", "Adapters evicted, by tier ('gpu' slot or 'cpu' cache).", ["tier"],
     registry=REGISTRY,
 )
+LORA_MERGE_SECONDS = Histogram(
+    "loraserve_lora_merge_seconds",
+    "Time to merge an adapter that owns every step into a copy of the projections.",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+LORA_MERGED_STEPS = Counter(
+    "loraserve_lora_merged_steps", "Engine steps run on merged adapter weights, no LoRA path.",
+    registry=REGISTRY,
+)
 LORA_RESOLUTIONS = Counter(
     "loraserve_lora_resolutions", "Unknown model names sent to the resolvers, by outcome.",
     ["outcome"], registry=REGISTRY,

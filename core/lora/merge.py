@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from loraserve import metrics
 from loraserve.kernels import LoRABatch
 from loraserve.lora.layout import GROUP_MODULES
 from loraserve.lora.slots import AdapterSlots, LayerLoRA
@@ -89,13 +90,13 @@ class AdapterMerger:
         if slot is None:
             return None
         self._streak += 1
-        if merged is not None and merged.slot == slot:
-            return merged.layers
-        if self._streak < self.after_steps:
-            return None
-        self._merged = None  # free the old copy before building the next
-        self._merged = _Merged(slot, self._slots.version(slot), self._merge(slot))
-        return self._merged.layers
+        if merged is None or merged.slot != slot:
+            if self._streak < self.after_steps:
+                return None
+            self._merged = None  # free the old copy before building the next
+            self._merged = merged = _Merged(slot, self._slots.version(slot), self._merge(slot))
+        metrics.LORA_MERGED_STEPS.inc()
+        return merged.layers
 
     def _merge(self, slot: int) -> list[LayerWeights]:
         start = time.perf_counter()
@@ -112,10 +113,12 @@ class AdapterMerger:
             for group in GROUP_MODULES
             if getattr(merged, group) is not getattr(base, group)
         )
+        seconds = time.perf_counter() - start
+        metrics.LORA_MERGE_SECONDS.observe(seconds)
         logger.info(
             "merged the adapter in slot %d into a copy of the base projections "
             "(%.0f MiB, %.0f ms); steps it owns alone now skip the LoRA path",
-            slot, copied / 2**20, (time.perf_counter() - start) * 1000,
+            slot, copied / 2**20, seconds * 1000,
         )
         return layers
 

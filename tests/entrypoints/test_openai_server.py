@@ -242,3 +242,13 @@ def test_metrics_and_health(server: RunningServer):
                  "loraserve_http_requests_total", "loraserve_prompt_tokens_total"):
         assert name in text, name
     assert 'model="a1"' in text
+
+
+def test_every_metric_is_listed_in_the_server_docs():
+    from pathlib import Path
+
+    from loraserve import metrics
+
+    docs = " ".join((Path(__file__).parents[2] / "docs" / "server.md").read_text().split())
+    names = {family.name for family in metrics.REGISTRY.collect()}
+    assert names and all(f"`{name}`" in docs for name in names), names

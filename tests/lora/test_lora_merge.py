@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraserve import LLM, SamplingParams
+from loraserve import LLM, SamplingParams, metrics
 from loraserve.kernels import LoRABatch
 from loraserve.lora.merge import MERGE_AFTER_STEPS
 from loraserve.lora.request import LoRARequest
@@ -59,13 +59,22 @@ def test_merged_steps_match_peft(llama_dir, adapter_dirs, hf_greedy, name):
     assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, LONG, adapter_dirs[name])
 
 
+def sample(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+
 def test_merging_waits_for_a_run_of_steps(llama_dir, adapter_dirs):
     llm = LLM(str(llama_dir), enable_lora=True, max_loras=4, max_lora_rank=16)
     chat = request("chat", adapter_dirs["chat"])
+    merges, steps = sample("loraserve_lora_merge_seconds_count"), sample("loraserve_lora_merged_steps_total")
+    llm.generate(PROMPT, greedy(MERGE_AFTER_STEPS - 1), lora_request=chat)
+    llm.generate(PROMPT, greedy(1))  # a base step breaks the run
     llm.generate(PROMPT, greedy(MERGE_AFTER_STEPS - 1), lora_request=chat)
     assert merger(llm).merged_slot is None
-    llm.generate(PROMPT, greedy(MERGE_AFTER_STEPS), lora_request=chat)
+    llm.generate(PROMPT, greedy(1), lora_request=chat)  # the run goes on across calls
     assert merger(llm).merged_slot is not None
+    assert sample("loraserve_lora_merge_seconds_count") == merges + 1
+    assert sample("loraserve_lora_merged_steps_total") == steps + 1
 
 
 @pytest.mark.parametrize("others", [[None], [None, "sql"], ["sql"]])
