@@ -1,7 +1,7 @@
 """Serving steps that one adapter owns alone on base weights with that adapter merged in.
 
 When every token of a step uses the same adapter, the per-token LoRA path still runs a
-dozen small matmuls per layer, which on CPU costs about 15% of a decode step of the
+dozen small matmuls per layer, which on CPU costs 15-20% of a decode step of the
 benchmark model. Running such steps on a copy of the projections holding W + B·A (B already
 scaled) makes them cost what base steps cost, as dLoRA does. The copy costs memory and one
 pass over the weights to build, so:
