@@ -8,6 +8,7 @@ from loraserve import LLM, SamplingParams, metrics
 from loraserve.kernels import LoRABatch
 from loraserve.lora.merge import MERGE_AFTER_STEPS
 from loraserve.lora.request import LoRARequest
+from loraserve.testing import ALL_TARGETS, ARCHITECTURES, make_adapter
 
 PROMPT = "many adapters share one base model"
 LONG = MERGE_AFTER_STEPS + 12  # a generation that runs its last steps merged
@@ -111,3 +112,13 @@ def test_off_switch_and_non_float32_weights_never_merge(llama_dir, unmerged):
     assert merger(unmerged) is None
     bf16 = LLM(str(llama_dir), enable_lora=True, dtype="bfloat16")
     assert merger(bf16) is None
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_with_an_adapter_matches_peft(arch, model_dirs, tmp_path, hf_greedy):
+    adapter = make_adapter(model_dirs[arch], tmp_path / arch, rank=8, targets=ALL_TARGETS, seed=5)
+    llm = LLM(str(model_dirs[arch]), enable_lora=True, max_lora_rank=8)
+    merged_steps = count_merged_steps(llm)
+    out = llm.generate(PROMPT, greedy(LONG), lora_request=request("all", adapter))[0]
+    assert merged_steps  # the LoRA path first, then merged weights
+    assert out.outputs[0].token_ids == hf_greedy(model_dirs[arch], PROMPT, LONG, adapter)
