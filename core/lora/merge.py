@@ -11,6 +11,9 @@ pass over the weights to build, so:
   LoRA path as before. This is the ski-rental rule: keep paying the LoRA path until what it
   has cost in this run of steps matches the price of a merge, then merge; so a run that ends
   right after a merge costs at most about twice what the best choice would have;
+- it is built a layer per step, each step running merged layers where they exist and the
+  LoRA path elsewhere, so no step stalls for the whole copy (on a large model, building it
+  at once would hold every stream for a second or more);
 - at most one copy exists; it is dropped as soon as its slot is rewritten, and replaced when
   another adapter earns one; projections the adapter does not touch are shared, not copied;
 - only float32 weights on CPU are merged: there W + B·A rounds no worse than the unmerged sum,
@@ -45,15 +48,23 @@ MERGE_AFTER_STEPS = 24
 MAX_MERGE_BYTES = 2 << 30
 
 
-@dataclass(frozen=True)
-class _Merged:
+@dataclass
+class _Merge:
+    """One adapter's merged copy, built a layer per step so no step stalls for all of it."""
+
     slot: int
-    version: int  # the slot's version the copy was built from
-    layers: list[LayerWeights]
+    version: int  # the slot's version the copy is built from
+    layers: list[LayerWeights | None]  # None: not merged yet
+    scratch: torch.Tensor | None  # holds each B·A in turn while building; None once built
+    seconds: float = 0.0  # building time so far
+
+    @property
+    def built(self) -> int:
+        return sum(layer is not None for layer in self.layers)
 
 
 class AdapterMerger:
-    """Decides, step by step, whether the step runs on a merged copy of the weights."""
+    """Decides, step by step, which layers run on a merged copy of the weights."""
 
     def __init__(
         self,
@@ -66,61 +77,66 @@ class AdapterMerger:
         self.after_steps = after_steps
         self._streak_owner: tuple[int, int] | None = None  # (slot, version) owning recent steps
         self._streak = 0
-        self._merged: _Merged | None = None
+        self._merge: _Merge | None = None
+        projections = [getattr(layer, g) for layer in base_layers for g in GROUP_MODULES]
+        self._largest = max(p.out_features * p.in_features for p in projections)
 
     @property
     def merged_slot(self) -> int | None:
-        """The slot whose adapter the current copy holds, if any."""
-        merged = self._current_merge()
-        return None if merged is None else merged.slot
+        """The slot whose adapter the copy holds (or is being built for), if any."""
+        merge = self._current_merge()
+        return None if merge is None else merge.slot
 
-    def _current_merge(self) -> _Merged | None:
+    def _current_merge(self) -> _Merge | None:
         """The copy, dropped first if its adapter has left the slot."""
-        if self._merged is not None and self._merged.version != self._slots.version(self._merged.slot):
-            self._merged = None
-        return self._merged
+        if self._merge is not None and self._merge.version != self._slots.version(self._merge.slot):
+            self._merge = None
+        return self._merge
 
-    def layers_for(self, batch: LoRABatch | None) -> list[LayerWeights] | None:
-        """The merged layers this step should run on, or None for base weights plus LoRA."""
+    def layers_for(self, batch: LoRABatch | None) -> list[LayerWeights | None] | None:
+        """Per layer, the merged weights this step runs on (None: base weights plus LoRA);
+        None when no layer is merged for this step."""
         slot = None if batch is None else batch.sole_slot
         owner = None if slot is None else (slot, self._slots.version(slot))
-        merged = self._current_merge()
+        merge = self._current_merge()
         if owner != self._streak_owner:
             self._streak_owner, self._streak = owner, 0
         if slot is None:
             return None
         self._streak += 1
-        if merged is None or merged.slot != slot:
+        if merge is None or merge.slot != slot:
             if self._streak < self.after_steps:
                 return None
-            self._merged = None  # free the old copy before building the next
-            self._merged = merged = _Merged(slot, self._slots.version(slot), self._merge(slot))
+            self._merge = None  # free the old copy before building the next
+            scratch = torch.empty(self._largest, dtype=self._slots.dtype, device=self._slots.device)
+            self._merge = merge = _Merge(slot, owner[1], [None] * len(self._base_layers), scratch)
+        if merge.scratch is not None:
+            self._build_next_layer(merge)
         metrics.LORA_MERGED_STEPS.inc()
-        return merged.layers
+        return merge.layers
 
-    def _merge(self, slot: int) -> list[LayerWeights]:
+    def _build_next_layer(self, merge: _Merge) -> None:
         start = time.perf_counter()
-        projections = [getattr(layer, g) for layer in self._base_layers for g in GROUP_MODULES]
-        largest = max(p.out_features * p.in_features for p in projections)
-        scratch = torch.empty(largest, dtype=self._slots.dtype, device=self._slots.device)
-        layers = [
-            _merge_layer(layer, self._slots.layer(index), slot, scratch)
-            for index, layer in enumerate(self._base_layers)
-        ]
+        index = merge.built
+        merge.layers[index] = _merge_layer(
+            self._base_layers[index], self._slots.layer(index), merge.slot, merge.scratch
+        )
+        merge.seconds += time.perf_counter() - start
+        if merge.built < len(merge.layers):
+            return
+        merge.scratch = None
+        metrics.LORA_MERGE_SECONDS.observe(merge.seconds)
         copied = sum(
             getattr(merged, group).nbytes
-            for merged, base in zip(layers, self._base_layers)
+            for merged, base in zip(merge.layers, self._base_layers)
             for group in GROUP_MODULES
             if getattr(merged, group) is not getattr(base, group)
         )
-        seconds = time.perf_counter() - start
-        metrics.LORA_MERGE_SECONDS.observe(seconds)
         logger.info(
             "merged the adapter in slot %d into a copy of the base projections "
-            "(%.0f MiB, %.0f ms); steps it owns alone now skip the LoRA path",
-            slot, copied / 2**20, seconds * 1000,
+            "(%.0f MiB, %.0f ms over %d steps); steps it owns alone now skip the LoRA path",
+            merge.slot, copied / 2**20, merge.seconds * 1000, len(merge.layers),
         )
-        return layers
 
 
 def _merge_layer(

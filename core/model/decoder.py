@@ -64,13 +64,13 @@ class DecoderModel:
         """kv_cache: [2, layers, blocks, block_size, kv_heads, head_dim]. Returns [B, vocab] float32."""
         hidden = self.weights.embed[batch.input_ids]  # [T, hidden]
         use_lora = self.lora_slots is not None and batch.lora is not None and not batch.lora.is_empty
-        layers = self.weights.layers
+        merged = None  # per layer: weights with the step's only adapter merged in, or None
         if self.lora_merger is not None:
             merged = self.lora_merger.layers_for(batch.lora if use_lora else None)
-            if merged is not None:  # one adapter owns the step and is merged into these
-                layers, use_lora = merged, False
-        for index, layer in enumerate(layers):
+        for index, layer in enumerate(self.weights.layers):
             lora = self.lora_slots.layer(index) if use_lora else None
+            if merged is not None and merged[index] is not None:
+                layer, lora = merged[index], None
             hidden = self._layer(hidden, layer, kv_cache[0, index], kv_cache[1, index], batch, lora)
         last = hidden[batch.logits_indices]  # [B, hidden]
         last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)

@@ -74,8 +74,11 @@ def test_merging_waits_for_a_run_of_steps(llama_dir, adapter_dirs):
     assert merger(llm).merged_slot is None
     llm.generate(PROMPT, greedy(1), lora_request=chat)  # the run goes on across calls
     assert merger(llm).merged_slot is not None
+    num_layers = len(llm.engine.model.weights.layers)
+    assert num_layers > 1 and sample("loraserve_lora_merge_seconds_count") == merges
+    llm.generate(PROMPT, greedy(num_layers - 1), lora_request=chat)  # a layer a step
     assert sample("loraserve_lora_merge_seconds_count") == merges + 1
-    assert sample("loraserve_lora_merged_steps_total") == steps + 1
+    assert sample("loraserve_lora_merged_steps_total") == steps + num_layers
 
 
 @pytest.mark.parametrize("others", [[None], [None, "sql"], ["sql"]])
