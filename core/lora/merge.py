@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A merge costs about as much as 20-25 decode steps' worth of LoRA-path overhead on the
-# benchmark model (55-77 ms against ~3 ms a step, measured): rent that long, then buy.
+# On the benchmark model a merge costs what 15-60 decode steps of LoRA-path overhead do
+# (~45 ms, ~190 ms the first time in a process when every page is fresh, against ~3 ms a
+# step, measured): rent about that long, then buy.
 MERGE_AFTER_STEPS = 24
 MAX_MERGE_BYTES = 2 << 30
 
