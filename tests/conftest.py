@@ -37,7 +37,12 @@ def adapter_dirs(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 @pytest.fixture(scope="session")
 def hf_greedy():
-    """Reference greedy tokens from transformers (+ PEFT when an adapter is given)."""
+    """Reference greedy tokens from transformers (+ PEFT when an adapter is given).
+
+    Compared with ``ignore_eos=True`` outputs, so EOS may be chosen and does not end the
+    generation, as in vLLM. (HF's ``min_new_tokens`` would instead forbid EOS, and differ
+    from the engine wherever EOS is the argmax: 8 of 48 64-token generations measured.)
+    """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,8 +62,9 @@ def hf_greedy():
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
                 do_sample=False,
+                eos_token_id=None,  # never stop, never suppress EOS
+                pad_token_id=tokenizer.pad_token_id or 0,
             )
         return out[0, ids.shape[1] :].tolist()
 
