@@ -135,7 +135,7 @@ class AdapterMerger:
         )
         logger.info(
             "merged the adapter in slot %d into a copy of the base projections "
-            "(%.0f MiB, %.0f ms over %d steps); steps it owns alone now skip the LoRA path",
+            "(%.1f MiB, %.0f ms over %d steps); steps it owns alone now skip the LoRA path",
             merge.slot, copied / 2**20, merge.seconds * 1000, len(merge.layers),
         )
 
