@@ -46,7 +46,8 @@ LORA_MERGE_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS, registry=REGISTRY,
 )
 LORA_MERGED_STEPS = Counter(
-    "loraserve_lora_merged_steps", "Engine steps run on merged adapter weights, no LoRA path.",
+    "loraserve_lora_merged_steps",
+    "Engine steps run on an adapter's merged weights (every layer, or those merged so far).",
     registry=REGISTRY,
 )
 LORA_RESOLUTIONS = Counter(

@@ -95,8 +95,11 @@ class AdapterMerger:
         return self._merge
 
     def layers_for(self, batch: LoRABatch | None) -> list[LayerWeights | None] | None:
-        """Per layer, the merged weights this step runs on (None: base weights plus LoRA);
-        None when no layer is merged for this step."""
+        """The weights each layer runs this step on, or None when no layer is merged.
+
+        Entry i is layer i merged with the step's only adapter, or None where that layer
+        runs on the base weights plus the LoRA path (not merged yet).
+        """
         slot = None if batch is None else batch.sole_slot
         owner = None if slot is None else (slot, self._slots.version(slot))
         merge = self._current_merge()
