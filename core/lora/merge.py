@@ -79,8 +79,7 @@ class AdapterMerger:
         self._streak_owner: tuple[int, int] | None = None  # (slot, version) owning recent steps
         self._streak = 0
         self._merge: _Merge | None = None
-        projections = [getattr(layer, g) for layer in base_layers for g in GROUP_MODULES]
-        self._largest = max(p.out_features * p.in_features for p in projections)
+        self._largest = max(p.out_features * p.in_features for p in _projections(base_layers))
 
     @property
     def merged_slot(self) -> int | None:
@@ -131,10 +130,9 @@ class AdapterMerger:
         merge.scratch = None
         metrics.LORA_MERGE_SECONDS.observe(merge.seconds)
         copied = sum(
-            getattr(merged, group).nbytes
-            for merged, base in zip(merge.layers, self._base_layers)
-            for group in GROUP_MODULES
-            if getattr(merged, group) is not getattr(base, group)
+            merged.nbytes
+            for merged, base in zip(_projections(merge.layers), _projections(self._base_layers))
+            if merged is not base
         )
         logger.info(
             "merged the adapter in slot %d into a copy of the base projections "
@@ -167,6 +165,11 @@ def _merge_layer(
     return dataclasses.replace(layer, **merged)
 
 
+def _projections(layers: list[LayerWeights]) -> list[Projection]:
+    """Every projection LoRA can target, layer by layer, in GROUP_MODULES order."""
+    return [getattr(layer, group) for layer in layers for group in GROUP_MODULES]
+
+
 def adapter_merger_for(model: DecoderModel, slots: AdapterSlots) -> AdapterMerger | None:
     """An ``AdapterMerger`` when merging suits the model's device, dtype and size, else None."""
     layers = model.weights.layers
@@ -174,7 +177,7 @@ def adapter_merger_for(model: DecoderModel, slots: AdapterSlots) -> AdapterMerge
     if embed.device.type != "cpu" or embed.dtype != torch.float32:
         logger.debug("not merging adapters: only float32 weights on CPU are merged")
         return None
-    size = sum(getattr(layer, group).nbytes for layer in layers for group in GROUP_MODULES)
+    size = sum(projection.nbytes for projection in _projections(layers))
     if size > MAX_MERGE_BYTES:
         logger.info(
             "not merging adapters: a merged copy of the projections would take %.1f GiB "
