@@ -57,7 +57,7 @@ def add_lora(
 
         seg = (batch.max_seg_len, batch.num_segments)
         y = triton_ops.shrink(x, lora_a, batch, shrink_params(*seg, *lora_a.shape[1:]))
-        triton_ops.expand(out, y, lora_b, batch, expand_params(*seg, lora_b[0].shape[1]))
+        triton_ops.expand(out, y, lora_b, batch, expand_params(*seg, lora_b[0].shape[2]))
     else:
         raise ValueError(f"unknown LoRA backend {backend!r}; choose one of {BACKENDS}")
 

@@ -3,17 +3,29 @@
 Shapes (one LoRA group of one layer, e.g. fused q/k/v with three slices):
     x       [T, in]
     lora_a  [slots, in, n_slices * R]   A of every slice side by side, rank zero-padded to R
-    lora_b  n_slices x [slots, R, out_i] B of each slice, already multiplied by its scale
+    lora_b  stacks [slots, k, R, w]     B of k consecutive slices of equal width w, each
+                                        already multiplied by its scale; the stacks cover
+                                        the slices in order (see ``slices``)
     out     [T, sum(out_i)]             base projection output, accumulated into
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from loraserve.kernels.batch import LoRABatch
+
+
+def slices(lora_b: Sequence[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """(slice index, B_i [slots, R, out_i], first column of slice i in out) for every slice."""
+    index = offset = 0
+    for stack in lora_b:
+        for b in stack.unbind(1):
+            yield index, b, offset
+            index += 1
+            offset += b.shape[-1]
 
 
 def shrink(x: torch.Tensor, lora_a: torch.Tensor, batch: LoRABatch) -> torch.Tensor:
@@ -35,13 +47,11 @@ def expand(
         return
     tokens = batch.sorted_tokens
     slots = batch.token_slots[tokens]
-    rank = lora_b[0].shape[1]
-    offset = 0
-    for i, b in enumerate(lora_b):
+    rank = lora_b[0].shape[2]
+    for i, b, offset in slices(lora_b):
         y_i = y[tokens, i * rank : (i + 1) * rank].unsqueeze(1)  # [T_lora, 1, R]
         delta = torch.bmm(y_i, b[slots]).squeeze(1)  # [T_lora, out_i]
         out[:, offset : offset + b.shape[-1]].index_add_(0, tokens, delta)
-        offset += b.shape[-1]
 
 
 def add_lora(
@@ -51,39 +61,94 @@ def add_lora(
     lora_b: Sequence[torch.Tensor],
     batch: LoRABatch,
 ) -> None:
-    """Fast CPU path: one batched matmul over the range of slots the step uses.
+    """Fast CPU path: batched matmuls over the range of slots the step uses.
 
     Tokens are padded per slot to the longest segment, and the slot tensors are sliced, not
     gathered, so no adapter weights are copied. When the step's tokens are already grouped
-    by slot (the model runner orders sequences so), x and out are sliced too, and one
-    adapter is a plain matmul.
+    by slot (the model runner orders sequences so), x and out are sliced too; one adapter
+    is then a plain matmul, and one token per slot (decoding) a pair of batched matmuls.
+    Slicing is skipped where it would select everything: at decode batch sizes each op's
+    dispatch costs about as much as its arithmetic.
     """
     if batch.is_empty:
         return
     num_rows, seg_len = batch.padded_tokens.shape
-    rank = lora_b[0].shape[1]
-    slots = slice(batch.padded_first_slot, batch.padded_first_slot + num_rows)
+    first = batch.padded_first_slot
+    if first != 0 or num_rows != lora_a.shape[0]:
+        lora_a = lora_a[first : first + num_rows]
+        lora_b = [b[first : first + num_rows] for b in lora_b]
     start = batch.padded_token_start
     if start is None:
-        _add_lora_gathered(out, x, lora_a[slots], [b[slots] for b in lora_b], batch, rank)
+        _add_lora_gathered(out, x, lora_a, lora_b, batch)
         return
-    rows = slice(start, start + num_rows * seg_len)
-    if num_rows == 1:  # one adapter: plain matmuls, on x and out themselves when it covers all
-        slot = slots.start
-        whole = seg_len == x.shape[0]
-        y = torch.mm(x if whole else x[rows], lora_a[slot])  # [L, n_slices * R]
-        outs = (out if whole else out[rows]).split([b.shape[-1] for b in lora_b], dim=1)
-        for y_i, b, out_i in zip(y.split(rank, dim=1), lora_b, outs, strict=True):
-            out_i.addmm_(y_i, b[slot])
+    if num_rows * seg_len != x.shape[0]:  # base-model tokens too: take the adapters' rows
+        rows = slice(start, start + num_rows * seg_len)
+        x, out = x[rows], out[rows]
+    if num_rows == 1:
+        _add_one_adapter(out, x, lora_a, lora_b)
+    elif seg_len == 1:
+        _add_one_token_per_slot(out, x, lora_a, lora_b)
+    else:
+        _add_segments(out, x.view(num_rows, seg_len, -1), lora_a, lora_b)
+
+
+def _add_one_adapter(
+    out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: list[torch.Tensor]
+) -> None:
+    """Every row uses the one slot of lora_a [1, in, n] and the B stacks [1, k, R, w]."""
+    y = torch.mm(x, lora_a[0])  # [L, n_slices * R]
+    rank = lora_b[0].shape[2]
+    for i, b, offset in slices(lora_b):
+        out[:, offset : offset + b.shape[-1]].addmm_(y[:, i * rank : (i + 1) * rank], b[0])
+
+
+def _add_one_token_per_slot(
+    out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: list[torch.Tensor]
+) -> None:
+    """Decoding: row i of x and out belongs to slot i of lora_a and the B stacks.
+
+    Memory-bound: every adapter's weights are read for one token. MKL streams the
+    row-major A fastest as A_rows @ x^T with x^T a transposed view; a contiguous [rows, in, 1]
+    x^T takes a GEMM path that is several times slower.
+    """
+    rows = x.shape[0]
+    a_rows = lora_a.transpose(-1, -2)  # [rows, n_slices * R, in]
+    if a_rows.is_contiguous():
+        y = torch.bmm(a_rows, x.unsqueeze(1).transpose(1, 2)).squeeze(-1)  # [rows, n_slices * R]
+    else:
+        y = torch.bmm(x.unsqueeze(1), lora_a).squeeze(1)
+    if len(lora_b) == 1 and out.is_contiguous():  # one stack spans out: add in place
+        count, rank, width = lora_b[0].shape[1:]
+        pairs = rows * count
+        out.view(pairs, 1, width).baddbmm_(
+            y.reshape(pairs, 1, rank), lora_b[0].reshape(pairs, rank, width)
+        )
         return
-    y = _shrink_rows(x[rows].view(num_rows, seg_len, -1), lora_a[slots])  # [rows, L, n_slices * R]
-    offset = 0
-    for i, b in enumerate(lora_b):
-        width = b.shape[-1]
-        delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b[slots])  # [rows, L, out_i]
-        # (bmm then add: baddbmm_ into this strided view of out is several times slower)
-        out[rows, offset : offset + width].add_(delta.view(-1, width))
-        offset += width
+    col = offset = 0
+    for stack in lora_b:
+        count, rank, width = stack.shape[1:]
+        pairs = rows * count
+        y_k = y[:, col : col + count * rank].reshape(pairs, 1, rank)
+        delta = torch.bmm(y_k, stack.reshape(pairs, rank, width))  # [rows * k, 1, w]
+        out[:, offset : offset + count * width].add_(delta.view(rows, count * width))
+        col += count * rank
+        offset += count * width
+
+
+def _add_segments(
+    out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: list[torch.Tensor]
+) -> None:
+    """Several tokens per slot (prefill): x [rows, L, in], out [rows * L, sum(out_i)].
+
+    Each slice accumulates straight into its columns of out: with a rank this small the
+    expand is bound by writing out, and a temporary delta would double that traffic.
+    """
+    rows, seg_len = x.shape[:2]
+    y = _shrink_rows(x, lora_a)  # [rows, L, n_slices * R]
+    out = out.view(rows, seg_len, -1)
+    rank = lora_b[0].shape[2]
+    for i, b, offset in slices(lora_b):
+        out[..., offset : offset + b.shape[-1]].baddbmm_(y[..., i * rank : (i + 1) * rank], b)
 
 
 _GEMV_MAX_TOKENS = 4  # measured: up to here the A-major form reads A about 1.7x faster
@@ -105,20 +170,18 @@ def _add_lora_gathered(
     out: torch.Tensor,
     x: torch.Tensor,
     lora_a: torch.Tensor,  # [rows, in, n_slices * R], the used slot range
-    lora_b: list[torch.Tensor],
+    lora_b: list[torch.Tensor],  # stacks [rows, k, R, w]
     batch: LoRABatch,
-    rank: int,
 ) -> None:
     """Tokens in any order: gather them into padded per-slot rows, scatter-add the result."""
     y = _shrink_rows(x[batch.padded_tokens], lora_a)  # [rows, L, n_slices * R]
     tokens = batch.padded_tokens.view(-1)
     if batch.padded_valid is not None:
         tokens = tokens[batch.padded_valid]
-    offset = 0
-    for i, b in enumerate(lora_b):
+    rank = lora_b[0].shape[2]
+    for i, b, offset in slices(lora_b):
         width = b.shape[-1]
         delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b).view(-1, width)  # [rows*L, out_i]
         if batch.padded_valid is not None:
             delta = delta[batch.padded_valid]
         out[:, offset : offset + width].index_add_(0, tokens, delta)
-        offset += width

@@ -200,9 +200,14 @@ def expand(
     batch: LoRABatch,
     params: ExpandParams,
 ) -> None:
-    """out[t, slice i] += y[t, slice i] @ B_i[slot(t)] for every slice, in one launch."""
+    """out[t, slice i] += y[t, slice i] @ B_i[slot(t)] for every slice, in one launch.
+
+    ``lora_b`` holds stacks [slots, k, R, w] (see ``torch_ops``); the kernel takes each
+    slice as its own view, with its own strides.
+    """
     if batch.is_empty:
         return
+    lora_b = [b for stack in lora_b for b in stack.unbind(1)]
     dtype = lora_b[0].dtype
     if any(b.dtype != dtype for b in lora_b):
         raise ValueError("all lora_b slices must share one dtype")

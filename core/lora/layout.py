@@ -1,7 +1,7 @@
 """Which projections LoRA can target and how they are grouped like the fused base weights.
 
 q/k/v share one input and one fused matmul, as do gate/up; each group is applied with one
-shrink (all its slices side by side) and one expand per slice.
+shrink (all its slices side by side) and one expand per stack of equal-width slices.
 """
 
 from __future__ import annotations
@@ -36,3 +36,19 @@ def group_shapes(spec: ModelSpec) -> dict[str, GroupShape]:
         "gate_up": GroupShape(hidden, (inter, inter)),
         "down": GroupShape(inter, (hidden,)),
     }
+
+
+def slice_stacks(widths: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(count, width) of each run of consecutive equal-width slices.
+
+    B of a run is stored as one [slots, count, R, width] tensor, so a decode step expands
+    all of a run's slices with one batched matmul: q/k/v is one run without GQA, two (q;
+    k and v) with it, and gate/up is always one.
+    """
+    stacks: list[tuple[int, int]] = []
+    for width in widths:
+        if stacks and stacks[-1][1] == width:
+            stacks[-1] = (stacks[-1][0] + 1, width)
+        else:
+            stacks.append((1, width))
+    return stacks

@@ -1,10 +1,11 @@
 """Device-resident LoRA weights for ``max_loras`` adapters, stacked so a kernel indexes by slot.
 
-Per LoRA group the kernels see A as [layers, slots, in, n_slices * R] and each slice's B
-as [layers, slots, R, out_i] (R = ``max_lora_rank``; smaller ranks are zero-padded, which
-adds nothing). A is a transposed view: its storage keeps PEFT's row layout [r, in], so
-writing it is row copies and a decode step reads it in storage order. B is stored as the
-kernels see it, [R, out], written from PEFT's [out, r] by one transposing copy.
+Per LoRA group the kernels see A as [layers, slots, in, n_slices * R] and B as stacks
+[layers, slots, k, R, w] of consecutive equal-width slices (``slice_stacks``; R =
+``max_lora_rank``, smaller ranks are zero-padded, which adds nothing). A is a transposed
+view: its storage keeps PEFT's row layout [r, in], so writing it is row copies and a decode
+step reads it in storage order. B is stored as the kernels see it, [R, out], written from
+PEFT's [out, r] by one transposing copy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from loraserve.lora.adapter import LoRAAdapter
-from loraserve.lora.layout import MODULE_GROUP, group_shapes
+from loraserve.lora.layout import MODULE_GROUP, group_shapes, slice_stacks
 from loraserve.model.spec import ModelSpec
 
 
@@ -47,16 +48,18 @@ class AdapterSlots:
         self.device = device
         layers = spec.num_layers
         self._a_rows: dict[str, torch.Tensor] = {}  # group -> [layers, slots, n_slices * R, in]
-        self._b: dict[str, list[torch.Tensor]] = {}  # group -> per slice [layers, slots, R, out_i]
+        self._b: dict[str, list[torch.Tensor]] = {}  # group -> stacks [layers, slots, k, R, w]
+        self._b_slices: dict[str, list[torch.Tensor]] = {}  # group -> per slice [layers, slots, R, w]
         for group, shape in group_shapes(spec).items():
             slices = len(shape.out_features)
             self._a_rows[group] = torch.zeros(
                 layers, num_slots, slices * max_rank, shape.in_features, dtype=dtype, device=device
             )
             self._b[group] = [
-                torch.zeros(layers, num_slots, max_rank, out, dtype=dtype, device=device)
-                for out in shape.out_features
+                torch.zeros(layers, num_slots, count, max_rank, width, dtype=dtype, device=device)
+                for count, width in slice_stacks(shape.out_features)
             ]
+            self._b_slices[group] = [b for stack in self._b[group] for b in stack.unbind(2)]
         self._layers = [self._layer_views(i) for i in range(layers)]
         self._versions = [0] * num_slots  # bumped on every change, so copies can tell they are stale
 
@@ -85,14 +88,14 @@ class AdapterSlots:
             r = weights.a.shape[0]
             start = index * max_rank
             self._a_rows[group][layer, slot, start : start + r].copy_(weights.a)
-            b = self._b[group][index][layer, slot, :r]  # [r, out]
+            b = self._b_slices[group][index][layer, slot, :r]  # [r, out]
             if one_scale is None:
                 torch.mul(weights.b.t(), weights.scale, out=b)
             else:
                 b.copy_(weights.b.t())
         if one_scale is not None and one_scale != 1.0:  # one pass per B instead of per module
-            for b_slices in self._b.values():
-                for b in b_slices:
+            for stacks in self._b.values():
+                for b in stacks:
                     b[:, slot].mul_(one_scale)
 
     def clear(self, slot: int) -> None:

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from loraserve.kernels import NO_ADAPTER, LoRABatch
+from loraserve.kernels.torch_ops import slices
+from loraserve.lora.layout import slice_stacks
 
 # Stated tolerances, absolute and relative, against the float64 loop for outputs of order
 # one: fp32 is exact up to summation order; fp16/bf16 round x @ A to the weight dtype
@@ -20,7 +22,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 class LoRAProblem:
     x: torch.Tensor  # [T, in]
     lora_a: torch.Tensor  # [slots, in, n_slices * R]
-    lora_b: list[torch.Tensor]  # n_slices x [slots, R, out_i]
+    lora_b: list[torch.Tensor]  # B stacks [slots, k, R, w], as the engine stores them
     out: torch.Tensor  # [T, sum(out_i)], the base projection's output
     token_slots: list[int]
 
@@ -31,15 +33,13 @@ class LoRAProblem:
 def per_token_reference(problem: LoRAProblem) -> torch.Tensor:
     """out + delta, token by token in float64: independent of every batched code path."""
     out = problem.out.double().clone()
-    rank = problem.lora_b[0].shape[1]
+    rank = problem.lora_b[0].shape[2]
     for t, slot in enumerate(problem.token_slots):
         if slot == NO_ADAPTER:
             continue
         y = problem.x[t].double() @ problem.lora_a[slot].double()  # [n_slices * R]
-        offset = 0
-        for i, b in enumerate(problem.lora_b):
+        for i, b, offset in slices(problem.lora_b):
             out[t, offset : offset + b.shape[-1]] += y[i * rank : (i + 1) * rank] @ b[slot].double()
-            offset += b.shape[-1]
     return out
 
 
@@ -63,7 +63,10 @@ def make_problem(
     return LoRAProblem(
         x=rand(n_tokens, in_features),
         lora_a=rand(num_slots, in_features, len(out_sizes) * rank, scale=in_features**-0.5),
-        lora_b=[rand(num_slots, rank, o, scale=rank**-0.5) for o in out_sizes],
+        lora_b=[
+            rand(num_slots, count, rank, width, scale=rank**-0.5)
+            for count, width in slice_stacks(tuple(out_sizes))
+        ],
         out=rand(n_tokens, sum(out_sizes)),
         token_slots=list(token_slots),
     )

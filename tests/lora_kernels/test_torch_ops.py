@@ -18,7 +18,10 @@ SLOT_PATTERNS = {
     "equal_segments": [0, 1, 0, 1],
     "sorted_equal_segments": [N, N, 1, 1, 2, 2, 3, 3],  # the slicing shortcut (decode steps)
     "sorted_with_slot_gap": [0, 0, 2, 2],  # slot 1 unused inside the slot range
+    "decode_one_token_per_slot": [N, 0, 1, 2, 3],  # the batched in-place expand
 }
+# B stacks: q/k/v with GQA (two stacks), q/k/v or gate/up without (one), o or down (one slice)
+OUT_SIZES = {"gqa_qkv": (16, 8, 8), "equal_slices": (8, 8, 8), "one_slice": (12,)}
 
 
 def test_sorted_equal_segments_take_the_slicing_shortcut(problem_factory):
@@ -36,9 +39,10 @@ def test_sole_slot_only_when_one_adapter_owns_every_token(pattern, sole_slot):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_sizes", list(OUT_SIZES))
 @pytest.mark.parametrize("pattern", list(SLOT_PATTERNS))
-def test_add_lora_matches_loop(problem_factory, matches_reference, pattern, dtype):
-    problem = problem_factory(SLOT_PATTERNS[pattern], out_sizes=(16, 8, 8), dtype=dtype)
+def test_add_lora_matches_loop(problem_factory, matches_reference, pattern, out_sizes, dtype):
+    problem = problem_factory(SLOT_PATTERNS[pattern], out_sizes=OUT_SIZES[out_sizes], dtype=dtype)
     out = problem.out.clone()
     torch_ops.add_lora(out, problem.x, problem.lora_a, problem.lora_b, problem.batch())
     matches_reference(out, problem)
@@ -95,11 +99,12 @@ def test_strided_views(problem_factory, matches_reference):
     matches_reference(wide[:, 5:], problem)
 
 
+@pytest.mark.parametrize("out_sizes", list(OUT_SIZES))
 @pytest.mark.parametrize("pattern", list(SLOT_PATTERNS))
-def test_row_major_a_as_the_slots_store_it(problem_factory, matches_reference, pattern):
+def test_row_major_a_as_the_slots_store_it(problem_factory, matches_reference, pattern, out_sizes):
     """The engine passes A as a transposed view of row-major [slots, n, in] storage, which
     sends few-token rows (decoding) through the A-major shrink; results must not change."""
-    problem = problem_factory(SLOT_PATTERNS[pattern], in_features=24, out_sizes=(16, 8, 8))
+    problem = problem_factory(SLOT_PATTERNS[pattern], in_features=24, out_sizes=OUT_SIZES[out_sizes])
     a_rows = problem.lora_a.transpose(-1, -2).contiguous()
     out = problem.out.clone()
     torch_ops.add_lora(out, problem.x, a_rows.transpose(-1, -2), problem.lora_b, problem.batch())

@@ -40,7 +40,7 @@ def problem_factory(problem_factory):
 def run_triton(problem, shrink_params=None, expand_params=None) -> torch.Tensor:
     """Shrink then expand with the given (or dispatch-chosen) launch parameters."""
     batch = problem.batch()
-    rank = problem.lora_b[0].shape[1]
+    rank = problem.lora_b[0].shape[2]
     seg = (batch.max_seg_len, batch.num_segments)
     shrink_params = shrink_params or dispatch.shrink_params(*seg, *problem.lora_a.shape[1:])
     expand_params = expand_params or dispatch.expand_params(*seg, rank)
