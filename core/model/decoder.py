@@ -17,7 +17,7 @@ from loraserve.lora.merge import AdapterMerger
 from loraserve.lora.slots import AdapterSlots, LayerLoRA
 from loraserve.model.attention import paged_attention
 from loraserve.model.forward_batch import ForwardBatch
-from loraserve.model.layers import RotaryEmbedding, rms_norm
+from loraserve.model.layers import RotaryEmbedding, rms_norm, rotate
 from loraserve.model.linear import Projection
 from loraserve.model.spec import ModelSpec
 
@@ -67,11 +67,13 @@ class DecoderModel:
         merged = None  # per layer: weights with the step's only adapter merged in, or None
         if self.lora_merger is not None:
             merged = self.lora_merger.layers_for(batch.lora if use_lora else None)
+        rope = self.rotary.tables(batch.positions)
         for index, layer in enumerate(self.weights.layers):
             lora = self.lora_slots.layer(index) if use_lora else None
             if merged is not None and merged[index] is not None:
                 layer, lora = merged[index], None
-            hidden = self._layer(hidden, layer, kv_cache[0, index], kv_cache[1, index], batch, lora)
+            kv = (kv_cache[0, index], kv_cache[1, index])
+            hidden = self._layer(hidden, layer, kv, batch, rope, lora)
         last = hidden[batch.logits_indices]  # [B, hidden]
         last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)
         return self.weights.lm_head(last).float()  # [B, vocab]
@@ -80,27 +82,27 @@ class DecoderModel:
         self,
         hidden: torch.Tensor,
         w: LayerWeights,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
         batch: ForwardBatch,
+        rope: tuple[torch.Tensor, torch.Tensor],
         lora: LayerLoRA | None,
     ) -> torch.Tensor:
         spec = self.spec
-        tokens = hidden.shape[0]
+        tokens, head_dim = hidden.shape[0], spec.head_dim
         x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
         qkv = w.qkv(x)  # [T, q + 2 * kv]
         if lora is not None:
             add_lora(qkv, x, lora.qkv_a, lora.qkv_b, batch.lora)
-        q, k, v = qkv.split((spec.q_size, spec.kv_size, spec.kv_size), dim=-1)
-        q = q.reshape(tokens, spec.num_heads, spec.head_dim)
-        k = k.reshape(tokens, spec.num_kv_heads, spec.head_dim)
-        v = v.reshape(tokens, spec.num_kv_heads, spec.head_dim)
-        if w.q_norm is not None:
-            q = rms_norm(q, w.q_norm, spec.rms_norm_eps)
-            k = rms_norm(k, w.k_norm, spec.rms_norm_eps)
-        q = self.rotary.apply(q, batch.positions)
-        k = self.rotary.apply(k, batch.positions)
-        attn = paged_attention(q, k, v, k_cache, v_cache, batch)  # [T, q]
+        heads = (spec.num_heads, spec.num_kv_heads)
+        qk = qkv[:, : spec.q_size + spec.kv_size].view(tokens, sum(heads), head_dim)
+        v = qkv[:, spec.q_size + spec.kv_size :].view(tokens, spec.num_kv_heads, head_dim)
+        if w.q_norm is None:  # q and k side by side: one rotation for both
+            q, k = rotate(qk, *rope).split(heads, dim=1)
+        else:
+            q, k = qk.split(heads, dim=1)
+            q = rotate(rms_norm(q, w.q_norm, spec.rms_norm_eps), *rope)
+            k = rotate(rms_norm(k, w.k_norm, spec.rms_norm_eps), *rope)
+        attn = paged_attention(q, k, v, *kv_cache, batch)  # [T, q]
         o = w.o(attn)
         if lora is not None:
             add_lora(o, attn, lora.o_a, lora.o_b, batch.lora)
