@@ -106,15 +106,15 @@ class DecoderModel:
         o = w.o(attn)
         if lora is not None:
             add_lora(o, attn, lora.o_a, lora.o_b, batch.lora)
-        hidden = hidden + o
+        hidden = o.add_(hidden)  # o is this layer's own buffer: no new [T, hidden] tensor
 
         x = rms_norm(hidden, w.post_norm, spec.rms_norm_eps)
         gate_up = w.gate_up(x)  # [T, 2 * intermediate]
         if lora is not None:
             add_lora(gate_up, x, lora.gate_up_a, lora.gate_up_b, batch.lora)
         gate, up = gate_up.chunk(2, dim=-1)
-        act = F.silu(gate) * up
+        act = F.silu(gate).mul_(up)
         down = w.down(act)
         if lora is not None:
             add_lora(down, act, lora.down_a, lora.down_b, batch.lora)
-        return hidden + down
+        return down.add_(hidden)

@@ -52,7 +52,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """x [T, heads, D] rotated by ``RotaryEmbedding.tables`` of its tokens' positions."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    # x * cos + rotated * sin, rounded the same way, with two temporaries instead of four
+    return torch.mul(x, cos).add_(rotated.mul_(sin))
 
 
 def _scale_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any] | None) -> torch.Tensor:
