@@ -53,6 +53,7 @@ def bench_ms(fn) -> float:
 
 def bench_projection(proj: Projection, tokens: int, args: argparse.Namespace) -> dict:
     from loraserve.kernels import LoRABatch, add_lora
+    from loraserve.lora.layout import slice_stacks
 
     dtype = getattr(torch, args.dtype)
     dev = torch.device("cuda")
@@ -65,7 +66,10 @@ def bench_projection(proj: Projection, tokens: int, args: argparse.Namespace) ->
     x = rand(tokens, proj.in_features, scale=1.0)  # [T, in]
     weight = rand(n_out, proj.in_features, scale=proj.in_features**-0.5)  # [out, in]
     lora_a = rand(args.adapters, proj.in_features, len(proj.out_sizes) * args.rank, scale=0.01)
-    lora_b = [rand(args.adapters, args.rank, o, scale=0.01) for o in proj.out_sizes]
+    lora_b = [  # B stacks [slots, k, R, w], as the engine's slots hold them
+        rand(args.adapters, count, args.rank, width, scale=0.01)
+        for count, width in slice_stacks(proj.out_sizes)
+    ]
     slots = torch.randint(0, args.adapters, (tokens,), generator=gen, device=dev).tolist()
     batch = LoRABatch.build(slots, device=dev)
     out = torch.nn.functional.linear(x, weight)  # [T, out]
