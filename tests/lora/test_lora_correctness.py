@@ -6,7 +6,7 @@ import pytest
 
 from loraserve import LLM, SamplingParams
 from loraserve.lora.request import LoRARequest
-from loraserve.testing import make_adapter
+from loraserve.testing import make_adapter, make_tiny_model
 
 PROMPT = "many adapters share one base model"
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -78,3 +78,15 @@ def test_rank_and_alpha_patterns_match_peft(llama_dir, tmp_path, hf_greedy):
     llm = LLM(str(llama_dir), enable_lora=True, max_lora_rank=8)
     out = llm.generate(PROMPT, GREEDY, lora_request=request("pattern", path))[0]
     assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, 12, path)
+
+
+def test_batch_of_distinct_adapters_without_gqa_matches_peft(tmp_path, hf_greedy):
+    """Without GQA q/k/v is one B stack: each decode step expands every row's q, k and v
+    with one in-place batched matmul (the benchmark's shape), checked row by row."""
+    model = make_tiny_model(tmp_path / "mha", seed=5, num_key_value_heads=4)
+    adapters = [make_adapter(model, tmp_path / f"a{i}", rank=8, seed=20 + i) for i in range(3)]
+    llm = LLM(str(model), enable_lora=True, max_loras=3, max_lora_rank=8)
+    loras = [request(f"a{i}", path, i + 1) for i, path in enumerate(adapters)]
+    outs = llm.generate([PROMPT] * 3, GREEDY, lora_request=loras)
+    for out, path in zip(outs, adapters, strict=True):
+        assert out.outputs[0].token_ids == hf_greedy(model, PROMPT, 12, path)
