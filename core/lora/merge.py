@@ -152,7 +152,8 @@ def _merge_layer(
     merged = {}
     for group in GROUP_MODULES:
         a = getattr(lora, f"{group}_a")[slot]  # [in, n_slices * R]
-        slices = [b for stack in getattr(lora, f"{group}_b") for b in stack[slot]]  # [R, out_i], scaled
+        stacks = getattr(lora, f"{group}_b")  # [slots, k, R, w] each
+        slices = [b for stack in stacks for b in stack[slot]]  # each [R, out_i], scaled
         if not any(bool(b.any()) for b in slices):
             continue  # not targeted (or a zero B): share the base projection
         base: Projection = getattr(layer, group)
