@@ -107,16 +107,10 @@ def _add_one_token_per_slot(
 ) -> None:
     """Decoding: row i of x and out belongs to slot i of lora_a and the B stacks.
 
-    Memory-bound: every adapter's weights are read for one token. MKL streams the
-    row-major A fastest as A_rows @ x^T with x^T a transposed view; a contiguous [rows, in, 1]
-    x^T takes a GEMM path that is several times slower.
+    Memory-bound: every adapter's weights are read for one token.
     """
     rows = x.shape[0]
-    a_rows = lora_a.transpose(-1, -2)  # [rows, n_slices * R, in]
-    if a_rows.is_contiguous():
-        y = torch.bmm(a_rows, x.unsqueeze(1).transpose(1, 2)).squeeze(-1)  # [rows, n_slices * R]
-    else:
-        y = torch.bmm(x.unsqueeze(1), lora_a).squeeze(1)
+    y = _shrink_rows(x.unsqueeze(1), lora_a).squeeze(1)  # [rows, n_slices * R]
     if len(lora_b) == 1 and out.is_contiguous():  # one stack spans out: add in place
         count, rank, width = lora_b[0].shape[1:]
         pairs = rows * count
@@ -159,7 +153,9 @@ def _shrink_rows(x: torch.Tensor, lora_a: torch.Tensor) -> torch.Tensor:
 
     A is a transposed view of row-major [n, in] storage. With one to a few tokens per row the
     product is memory-bound, and computing (A_rows @ x^T)^T walks each adapter's rows in
-    storage order, which streams A markedly faster than the x @ A form.
+    storage order, which streams A markedly faster than the x @ A form. x^T must stay a
+    transposed view: a contiguous [rows, in, 1] x^T sends MKL down a GEMM path several
+    times slower.
     """
     if x.shape[1] > _GEMV_MAX_TOKENS or not lora_a.transpose(-1, -2).is_contiguous():
         return torch.bmm(x, lora_a)
