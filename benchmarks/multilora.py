@@ -105,6 +105,7 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
     print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75)")
     print(f"   16 distinct adapters / PEFT mixed generate:    {times['peft mixed generate'] / times['engine 16 adapters']:.2f}  (target >= 4)")
     print(f"   (PEFT mixed / HF base, for reference:          {times['hf generate'] / times['peft mixed generate']:.2f})")
+    print_memory_floor(llm, rounds, base, times["engine 16 adapters"])
 
     print(f"\nholding {host_adapters} more adapters in a second engine's host cache ...", flush=True)
     crowded = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
@@ -124,6 +125,25 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
     from_disk, cached = cold_load_ratios(llm, adapters[0], rounds * 5)
     print(f"5. cold load / raw read, file on local disk:      {from_disk:.2f}  (target <= 3, lower is better)")
     print(f"   the same with the file already page-cached:    {cached:.2f}")
+
+
+def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float) -> None:
+    """How far ratio 3 is from what memory bandwidth alone allows, measured now.
+
+    A decode step with a distinct adapter per row must stream every used slot's weights
+    once; summing the slot buffers (all in use here) streams the same bytes. Unless LoRA
+    traffic overlaps the base model's compute, the 16-adapter run costs at least base +
+    decode steps x that read.
+    """
+    slots = llm.engine.lora_manager.slots
+    with torch.inference_mode():
+        read = best_of(rounds * 3, {"read": lambda: [t.sum() for t in slots.tensors()]})["read"]
+    steps = NEW_TOKENS - 1  # the first new token comes from the prefill
+    floor = steps * read
+    print(f"   memory floor: reading the slots' {slots.nbytes / 2**20:.0f} MiB takes {read * 1000:.2f} ms "
+          f"({slots.nbytes / read / 1e9:.0f} GB/s), {steps} decode steps {floor * 1000:.0f} ms;")
+    print(f"   ratio 3 bound without overlap: {base / (base + floor):.2f}; "
+          f"LoRA cost / that floor: {(distinct - base) / floor:.2f}")
 
 
 def cold_load_ratios(llm: LLM, adapter: Path, rounds: int) -> tuple[float, float]:

@@ -76,6 +76,10 @@ class LLMEngine:
                 self.dtype, self.device, lora_events,
             )
             self.model.lora_slots = self.lora_manager.slots
+            logger.info(
+                "LoRA slots: %d of rank %d (%.1f MiB)",
+                config.max_loras, config.max_lora_rank, self.lora_manager.slots.nbytes / 2**20,
+            )
             if config.lora_merge:
                 self.model.lora_merger = adapter_merger_for(self.model, self.lora_manager.slots)
 

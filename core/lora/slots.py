@@ -70,6 +70,14 @@ class AdapterSlots:
             views[f"{group}_b"] = [b[i] for b in self._b[group]]
         return LayerLoRA(**views)
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every slot buffer (A rows and B stacks of every group), for memory accounting."""
+        return [t for group, a in self._a_rows.items() for t in (a, *self._b[group])]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors())
+
     def layer(self, index: int) -> LayerLoRA:
         return self._layers[index]
 
