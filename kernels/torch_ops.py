@@ -109,7 +109,7 @@ def _add_one_token_per_slot(
 
     Memory-bound: every adapter's weights are read for one token. At 16 rows a tensor op's
     dispatch costs about a microsecond, a fifth of the matmul it serves, so views are
-    taken only where needed (nine ops for one B stack).
+    taken only where needed.
     """
     rows = x.shape[0]
     y = _shrink_rows(x.unsqueeze(1), lora_a)  # [rows, 1, n_slices * R]

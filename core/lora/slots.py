@@ -71,7 +71,7 @@ class AdapterSlots:
         return LayerLoRA(**views)
 
     def tensors(self) -> list[torch.Tensor]:
-        """Every slot buffer (A rows and B stacks of every group), for memory accounting."""
+        """Every slot buffer (A rows and B stacks of every group), each [layers, slots, ...]."""
         return [t for group, a in self._a_rows.items() for t in (a, *self._b[group])]
 
     @property
@@ -108,7 +108,5 @@ class AdapterSlots:
 
     def clear(self, slot: int) -> None:
         self._versions[slot] += 1
-        for group, a_rows in self._a_rows.items():
-            a_rows[:, slot].zero_()
-            for b in self._b[group]:
-                b[:, slot].zero_()
+        for buffer in self.tensors():
+            buffer[:, slot].zero_()
