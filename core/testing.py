@@ -117,7 +117,7 @@ def make_adapter(
     out_dir: str | Path,
     rank: int = 8,
     alpha: int = 16,
-    targets: tuple[str, ...] = ALL_TARGETS,
+    targets: tuple[str, ...] | str = ALL_TARGETS,
     seed: int = 1,
     use_rslora: bool = False,
     safe_serialization: bool = True,
@@ -132,7 +132,7 @@ def make_adapter(
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
-        target_modules=list(targets),
+        target_modules=targets if isinstance(targets, str) else list(targets),  # or "all-linear"
         use_rslora=use_rslora,
         init_lora_weights=False,
         **lora_kwargs,

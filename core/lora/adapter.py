@@ -102,8 +102,8 @@ def _check_config(name: str, config: dict[str, Any]) -> None:
     if config.get("bias", "none") != "none":
         raise LoRAAdapterError(name, f"bias={config['bias']!r} is not supported (only 'none')")
     targets = config.get("target_modules")
-    if isinstance(targets, list):
-        unsupported = sorted(set(targets) - set(SUPPORTED_MODULES))
+    if isinstance(targets, list):  # short names, or full paths ("all-linear" saves those)
+        unsupported = sorted({t for t in targets if t.split(".")[-1] not in SUPPORTED_MODULES})
         if unsupported:
             raise LoRAAdapterError(
                 name,
@@ -170,7 +170,7 @@ def _module_scale(config: dict[str, Any], layer: int, module: str, rank: int) ->
     alpha = float(config.get("lora_alpha", 8))
     full_name = f"model.layers.{layer}.{MODULE_PARENT[module]}.{module}"
     for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?{pattern}$", full_name):
+        if re.match(rf"(.*\.)?({pattern})$", full_name):  # PEFT's own match: "q_proj|v_proj" works
             alpha = float(value)
             break
     return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)

@@ -80,6 +80,25 @@ def test_rank_and_alpha_patterns_match_peft(llama_dir, tmp_path, hf_greedy):
     assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, 12, path)
 
 
+def test_alpha_pattern_alternatives_match_peft(llama_dir, tmp_path, hf_greedy):
+    """PEFT matches a pattern key as a whole regex group, so "q_proj|v_proj" covers both."""
+    path = make_adapter(
+        llama_dir, tmp_path / "alternatives", rank=4, alpha=4, seed=22,
+        alpha_pattern={"q_proj|v_proj": 40},
+    )
+    llm = LLM(str(llama_dir), enable_lora=True, max_lora_rank=4)
+    out = llm.generate(PROMPT, GREEDY, lora_request=request("alternatives", path))[0]
+    assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, 12, path)
+
+
+def test_all_linear_adapter_matches_peft(llama_dir, tmp_path, hf_greedy):
+    """target_modules="all-linear" is saved as full module paths, one per layer."""
+    path = make_adapter(llama_dir, tmp_path / "all_linear", rank=4, seed=23, targets="all-linear")
+    llm = LLM(str(llama_dir), enable_lora=True, max_lora_rank=4)
+    out = llm.generate(PROMPT, GREEDY, lora_request=request("all_linear", path))[0]
+    assert out.outputs[0].token_ids == hf_greedy(llama_dir, PROMPT, 12, path)
+
+
 def test_batch_of_distinct_adapters_without_gqa_matches_peft(tmp_path, hf_greedy):
     """Without GQA q/k/v is one B stack: each decode step expands every row's q, k and v
     with one in-place batched matmul (the benchmark's shape), checked row by row."""
