@@ -192,11 +192,12 @@ class LLMEngine:
         if lora_request is None:
             return None
         manager = self._lora_manager(lora_request.lora_name)
-        lora = manager.get(lora_request.lora_name)
-        if lora is None:
-            if not register:
-                raise LoRANotFoundError(lora_request.lora_name)
+        if register:  # the registered request; another path under a known name is refused
             lora = manager.add(lora_request)
+        else:
+            lora = manager.get(lora_request.lora_name)
+            if lora is None:
+                raise LoRANotFoundError(lora_request.lora_name)
         manager.ensure_host(lora)
         return lora
 

@@ -90,13 +90,21 @@ class LLM:
             prompts = [prompts]
         params = self._per_prompt(sampling_params or SamplingParams(), len(prompts), "sampling_params")
         loras = self._per_prompt(lora_request, len(prompts), "lora_request")
-        ids = []
-        for prompt, lora, prompt_params in zip(prompts, loras, params):
-            text, token_ids = self._tokenize(prompt)
-            request_id = str(self._counter)
-            self._counter += 1
-            self.engine.add_request(request_id, token_ids, prompt_params, self._lora(lora), prompt=text)
-            ids.append(request_id)
+        ids: list[str] = []
+        try:
+            for prompt, lora, prompt_params in zip(prompts, loras, params):
+                text, token_ids = self._tokenize(prompt)
+                request_id = str(self._counter)
+                self._counter += 1
+                self.engine.add_request(request_id, token_ids, prompt_params, self._lora(lora), prompt=text)
+                ids.append(request_id)
+            return self._run(ids, use_tqdm)
+        except BaseException:  # a refused prompt (or Ctrl-C) leaves none of this call's queued
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+            raise
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm) as bar:
             while self.engine.has_unfinished_requests():

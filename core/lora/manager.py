@@ -176,6 +176,12 @@ class LoRAManager:
     def num_host_adapters(self) -> int:
         return len(self._host)
 
+    @property
+    def num_pinned_host_adapters(self) -> int:
+        """Host-cached adapters that a queued or running request still needs (never evicted)."""
+        with self._lock:
+            return sum(1 for refs in self._host_refs.values() if refs > 0)
+
     # ---- device slots (called by the scheduler, on the step thread) -------------------
     def acquire_slot(self, request: LoRARequest) -> int | None:
         """Pin a slot holding the adapter for one sequence, writing it if needed; None if all pinned."""

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from loraserve import LLM, SamplingParams
-from loraserve.errors import LoRAAdapterError
+from loraserve.errors import InvalidRequestError, LoRAAdapterError
 from loraserve.lora.request import LoRARequest
 from loraserve.testing import make_adapter, make_tiny_model
 
@@ -113,3 +113,24 @@ def test_dora_is_refused(llm, copy_of):
     config["use_dora"] = True
     (path / "adapter_config.json").write_text(json.dumps(config))
     refused(llm, path, r"DoRA")
+
+
+def test_another_path_under_a_loaded_name_is_refused(llm, adapter_dirs):
+    first = LoRARequest("same", 1, str(adapter_dirs["sql"]))
+    expected = llm.generate("hello", GREEDY, lora_request=first)[0].outputs[0].token_ids
+    other = LoRARequest("same", 2, str(adapter_dirs["mlp"]))
+    with pytest.raises(InvalidRequestError, match="'same' is already loaded from .*unload it first"):
+        llm.generate("hello", GREEDY, lora_request=other)
+    assert llm.generate("hello", GREEDY, lora_request=first)[0].outputs[0].token_ids == expected
+
+
+def test_a_refused_prompt_leaves_none_of_its_call_queued(llm, adapter_dirs, copy_of):
+    """vLLM aborts the call's earlier prompts too: nothing runs later, nothing stays pinned."""
+    path = copy_of("sql")
+    (path / "adapter_model.safetensors").write_bytes(b"garbage")
+    good = LoRARequest("good", 3, str(adapter_dirs["sql"]))
+    with pytest.raises(LoRAAdapterError, match="corrupt"):
+        llm.generate(["hello", "world", "again"], GREEDY,
+                     lora_request=[good, None, LoRARequest("bad", 4, str(path))])
+    assert not llm.engine.has_unfinished_requests()
+    assert llm.engine.lora_manager.num_pinned_host_adapters == 0
