@@ -44,3 +44,4 @@ class AdapterDownloadError(LoRAServeError, ConnectionError):
         super().__init__(f"LoRA adapter '{lora_name}': download from {location} failed: {reason}")
         self.lora_name = lora_name
         self.location = location
+        self.reason = reason

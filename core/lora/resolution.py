@@ -13,8 +13,14 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
-from loraserve.errors import LoRAAdapterError, LoRANotFoundError
+from loraserve.errors import (
+    AdapterDownloadError,
+    LoRAAdapterError,
+    LoRANotFoundError,
+    LoRAServeError,
+)
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver
 
@@ -56,13 +62,13 @@ class LoRAResolutionService:
         self._max_negative_entries = max_negative_entries
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[LoRARequest]] = {}
-        self._missing: OrderedDict[str, tuple[float, str]] = OrderedDict()  # name -> (expiry, why)
+        self._missing: OrderedDict[str, tuple[float, ErrorFactory]] = OrderedDict()  # -> (expiry, error)
 
     async def resolve(self, lora_name: str) -> LoRARequest:
         """The loaded request for ``lora_name``; ``LoRANotFoundError`` if no resolver has it."""
-        missing = self._recently_missing(lora_name)
-        if missing is not None:
-            raise LoRANotFoundError(lora_name, missing)
+        failure = self._recent_failure(lora_name)
+        if failure is not None:
+            raise failure()
         task = self._inflight.get(lora_name)
         if task is None:
             task = asyncio.ensure_future(self._resolve_once(lora_name))
@@ -82,32 +88,26 @@ class LoRAResolutionService:
             task.exception()  # retrieved here, so an unawaited failure is not reported as lost
 
     async def _resolve_once(self, lora_name: str) -> LoRARequest:
-        failures: list[str] = []
+        outcome = _Outcome()
         # the first call imports resolver plugins: keep that off the event loop
         for resolver_name, resolver in await asyncio.to_thread(self._resolvers):
-            found = await self._ask(resolver_name, resolver, lora_name, failures)
+            found = await self._ask(resolver_name, resolver, lora_name, outcome)
             if found is None:
                 continue
             try:
                 loaded = await self._load(found)
             except LoRAAdapterError as exc:
                 logger.warning(
-                    "Resolver '%s' found %r but it failed to load: %s",
-                    resolver_name,
-                    lora_name,
-                    exc,
+                    "Resolver '%s' found %r but it failed to load: %s", resolver_name, lora_name, exc
                 )
-                failures.append(
-                    f"resolver '{resolver_name}' found it but it failed to load: {exc.reason}"
-                )
+                outcome.refused.append(f"resolver '{resolver_name}': {exc.reason}")
                 continue
             except Exception:
                 logger.exception(
                     "Resolver '%s' found %r but loading it raised", resolver_name, lora_name
                 )
-                failures.append(
-                    f"resolver '{resolver_name}' found it but it failed to load "
-                    "(see the server log)"
+                outcome.refused.append(
+                    f"resolver '{resolver_name}': loading it raised (see the server log)"
                 )
                 continue
             logger.info(
@@ -117,23 +117,31 @@ class LoRAResolutionService:
                 found.lora_path,
             )
             return loaded
-        why = "; ".join(failures)
-        self._remember_missing(lora_name, why)
-        raise LoRANotFoundError(lora_name, why)
+        error = outcome.error_factory(lora_name)
+        self._remember_failure(lora_name, error)
+        raise error()
 
     async def _ask(
-        self, resolver_name: str, resolver: LoRAResolver, lora_name: str, failures: list[str]
+        self, resolver_name: str, resolver: LoRAResolver, lora_name: str, outcome: _Outcome
     ) -> LoRARequest | None:
-        """One resolver's answer, normalised; None (and a logged reason) if it has none."""
+        """One resolver's answer, normalised; None (and a noted reason) if it has none."""
         try:
             found = await resolver.resolve_lora(self.base_model_name, lora_name)
+        except LoRAAdapterError as exc:  # found remotely, but the copy was refused
+            logger.warning("Resolver '%s' refused %r: %s", resolver_name, lora_name, exc.reason)
+            outcome.refused.append(f"resolver '{resolver_name}': {exc.reason}")
+            return None
+        except AdapterDownloadError as exc:  # our own message: says where, never a secret
+            logger.warning("Resolver '%s': %s", resolver_name, exc)
+            outcome.unreachable.append(exc)
+            return None
         except Exception:
             logger.exception(
                 "LoRA resolver '%s' raised while resolving %r; trying the next one",
                 resolver_name,
                 lora_name,
             )
-            failures.append(f"resolver '{resolver_name}' failed (see the server log)")
+            outcome.notes.append(f"resolver '{resolver_name}' failed (see the server log)")
             return None
         if found is None:
             return None
@@ -141,7 +149,7 @@ class LoRAResolutionService:
             logger.error(
                 "LoRA resolver '%s' returned %r, not a LoRARequest; ignored", resolver_name, found
             )
-            failures.append(f"resolver '{resolver_name}' returned an invalid answer")
+            outcome.notes.append(f"resolver '{resolver_name}' returned an invalid answer")
             return None
         if found.lora_name != lora_name:
             logger.warning(
@@ -157,21 +165,21 @@ class LoRAResolutionService:
             base_model_name=found.base_model_name or self.base_model_name,
         )
 
-    def _recently_missing(self, lora_name: str) -> str | None:
+    def _recent_failure(self, lora_name: str) -> ErrorFactory | None:
         entry = self._missing.get(lora_name)
         if entry is None:
             return None
-        expiry, why = entry
+        expiry, error = entry
         if self._clock() < expiry:
-            return why
+            return error
         del self._missing[lora_name]
         return None
 
-    def _remember_missing(self, lora_name: str, why: str) -> None:
+    def _remember_failure(self, lora_name: str, error: ErrorFactory) -> None:
         if self._negative_ttl_s <= 0:
             return
         now = self._clock()
-        self._missing[lora_name] = (now + self._negative_ttl_s, why)
+        self._missing[lora_name] = (now + self._negative_ttl_s, error)
         self._missing.move_to_end(lora_name)
         # entries share one TTL, so the oldest expire first
         while self._missing:
@@ -179,3 +187,26 @@ class LoRAResolutionService:
             if oldest_expiry > now and len(self._missing) <= self._max_negative_entries:
                 break
             self._missing.popitem(last=False)
+
+
+ErrorFactory = Callable[[], LoRAServeError]
+
+
+@dataclass
+class _Outcome:
+    """What the resolvers said about one name when none of them produced a loaded adapter."""
+
+    refused: list[str] = field(default_factory=list)  # found, but the adapter was refused
+    unreachable: list[AdapterDownloadError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # resolvers that failed or misbehaved
+
+    def error_factory(self, lora_name: str) -> ErrorFactory:
+        """Found but refused is the client's 400 (as vLLM); a download that failed, 503; else 404."""
+        if self.refused:
+            why = "; ".join(self.refused + [str(e) for e in self.unreachable] + self.notes)
+            return lambda: LoRAAdapterError(lora_name, f"was found but could not be loaded: {why}")
+        if self.unreachable:
+            first = self.unreachable[0]
+            return lambda: AdapterDownloadError(first.lora_name, first.location, first.reason)
+        why = "; ".join(self.notes)
+        return lambda: LoRANotFoundError(lora_name, why)

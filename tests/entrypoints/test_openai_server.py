@@ -154,6 +154,18 @@ def test_resolver_loads_unknown_adapter_on_first_use(server: RunningServer, offl
     assert card["parent"] == BASE
 
 
+def test_resolver_found_but_corrupt_adapter_is_a_400(server: RunningServer, server_adapters):
+    import shutil
+
+    broken = server_adapters["r1"].parent / "broken"
+    shutil.copytree(server_adapters["r1"], broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(openai.BadRequestError, match="'broken': was found but could not be loaded"):
+        client(server).completions.create(model="broken", prompt=PROMPT, max_tokens=2)
+    ok = client(server).completions.create(model=BASE, prompt=PROMPT, max_tokens=2)
+    assert ok.choices[0].finish_reason in ("length", "stop")
+
+
 def test_load_and_unload_round_trip(server: RunningServer, server_adapters):
     import json
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from loraserve.errors import LoRAAdapterError, LoRANotFoundError, PluginError
+from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRANotFoundError, PluginError
 from loraserve.lora.ids import LoRAIdAllocator
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolution import LoRAResolutionService
@@ -78,12 +78,37 @@ async def test_first_loadable_answer_wins_after_fallbacks():
 
 
 async def test_nothing_found_names_the_model_and_why():
-    svc = service([Resolver(), Resolver(raises=True), BadPathResolver()], Loader())
+    svc = service([Resolver(), Resolver(raises=True)], Loader())
     with pytest.raises(LoRANotFoundError) as info:
         await svc.resolve("ghost")
     message = str(info.value)
-    assert "`ghost`" in message and "r1" in message and "rank 64" in message
+    assert "`ghost`" in message and "r1" in message
     assert info.value.model_name == "ghost"
+
+
+async def test_found_but_refused_is_an_adapter_error_with_every_reason():
+    """vLLM answers 400 "was found but could not be loaded", not 404, and so do we."""
+    svc = service([Resolver(), Resolver(raises=True), BadPathResolver()], Loader())
+    with pytest.raises(LoRAAdapterError, match="'ghost': was found but could not be loaded") as info:
+        await svc.resolve("ghost")
+    assert "r2" in str(info.value) and "rank 64" in str(info.value) and "'r1' failed" in str(info.value)
+    with pytest.raises(LoRAAdapterError):  # remembered for the TTL, as a refusal
+        await svc.resolve("ghost")
+
+
+class UnreachableResolver(Resolver):
+    async def resolve_lora(self, base_model_name, lora_name):
+        self.calls[lora_name] += 1
+        raise AdapterDownloadError(lora_name, "s3://bucket/x", "HTTP 500 after 3 retries")
+
+
+async def test_a_failed_download_is_a_download_error_unless_another_resolver_has_it():
+    unreachable = UnreachableResolver()
+    with pytest.raises(AdapterDownloadError, match="s3://bucket/x failed: HTTP 500"):
+        await service([Resolver(), unreachable], Loader()).resolve("ghost")
+    good = Resolver(knows={"ghost"})
+    request = await service([unreachable, good], Loader()).resolve("ghost")
+    assert request.lora_path == f"/adapters/{id(good)}/ghost"
 
 
 async def test_no_resolvers_is_not_found():

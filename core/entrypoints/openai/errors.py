@@ -13,6 +13,7 @@ from http import HTTPStatus
 from aiohttp import web
 
 from loraserve.errors import (
+    AdapterDownloadError,
     InvalidRequestError,
     LoRAAdapterError,
     LoRANotFoundError,
@@ -39,6 +40,7 @@ _STATUS_OF: list[tuple[type[BaseException], HTTPStatus]] = [
     (NotFoundError, HTTPStatus.NOT_FOUND),
     (LoRAAdapterError, HTTPStatus.BAD_REQUEST),
     (InvalidRequestError, HTTPStatus.BAD_REQUEST),
+    (AdapterDownloadError, HTTPStatus.SERVICE_UNAVAILABLE),
 ]
 
 _TYPE_OF = {
@@ -48,6 +50,7 @@ _TYPE_OF = {
     HTTPStatus.METHOD_NOT_ALLOWED: "MethodNotAllowed",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "BadRequestError",
     HTTPStatus.INTERNAL_SERVER_ERROR: "InternalServerError",
+    HTTPStatus.SERVICE_UNAVAILABLE: "ServiceUnavailableError",
 }
 
 

@@ -1,7 +1,7 @@
 """Plugin ``lora_filesystem_resolver``: adapter ``foo`` is ``$VLLM_LORA_RESOLVER_CACHE_DIR/foo``.
 
-Only plain directory names are looked up, and only directories that stay inside the cache
-dir after following symlinks; the adapter must be a PEFT LoRA made for the served model.
+Only plain directory names are looked up (an entry may be a symlink to an adapter kept
+elsewhere); the adapter must be a PEFT LoRA made for the served model.
 """
 
 from __future__ import annotations
@@ -42,21 +42,15 @@ class FilesystemResolver(LoRAResolver):
         return LoRARequest(lora_name, 1, str(adapter_dir), base_model_name)
 
     def _adapter_dir(self, lora_name: str) -> Path | None:
-        """The adapter's directory, or None if the name could leave the cache dir or is absent."""
+        """The adapter's directory, or None if the name is not one plain component or is absent.
+
+        A plain name cannot climb out of the cache dir; an entry that is a symlink is followed
+        wherever it points (as vLLM does), since only the operator can put one there.
+        """
         if not _is_plain_name(lora_name):
             logger.warning("lora_filesystem_resolver refused adapter name %r", lora_name)
             return None
-        adapter_dir = (self.lora_cache_dir / lora_name).resolve()  # follows symlinks
-        inside = adapter_dir != self.lora_cache_dir and adapter_dir.is_relative_to(
-            self.lora_cache_dir
-        )
-        if not inside:
-            logger.warning(
-                "lora_filesystem_resolver refused %r: it links outside %s",
-                lora_name,
-                self.lora_cache_dir,
-            )
-            return None
+        adapter_dir = (self.lora_cache_dir / lora_name).resolve()
         return adapter_dir if adapter_dir.is_dir() else None
 
 

@@ -55,16 +55,18 @@ async def test_absolute_path_to_a_real_adapter_is_refused(cache):
     assert await FilesystemResolver(cache).resolve_lora(BASE, str(cache / "sql")) is None
 
 
-async def test_symlink_outside_is_refused_inside_is_allowed(tmp_path, cache):
-    outside = write_adapter(tmp_path / "elsewhere" / "secret")
-    os.symlink(outside, cache / "escape")
+async def test_symlinked_entries_are_followed_like_vllm(tmp_path, cache):
+    """Operators link adapters in from shared storage; a client can only name an entry."""
+    shared = write_adapter(tmp_path / "shared-storage" / "sql-v2")
+    os.symlink(shared, cache / "linked")
     os.symlink(cache / "sql", cache / "alias")
-    os.symlink(cache, cache / "self")
+    os.symlink(tmp_path / "nowhere", cache / "dangling")
     resolver = FilesystemResolver(cache)
-    assert await resolver.resolve_lora(BASE, "escape") is None
-    assert await resolver.resolve_lora(BASE, "self") is None
+    linked = await resolver.resolve_lora(BASE, "linked")
+    assert linked is not None and linked.lora_path == str(shared)
     alias = await resolver.resolve_lora(BASE, "alias")
     assert alias is not None and alias.lora_path == str(cache / "sql")
+    assert await resolver.resolve_lora(BASE, "dangling") is None
 
 
 async def test_base_model_mismatch_is_none(cache):

@@ -67,3 +67,20 @@ def test_generate_with_a_name_resolved_from_the_cache_dir(served):
 
     [base_output] = llm.generate([PROMPT], greedy)
     assert list(base_output.outputs[0].token_ids) != list(output.outputs[0].token_ids)
+
+
+def test_a_found_but_corrupt_adapter_is_refused_with_its_reason(served):
+    """vLLM's "was found but could not be loaded" (400), not "does not exist" (404)."""
+    from loraserve import LLM, SamplingParams
+    from loraserve.errors import LoRAAdapterError
+
+    model_dir, cache, staged = served
+    shutil.copytree(staged, cache / "broken")
+    weights = cache / "broken" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    llm = LLM(str(model_dir), enable_lora=True, max_lora_rank=8, served_model_name=SERVED)
+    greedy = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    with pytest.raises(LoRAAdapterError, match="'broken': was found but could not be loaded: "
+                       "resolver 'lora_filesystem_resolver': adapter_model.safetensors is corrupt"):
+        llm.generate([PROMPT], greedy, lora_request="broken")
+    assert llm.engine.lora_manager.get("broken") is None
