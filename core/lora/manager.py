@@ -6,6 +6,8 @@ Three tiers, each bounded:
   but never one that a queued or running request still needs;
 - device slots: ``max_loras`` adapters a step can use; a slot held by a running sequence is
   pinned, others are reused least recently used first.
+The download cache may unload a registered adapter that no request holds when its disk
+bound needs that folder (``release_idle``); the next request resolves it again.
 Parsing happens off the step loop (``ensure_host``); the scheduler only copies host tensors
 into a slot (``acquire_slot``), which is cheap.
 """
@@ -23,6 +25,7 @@ import torch
 from loraserve import metrics
 from loraserve.errors import InvalidRequestError, LoRAAdapterError, LoRANotFoundError
 from loraserve.lora.adapter import LoRAAdapter, load_adapter
+from loraserve.lora.download.cache import register_adapter_owner
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.spec import ModelSpec
@@ -66,6 +69,8 @@ class LoRAManager:
         self._slot_owner: list[AdapterKey | None] = [None] * max_loras
         self._slot_refs = [0] * max_loras
         self._slot_last_used = [0.0] * max_loras
+        self._last_used: dict[str, float] = {}  # registered name -> monotonic time of last use
+        register_adapter_owner(self)  # the download cache may unload idle adapters for room
 
     # ---- registry ------------------------------------------------------------------
     def add(self, request: LoRARequest) -> LoRARequest:
@@ -82,6 +87,7 @@ class LoRAManager:
         adapter = self._parse(request)
         with self._lock:
             self._registered[request.lora_name] = request
+            self._last_used[request.lora_name] = time.monotonic()
             self._put_host(_key(request), adapter)
         if self.events:
             self.events.notify_loaded(request)
@@ -93,6 +99,7 @@ class LoRAManager:
             request = self._registered.pop(name, None)
             if request is None:
                 raise LoRANotFoundError(name, "No LoRA adapter with this name is loaded.")
+            self._last_used.pop(name, None)
             if self._host_refs[_key(request)] == 0:
                 self._drop_host(_key(request))
         if self.events:
@@ -100,12 +107,49 @@ class LoRAManager:
         return request
 
     def get(self, name: str) -> LoRARequest | None:
+        """The registered request; a lookup counts as use (a request pins it right after)."""
         with self._lock:
-            return self._registered.get(name)
+            request = self._registered.get(name)
+            if request is not None:
+                self._last_used[name] = time.monotonic()
+            return request
 
     def list(self) -> list[LoRARequest]:
         with self._lock:
             return list(self._registered.values())
+
+    # ---- room in the download cache (called from its eviction thread) -----------------
+    def last_used(self, lora_path: str) -> float | None:
+        """When the adapter registered from ``lora_path`` was last used; None if none is."""
+        with self._lock:
+            name = self._name_of(lora_path)
+            return None if name is None else self._last_used.get(name, 0.0)
+
+    def release_idle(self, lora_path: str, unused_since: float) -> bool:
+        """Unregister the adapter loaded from ``lora_path`` if no request holds it and none
+        has used it since ``unused_since`` (monotonic); True if it is no longer registered.
+
+        The check and the removal happen under one lock hold, so a request can never pin
+        an adapter that is being released; a later request resolves it again.
+        """
+        with self._lock:
+            name = self._name_of(lora_path)
+            if name is None:
+                return True
+            request = self._registered[name]
+            key = _key(request)
+            if self._host_refs[key] > 0 or self._last_used.get(name, 0.0) >= unused_since:
+                return False
+            del self._registered[name]
+            self._last_used.pop(name, None)
+            self._drop_host(key)
+        logger.info("unloaded idle LoRA adapter '%s' to make room in the download cache", name)
+        if self.events:
+            self.events.notify_evicted(name)
+        return True
+
+    def _name_of(self, lora_path: str) -> str | None:
+        return next((n for n, r in self._registered.items() if r.lora_path == lora_path), None)
 
     # ---- host cache ------------------------------------------------------------------
     # Host entries and slots are keyed by (name, id), not by name: after an unload and a
@@ -115,6 +159,7 @@ class LoRAManager:
         """Make the adapter host-resident and pin it there for one more request."""
         key = _key(request)
         with self._lock:
+            self._mark_used(request)
             if key in self._host:
                 self._host.move_to_end(key)
                 self._host_refs[key] += 1
@@ -127,6 +172,7 @@ class LoRAManager:
     def release_host(self, request: LoRARequest) -> None:
         key = _key(request)
         with self._lock:
+            self._mark_used(request)
             self._host_refs[key] -= 1
             if self._host_refs[key] <= 0:
                 del self._host_refs[key]
@@ -134,6 +180,10 @@ class LoRAManager:
                     self._drop_host(key)
                 else:
                     self._shrink_host()
+
+    def _mark_used(self, request: LoRARequest) -> None:
+        if self._registered.get(request.lora_name) == request:
+            self._last_used[request.lora_name] = time.monotonic()
 
     def _parse(self, request: LoRARequest) -> LoRAAdapter:
         start = time.perf_counter()

@@ -311,3 +311,212 @@ def test_download_cache_plugins_register_the_pin_hooks(plugin):
     module = pytest.importorskip(plugin)
     for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
         assert registered_hook_functions(module, hook) == {getattr(hooks, hook)}
+
+
+def lock_files(cache: DownloadCache) -> list[str]:
+    return sorted(p.name for p in cache.store.locks.iterdir())
+
+
+async def test_no_lock_files_left_for_missing_refused_or_failed_names(tmp_path, files):
+    cache = make_cache(tmp_path, timeout_s=0.3)
+    assert await cache.get(MemorySource(None, "mem://nope"), lora_name="nope", base_model_name=BASE) is None
+    with pytest.raises(LoRAAdapterError):
+        await cache.get(
+            MemorySource({"adapter_config.json": files["adapter_config.json"]}, "mem://half"),
+            lora_name="half",
+            base_model_name=BASE,
+        )
+    failing = MemorySource(files, "mem://flaky")
+    failing.fail = "transient"
+    with pytest.raises(AdapterDownloadError):
+        await cache.get(failing, lora_name="flaky", base_model_name=BASE)
+    assert lock_files(cache) == []
+    source = MemorySource(dict(files))
+    await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert len(lock_files(cache)) == 1  # the entry's lock stays as long as the entry
+    source.files = None  # gone remotely: the entry and its lock go
+    assert await cache.get(source, lora_name="sql", base_model_name=BASE) is None
+    assert lock_files(cache) == []
+
+
+async def test_evicted_entries_take_their_lock_files(tmp_path):
+    sources = [MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{i}") for i in range(4)]
+    size = sum(len(d) for d in sources[0].files.values())
+    cache = make_cache(tmp_path, max_cache_bytes=int(size * 1.5))
+    for i, source in enumerate(sources):
+        await cache.get(source, lora_name=f"a{i}", base_model_name=BASE)
+    assert [e.lora_name for _, _, e in cache.store.lru_entries()] == ["a3"]
+    assert lock_files(cache) == [f"{cache.store.lru_entries()[0][1]}.lock"]
+
+
+LOCKER = """
+import sys, time
+from pathlib import Path
+from loraserve.lora.download.flight import try_lock
+
+lock_path, counter, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for _ in range(rounds):
+    while (lock := try_lock(lock_path)) is None:
+        time.sleep(0.0005)
+    value = int(counter.read_text())  # read, pause, write: lost updates unless exclusive
+    time.sleep(0.0005)
+    counter.write_text(str(value + 1))
+    lock.unlink()  # every holder deletes the lock file, the worst case for waiters
+    lock.release()
+"""
+
+
+def test_lock_files_unlinked_by_their_holder_still_exclude_other_processes(tmp_path):
+    """Three processes, each deleting the lock file on every release: no update is lost."""
+    import subprocess
+    import sys
+
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    args = [sys.executable, "-c", LOCKER, str(tmp_path / "k.lock"), str(counter), "150"]
+    workers = [subprocess.Popen(args) for _ in range(3)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
+    assert counter.read_text() == "450"
+    assert not (tmp_path / "k.lock").exists()
+
+
+def test_a_lock_won_on_an_unlinked_file_is_not_the_lock(tmp_path, monkeypatch):
+    """A locker that opened the file just before its holder deleted it wins the orphan's
+    flock; it must notice and lock the path's current file instead (here held: so None)."""
+    import os
+
+    from loraserve.lora.download.flight import try_lock
+
+    path = tmp_path / "k.lock"
+    first = try_lock(path)
+    stale = os.open(path, os.O_RDWR)  # a waiter's descriptor on the file about to go
+    first.unlink()
+    first.release()
+    second = try_lock(path)  # a new file at the path, held
+    real_open = os.open
+    handed = iter([stale])
+    monkeypatch.setattr(os, "open", lambda *args: next(handed, None) or real_open(*args))
+    try:
+        assert try_lock(path) is None  # the orphan's flock was free, but it is not the lock
+        with pytest.raises(OSError):
+            os.fstat(stale)  # and it was closed, not leaked
+    finally:
+        second.release()
+    third = try_lock(path)
+    assert third is not None
+    third.release()
+
+
+class Engine:
+    """An LLM engine resolving adapters from a plain HTTP directory through the cache."""
+
+    def __init__(self, tmp_path: Path, monkeypatch, count: int, cache_adapters: float) -> None:
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        from loraserve import LLM
+        from loraserve.plugins import reset_plugin_manager
+        from loraserve.testing import make_adapter, make_tiny_model
+
+        pytest.importorskip("loraserve_http_resolver")
+        self.model_dir = make_tiny_model(tmp_path / "model", seed=3)
+        self.adapters = {
+            f"a{i}": make_adapter(
+                self.model_dir,
+                tmp_path / "www" / BASE / f"a{i}",
+                targets=("q_proj", "v_proj"),
+                seed=10 + i,
+                base_model_name=BASE,
+            )
+            for i in range(count)
+        }
+        served = ("adapter_config.json", "adapter_model.safetensors")  # what the cache fetches
+        size = sum((self.adapters["a0"] / name).stat().st_size for name in served)
+        self.bound = int(size * cache_adapters)
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        www = str(tmp_path / "www")
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=www))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        port = self.httpd.server_address[1]
+        self.downloads = tmp_path / "downloads"
+        for name, value in {
+            "VLLM_PLUGINS": "lora_http_resolver",
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_LORA_RESOLVER_HTTP_URL": f"http://127.0.0.1:{port}/{{base_model_name}}/{{lora_name}}",
+            "VLLM_LORA_RESOLVER_DOWNLOAD_DIR": str(self.downloads),
+            "VLLM_LORA_RESOLVER_MAX_CACHE_BYTES": str(self.bound),
+        }.items():
+            monkeypatch.setenv(name, value)
+        reset_plugin_manager()
+        self.llm = LLM(
+            model=str(self.model_dir),
+            enable_lora=True,
+            served_model_name=BASE,
+            max_loras=2,
+            max_lora_rank=16,
+        )
+        self.manager = self.llm.engine.lora_manager
+
+    def tokens(self, lora) -> list:
+        from loraserve import SamplingParams
+
+        params = SamplingParams(temperature=0, max_tokens=6)
+        outputs = self.llm.generate(["the quick brown fox", "select"], params, lora_request=lora)
+        return [out.outputs[0].token_ids for out in outputs]
+
+    def cached_bytes(self) -> int:
+        files = (self.downloads / "entries").rglob("*")
+        return sum(f.stat().st_size for f in files if f.is_file() and f.name != "entry.json")
+
+    def registered(self) -> set[str]:
+        return {r.lora_name for r in self.manager.list()}
+
+    def close(self) -> None:
+        from loraserve.plugins import reset_plugin_manager
+
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        reset_plugin_manager()
+
+
+def test_loaded_idle_adapters_are_unloaded_to_keep_the_cache_bound(tmp_path, monkeypatch):
+    """Room for two adapters; four are resolved. LRU is by use, in-use ones stay, the evicted
+    one is unregistered and comes back from the origin with the same output."""
+    from loraserve.lora.download import get_download_cache
+    from loraserve.lora.request import LoRARequest
+
+    engine = Engine(tmp_path, monkeypatch, count=4, cache_adapters=2.5)
+    try:
+        first = {name: engine.tokens(name) for name in ("a0", "a1")}
+        engine.tokens("a0")  # served from the engine: the cache's mtime of a0 stays older
+        engine.tokens("a2")
+        assert engine.cached_bytes() <= engine.bound
+        assert engine.registered() == {"a0", "a2"}  # a1 was used least recently
+
+        held = engine.llm.engine.pin_lora(engine.manager.get("a0"), register=False)  # queued
+        try:
+            engine.tokens("a2")  # a0 is now the least recently used, but in use
+            engine.tokens("a3")
+            assert engine.registered() == {"a0", "a3"}
+            assert Path(held.lora_path).is_dir()
+            assert engine.cached_bytes() <= engine.bound
+        finally:
+            engine.llm.engine.unpin_lora(held)
+
+        downloads = get_download_cache().stats["download"]
+        again = engine.tokens("a1")  # unregistered: the resolvers fetch it again
+        assert get_download_cache().stats["download"] == downloads + 1
+        local = engine.tokens(LoRARequest("a1-local", 1, str(engine.adapters["a1"])))
+        assert again == first["a1"] == local
+        assert again != engine.tokens(None)
+        assert engine.cached_bytes() <= engine.bound
+        entries = sorted(p.name for p in (engine.downloads / "entries").iterdir())
+        locks = sorted(p.stem for p in (engine.downloads / "locks").iterdir())
+        assert locks == entries and len(entries) == 2
+    finally:
+        engine.close()

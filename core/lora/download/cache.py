@@ -4,7 +4,8 @@
 when the source has no such adapter. It revalidates against the remote's version tags on
 every call (one cheap listing), downloads into a temp dir beside the cache, validates, and
 renames into place; it keeps the folder within ``max_cache_bytes`` by evicting the least
-recently used adapters. One download per key, however many requests ask at once.
+recently used adapters, unloading idle ones from the engine when that is the only way to
+fit. One download per key, however many requests ask at once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
+from typing import Protocol
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRAServeError
 from loraserve.lora.download.archive import extract_adapter_archive
@@ -57,12 +61,17 @@ class DownloadCache:
     async def _get(
         self, key: str, source: AnySource, lora_name: str, base_model_name: str
     ) -> Path | None:
+        started = time.monotonic()  # adapters used after this are never unloaded for room
         await asyncio.to_thread(self.store.ensure)
         slug = self.store.slug(key, lora_name)
-        async with interprocess_lock(self.store.lock_path(slug)):
-            path = await self._refresh(key, slug, source, lora_name, base_model_name)
+        async with interprocess_lock(self.store.lock_path(slug)) as lock:
+            try:
+                path = await self._refresh(key, slug, source, lora_name, base_model_name)
+            finally:
+                if not self.store.has_entry(slug):  # missing, refused or failed: no lock file
+                    lock.unlink()
         if path is not None:
-            await asyncio.to_thread(self._evict, slug)
+            await asyncio.to_thread(self._evict, slug, started)
         return path
 
     async def _refresh(
@@ -257,30 +266,33 @@ class DownloadCache:
         await asyncio.to_thread(self.store.write, slug, entry)
         return path
 
-    def _is_pinned(self, slug: str, entry: CacheEntry) -> bool:
-        return str(self.store.adapter_path(slug, entry)) in _pinned_paths.values()
+    def _evict(self, keep: str, started: float) -> None:
+        """Delete least recently used adapters until the cache fits ``max_cache_bytes``.
 
-    def _evict(self, keep: str) -> None:
-        """Delete least recently used adapters until the cache fits ``max_cache_bytes``."""
+        Entries no engine has loaded go first, oldest ``entry.json`` first. If that is not
+        enough, adapters an engine has loaded but no request holds are unloaded and deleted,
+        least recently used first by the engine's clock (it serves a registered adapter
+        without touching the cache). One used since ``started`` stays: it was resolved or
+        looked up during this download, and its request is about to hold it.
+        """
         entries = self.store.lru_entries()
         total = sum(e.size_bytes for _, _, e in entries if not e.external)
-        for _, slug, entry in entries:
+        if total <= self.config.max_cache_bytes:
+            return
+        candidates = [(slug, e) for _, slug, e in entries if slug != keep and not e.external]
+        loaded = []
+        for slug, entry in candidates:
+            used = _loaded_last_used(str(self.store.adapter_path(slug, entry)))
+            if used is not None:
+                loaded.append((used, slug, entry))
+        loaded.sort(key=lambda item: item[0])
+        plan = [(slug, e, False) for slug, e in candidates if not self._is_loaded(slug, e)]
+        plan += [(slug, e, True) for _, slug, e in loaded]
+        for slug, entry, unload in plan:
             if total <= self.config.max_cache_bytes:
                 break
-            if slug == keep or entry.external or self._is_pinned(slug, entry):
-                continue
-            lock = try_lock(self.store.lock_path(slug))
-            if lock is None:  # being downloaded or revalidated right now
-                continue
-            try:
-                self.store.remove(slug)
-            finally:
-                lock.release()
-            total -= entry.size_bytes
-            self.stats["evicted"] += 1
-            logger.info(
-                "LoRA download cache: evicted '%s' (%d bytes)", entry.lora_name, entry.size_bytes
-            )
+            if self._delete(slug, started, unload):
+                total -= entry.size_bytes
         if total > self.config.max_cache_bytes:
             logger.warning(
                 "LoRA download cache holds %d bytes, over VLLM_LORA_RESOLVER_MAX_CACHE_BYTES=%d",
@@ -288,13 +300,85 @@ class DownloadCache:
                 self.config.max_cache_bytes,
             )
 
+    def _is_loaded(self, slug: str, entry: CacheEntry) -> bool:
+        return _is_loaded(str(self.store.adapter_path(slug, entry)))
+
+    def _delete(self, slug: str, started: float, unload: bool) -> bool:
+        """Remove one entry and its lock file, unloading it first if ``unload``; False if kept."""
+        lock = try_lock(self.store.lock_path(slug))
+        if lock is None:  # being downloaded or revalidated right now
+            return False
+        try:
+            entry = self.store.read(slug)  # again, under the lock: another process may have won
+            if entry is None or entry.external:
+                return False
+            path = str(self.store.adapter_path(slug, entry))
+            loaded = _is_loaded(path)
+            if loaded and not (unload and _unload_idle(path, started)):
+                return False
+            self.store.remove(slug)
+        finally:
+            if not self.store.has_entry(slug):
+                lock.unlink()
+            lock.release()
+        self.stats["evicted"] += 1
+        self.stats["unloaded"] += loaded
+        logger.info(
+            "LoRA download cache: evicted '%s' (%d bytes%s)",
+            entry.lora_name,
+            entry.size_bytes,
+            ", unloaded from the engine while idle" if loaded else "",
+        )
+        return True
+
 
 def _download_error(lora_name: str, source: AnySource, exc: BaseException) -> AdapterDownloadError:
     return AdapterDownloadError(lora_name, source.location, str(exc) or type(exc).__name__)
 
 
+class AdapterOwner(Protocol):
+    """An engine's adapter registry (``LoRAManager``): asked before a loaded folder goes."""
+
+    def last_used(self, lora_path: str) -> float | None: ...
+
+    def release_idle(self, lora_path: str, unused_since: float) -> bool: ...
+
+
 _caches: dict[DownloadCacheConfig, DownloadCache] = {}
 _pinned_paths: dict[str, str] = {}  # adapter name -> folder the engine has loaded
+_owners: weakref.WeakSet[AdapterOwner] = weakref.WeakSet()
+_owners_lock = threading.Lock()  # eviction reads the set from a worker thread
+
+
+def register_adapter_owner(owner: AdapterOwner) -> None:
+    """Let the cache unload ``owner``'s idle adapters when the disk bound needs their room.
+
+    Held weakly, so an engine that is garbage collected simply stops being asked.
+    """
+    with _owners_lock:
+        _owners.add(owner)
+
+
+def _holders(lora_path: str) -> list[AdapterOwner]:
+    with _owners_lock:
+        owners = list(_owners)
+    return [owner for owner in owners if owner.last_used(lora_path) is not None]
+
+
+def _is_loaded(lora_path: str) -> bool:
+    return lora_path in _pinned_paths.values() or bool(_holders(lora_path))
+
+
+def _loaded_last_used(lora_path: str) -> float | None:
+    """When an engine last used the adapter at ``lora_path`` (monotonic), None if none has it."""
+    times = [t for owner in _holders(lora_path) if (t := owner.last_used(lora_path)) is not None]
+    return max(times, default=None)
+
+
+def _unload_idle(lora_path: str, unused_since: float) -> bool:
+    """Unload the adapter from every engine holding it; False if any is using it."""
+    holders = _holders(lora_path)
+    return bool(holders) and all(owner.release_idle(lora_path, unused_since) for owner in holders)
 
 
 def pin_loaded_adapter(lora_name: str, lora_path: str) -> None:

@@ -3,7 +3,7 @@
     <root>/entries/<slug>/entry.json      what is cached for one key (its mtime = last use)
     <root>/entries/<slug>/<version>/      the validated adapter folder handed to the engine
     <root>/tmp/<slug>.<random>/           downloads in progress (beside, so rename is atomic)
-    <root>/locks/<slug>.lock              cross-process lock of one key
+    <root>/locks/<slug>.lock              cross-process lock of one key (gone with its entry)
 
 An adapter folder becomes loadable only when ``entry.json`` names it, and that file is
 replaced atomically, so a crash at any point leaves either the old adapter or none.
@@ -60,6 +60,10 @@ class AdapterStore:
 
     def lock_path(self, slug: str) -> Path:
         return self.locks / f"{slug}.lock"
+
+    def has_entry(self, slug: str) -> bool:
+        """Whether ``slug`` has an entry file (its lock file must then stay)."""
+        return (self.entries / slug / ENTRY_FILE).is_file()
 
     def read(self, slug: str) -> CacheEntry | None:
         """The entry for ``slug`` if it is complete and its folder still exists."""
