@@ -98,9 +98,7 @@ class LLMEngine:
 
     # ---- set-up ------------------------------------------------------------------------
     def _max_model_len(self) -> int:
-        limit = self.spec.max_position_embeddings
-        if self.spec.sliding_window:
-            limit = min(limit, self.spec.sliding_window)  # no sliding-window attention (yet)
+        limit = self.spec.max_position_embeddings  # sliding layers need no cap: they mask by window
         wanted = self.config.max_model_len or limit
         if wanted > limit:
             raise InvalidRequestError(

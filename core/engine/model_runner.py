@@ -67,6 +67,14 @@ class ModelRunner:
         keys = torch.arange(max_blocks * bs, device=device)
         last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
         mask = keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)  # [B, max_q, K]
+        sliding_mask = None
+        window = self.model.spec.sliding_window
+        if window is not None:  # also drop keys at or before last_visible - window
+            first_visible = last_visible - (window - 1)  # [B, max_q]
+            sliding_mask = mask & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
+            padded = (rows.unsqueeze(0) >= q_lens.unsqueeze(1)).unsqueeze(-1)  # [B, max_q, 1]
+            # padding rows are dropped after attention; keep them causal so none is all-masked (NaN)
+            sliding_mask = torch.where(padded, mask, sliding_mask).unsqueeze(1)  # [B, 1, max_q, K]
 
         query_rows = None
         if max_q > 1:
@@ -82,6 +90,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slot_mapping, device=device),
             block_tables=torch.tensor(tables, device=device),
             attn_mask=mask.unsqueeze(1),
+            sliding_mask=sliding_mask,
             query_rows=query_rows,
             max_query_len=max_q,
             logits_indices=torch.cumsum(q_lens, 0) - 1,

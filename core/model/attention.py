@@ -19,8 +19,9 @@ def paged_attention(
     k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
     v_cache: torch.Tensor,
     batch: ForwardBatch,
+    attn_mask: torch.Tensor,  # [B, 1, max_q, context] bool: the layer's causal or sliding mask
 ) -> torch.Tensor:
-    """Write this step's K/V into the cache, then attend over each sequence's whole context."""
+    """Write this step's K/V into the cache, then attend over the context the mask lets through."""
     num_blocks, block_size, kv_heads, head_dim = k_cache.shape
     k_cache.view(-1, kv_heads, head_dim).index_copy_(0, batch.slot_mapping, k)
     v_cache.view(-1, kv_heads, head_dim).index_copy_(0, batch.slot_mapping, v)
@@ -41,7 +42,7 @@ def paged_attention(
         queries.transpose(1, 2),  # [B, H, max_q, D]
         keys.transpose(1, 2),  # [B, KVH, context, D]
         values.transpose(1, 2),
-        attn_mask=batch.attn_mask,
+        attn_mask=attn_mask,
         enable_gqa=heads != kv_heads,
     ).transpose(1, 2)  # [B, max_q, H, D]
     if batch.query_rows is None:

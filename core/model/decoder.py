@@ -1,8 +1,9 @@
 """One decoder-only transformer covering Llama, Mistral, Qwen2 and Qwen3.
 
 The families differ only in optional pieces (q/k/v bias, per-head q/k RMSNorm, tied
-embeddings), which are present or absent in the weights. q/k/v and gate/up are fused into
-one matmul each; every projection can take a per-token LoRA delta from ``AdapterSlots``.
+embeddings), which are present or absent in the weights, and in which layers attend within a
+sliding window (``spec.layer_windows``). q/k/v and gate/up are fused into one matmul each;
+every projection can take a per-token LoRA delta from ``AdapterSlots``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class DecoderModel:
             if merged is not None and merged[index] is not None:
                 layer, lora = merged[index], None
             kv = (kv_cache[0, index], kv_cache[1, index])
-            hidden = self._layer(hidden, layer, kv, batch, rope, lora)
+            mask = batch.mask_for(self.spec.layer_windows[index])
+            hidden = self._layer(hidden, layer, kv, batch, mask, rope, lora)
         last = hidden[batch.logits_indices]  # [B, hidden]
         last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)
         return self.weights.lm_head(last).float()  # [B, vocab]
@@ -84,6 +86,7 @@ class DecoderModel:
         w: LayerWeights,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         batch: ForwardBatch,
+        attn_mask: torch.Tensor,  # [B, 1, max_q, context] bool, this layer's causal or sliding mask
         rope: tuple[torch.Tensor, torch.Tensor],
         lora: LayerLoRA | None,
     ) -> torch.Tensor:
@@ -102,7 +105,7 @@ class DecoderModel:
             q, k = qk.split(heads, dim=1)
             q = rotate(rms_norm(q, w.q_norm, spec.rms_norm_eps), *rope)
             k = rotate(rms_norm(k, w.k_norm, spec.rms_norm_eps), *rope)
-        attn = paged_attention(q, k, v, *kv_cache, batch)  # [T, q]
+        attn = paged_attention(q, k, v, *kv_cache, batch, attn_mask)  # [T, q]
         o = w.o(attn)
         if lora is not None:
             add_lora(o, attn, lora.o_a, lora.o_b, batch.lora)

@@ -20,7 +20,15 @@ class ForwardBatch:
     slot_mapping: torch.Tensor  # [T] int64, flat KV-cache row each token's K/V is written to
     block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0
     attn_mask: torch.Tensor  # [B, 1, max_q, max_blocks * block_size] bool, True = attend
+    sliding_mask: torch.Tensor | None  # as attn_mask, within the sliding window; None: no layer slides
     query_rows: tuple[torch.Tensor, torch.Tensor] | None  # (seq [T], row [T]); None: 1 token/seq
     max_query_len: int
     logits_indices: torch.Tensor  # [B] flat index of each sequence's last token
     lora: LoRABatch | None
+
+    def mask_for(self, window: int | None) -> torch.Tensor:
+        """The mask of a layer with this window (None = full causal attention)."""
+        if window is None:
+            return self.attn_mask
+        assert self.sliding_mask is not None, "sliding layer in a batch built without sliding_mask"
+        return self.sliding_mask

@@ -36,7 +36,7 @@ class ModelSpec:
     rope_scaling: dict[str, Any] | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    sliding_window: int | None
+    layer_windows: tuple[int | None, ...]  # per layer: sliding-window size, None = full attention
     eos_token_ids: tuple[int, ...]
     config_dtype: torch.dtype
 
@@ -47,6 +47,11 @@ class ModelSpec:
     @property
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The window every sliding layer shares (configs have one), or None if no layer slides."""
+        return next((w for w in self.layer_windows if w is not None), None)
 
 
 def load_spec(model_dir: str | Path) -> ModelSpec:
@@ -70,7 +75,6 @@ def load_spec(model_dir: str | Path) -> ModelSpec:
     rope_theta, rope_scaling = _rope(cfg)
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-    sliding = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
     return ModelSpec(
         architecture=arch,
         vocab_size=cfg["vocab_size"],
@@ -85,10 +89,36 @@ def load_spec(model_dir: str | Path) -> ModelSpec:
         rope_scaling=rope_scaling,
         max_position_embeddings=cfg.get("max_position_embeddings", 2048),
         tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-        sliding_window=sliding,
+        layer_windows=_layer_windows(arch, cfg),
         eos_token_ids=eos_ids,
         config_dtype=_DTYPES.get(cfg.get("torch_dtype") or cfg.get("dtype"), torch.float32),
     )
+
+
+def _layer_windows(arch: str, cfg: dict[str, Any]) -> tuple[int | None, ...]:
+    """Which layers slide, as transformers 5 decides it (a query at i sees keys i - window < j <= i).
+
+    Mistral slides every layer when ``sliding_window`` is set; Qwen2/3 only with
+    ``use_sliding_window``, then the layers marked "sliding_attention" in ``layer_types``, or
+    without it the layers from ``max_window_layers`` on; Llama never slides.
+    """
+    layers = cfg["num_hidden_layers"]
+    window = cfg.get("sliding_window")
+    if arch == "LlamaForCausalLM" or not window:
+        return (None,) * layers
+    if arch == "MistralForCausalLM":
+        return (window,) * layers
+    if not cfg.get("use_sliding_window", False):
+        return (None,) * layers
+    types = cfg.get("layer_types")
+    if types is None:
+        first = cfg.get("max_window_layers", 28)
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
+    if len(types) != layers:
+        raise UnsupportedModelError(
+            f"config.json lists {len(types)} layer_types for {layers} layers; they must match"
+        )
+    return tuple(window if t == "sliding_attention" else None for t in types)
 
 
 def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
