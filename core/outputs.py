@@ -11,6 +11,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" | "length" | None while running
+    stop_reason: str | int | None = None  # the stop string or token id; None for EOS or length
 
 
 @dataclass

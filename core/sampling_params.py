@@ -19,11 +19,14 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     n: int = 1
+    stop_token_ids: list[int] | None = None  # finish on any of these (the token is not text)
+    include_stop_str_in_output: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
+        self.stop_token_ids = list(self.stop_token_ids or [])
         self._check()
 
     def _check(self) -> None:
@@ -37,6 +40,13 @@ class SamplingParams:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.n < 1:
             raise InvalidRequestError(f"n must be at least 1, got {self.n}")
+
+    @property
+    def stop_holdback(self) -> int:
+        """Characters of a running text not shown yet: they may begin a stop string (as vLLM)."""
+        if not self.stop or self.include_stop_str_in_output:
+            return 0
+        return max(len(s) for s in self.stop) - 1
 
     @property
     def greedy(self) -> bool:

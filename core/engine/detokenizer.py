@@ -5,21 +5,23 @@ from __future__ import annotations
 from loraserve.engine.sequence import Sequence
 
 
-def update_text(seq: Sequence, tokenizer, drop_last: bool = False) -> bool:
-    """Decode ``seq``'s output; True if a stop string appeared (the text is cut before it).
+def update_text(seq: Sequence, tokenizer, drop_last: bool = False) -> str | None:
+    """Decode ``seq``'s output; the stop string that appeared, if one did.
 
-    ``drop_last`` leaves out the final token (an EOS token is never part of the text).
+    The text is cut before the stop string (or after it, with ``include_stop_str_in_output``).
+    ``drop_last`` leaves out the final token (an EOS or stop token is never part of the text).
     """
     previous = len(seq.text)
     ids = seq.output_token_ids[:-1] if drop_last else seq.output_token_ids
     seq.text = tokenizer.decode(ids, skip_special_tokens=True)
     stops = seq.params.stop
     if not stops:
-        return False
+        return None
     window = max(len(s) for s in stops)
     start = max(0, previous - window)
-    hits = [i for i in (seq.text.find(s, start) for s in stops) if i != -1]
+    hits = [(i, s) for s in stops if (i := seq.text.find(s, start)) != -1]
     if not hits:
-        return False
-    seq.text = seq.text[: min(hits)]
-    return True
+        return None
+    at, stop = min(hits)
+    seq.text = seq.text[: at + len(stop) if seq.params.include_stop_str_in_output else at]
+    return stop

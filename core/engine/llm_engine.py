@@ -279,11 +279,16 @@ class LLMEngine:
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params
+        if token in params.stop_token_ids:
+            update_text(seq, self.tokenizer, drop_last=True)
+            seq.stop_reason = token
+            return "stop"
         if not params.ignore_eos and token in self.eos_token_ids:
             update_text(seq, self.tokenizer, drop_last=True)
             return "stop"
         text_each_step = bool(params.stop) or self.detokenize_every_step
-        if text_each_step and update_text(seq, self.tokenizer):
+        if text_each_step and (stop := update_text(seq, self.tokenizer)) is not None:
+            seq.stop_reason = stop
             return "stop"
         if (params.max_tokens is not None and len(seq.output_token_ids) >= params.max_tokens) or (
             seq.num_tokens >= self.max_model_len
@@ -298,16 +303,22 @@ class LLMEngine:
             request_id=request.request_id,
             prompt=request.prompt,
             prompt_token_ids=request.prompt_token_ids,
-            outputs=[
-                CompletionOutput(s.index, s.text, list(s.output_token_ids), s.finish_reason)
-                for s in request.seqs
-            ],
+            outputs=[_completion(s) for s in request.seqs],
             finished=request.finished,
             lora_name=request.lora.lora_name if request.lora else None,
         )
 
     def _model_label(self, lora: LoRARequest | None) -> str:
         return lora.lora_name if lora else str(self.config.served_model_name)
+
+
+def _completion(seq: Sequence) -> CompletionOutput:
+    text = seq.text
+    if not seq.is_finished and (holdback := seq.params.stop_holdback):
+        text = text[: max(0, len(text) - holdback)]  # may be the start of a stop string
+    return CompletionOutput(
+        seq.index, text, list(seq.output_token_ids), seq.finish_reason, seq.stop_reason
+    )
 
 
 def _pick_device(name: str) -> torch.device:

@@ -33,6 +33,7 @@ class Sequence:
     num_cached_tokens: int = 0  # tokens whose K/V are in the cache
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the stop string or stop token id that finished it
     text: str = ""
     first_token_time: float | None = None
     lora_slot: int | None = None

@@ -98,3 +98,52 @@ def test_sampling_params_per_prompt(llm):
     assert long_.outputs[0].token_ids[:3] == short.outputs[0].token_ids
     with pytest.raises(InvalidRequestError, match="sampling_params has 1 entries for 2 prompts"):
         llm.generate(["a", "b"], [greedy])
+
+
+GREEDY_24 = dict(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+def stop_across_a_token_boundary(llm, prompt):
+    """(full greedy text, a 2-char stop string whose first match spans two tokens)."""
+    out = llm.generate(prompt, SamplingParams(**GREEDY_24))[0].outputs[0]
+    tokenizer = llm.get_tokenizer()
+    ends = {len(tokenizer.decode(out.token_ids[:i])) for i in range(1, len(out.token_ids))}
+    text = out.text
+    for at in range(1, len(text) - 1):
+        stop = text[at : at + 2]
+        if text.find(stop) == at and at + 1 in ends and "\ufffd" not in stop:
+            return text, stop
+    raise AssertionError(f"no usable stop string in {text!r}")
+
+
+def test_running_text_never_shows_the_start_of_a_stop_string(llm):
+    """vLLM holds back len(stop) - 1 characters, so streamed text is never taken back."""
+    full, stop = stop_across_a_token_boundary(llm, "hello world")
+    engine = llm.engine
+    ids = llm.get_tokenizer().encode("hello world")
+    engine.add_request("held", ids, SamplingParams(stop=[stop], **GREEDY_24))
+    seen = []
+    while engine.has_unfinished_requests():
+        seen += [out.outputs[0] for out in engine.step()]
+    final = seen[-1]
+    assert final.finish_reason == "stop" and final.stop_reason == stop
+    assert final.text == full[: full.find(stop)]
+    assert all(final.text.startswith(c.text) for c in seen)
+
+
+def test_stop_string_kept_on_request_and_stop_token_ids(llm):
+    full, stop = stop_across_a_token_boundary(llm, "hello world")
+    kept = llm.generate("hello world", SamplingParams(
+        stop=[stop], include_stop_str_in_output=True, **GREEDY_24))[0].outputs[0]
+    assert kept.text == full[: full.find(stop) + len(stop)] and kept.stop_reason == stop
+
+    out = llm.generate("hello world", SamplingParams(**GREEDY_24))[0].outputs[0]
+    token = out.token_ids[5]
+    first = out.token_ids.index(token)
+    ended = llm.generate("hello world", SamplingParams(stop_token_ids=[token], **GREEDY_24))[0]
+    comp = ended.outputs[0]
+    assert comp.token_ids == out.token_ids[: first + 1]
+    assert comp.finish_reason == "stop" and comp.stop_reason == token
+    assert comp.text == llm.get_tokenizer().decode(out.token_ids[:first], skip_special_tokens=True)
+    lengthy = llm.generate("hello world", SamplingParams(**GREEDY_24))[0].outputs[0]
+    assert lengthy.finish_reason == "length" and lengthy.stop_reason is None

@@ -38,7 +38,11 @@ def post(server: RunningServer, path: str, body, **kw) -> tuple[int, dict]:  # n
         ({"model": BASE, "prompt": "hi", "temperature": "hot"}, "'temperature' must be a number"),
         ({"model": BASE, "prompt": "hi", "temperature": -1}, "temperature must be >= 0"),
         ({"model": BASE, "prompt": "hi", "top_p": 0}, "top_p"),
-        ({"model": BASE, "prompt": "hi", "n": 0}, "n must be at least 1"),
+        ({"model": BASE, "prompt": "hi", "n": 0}, "'n' must be between 1 and 128"),
+        ({"model": BASE, "prompt": "hi", "n": 100_000}, "'n' must be between 1 and 128"),
+        ({"model": BASE, "prompt": "hi", "stream_options": {"include_usage": True}},
+         "Stream options can only be defined when `stream=True`."),
+        ({"model": BASE, "prompt": "hi", "stop_token_ids": ["x"]}, "'stop_token_ids' must be"),
         ({"model": BASE, "prompt": "hi", "stream": "yes"}, "'stream' must be a boolean"),
         ({"model": BASE, "prompt": "hi", "stop": [1]}, "'stop'"),
         ({"model": 7, "prompt": "hi"}, "'model' must be a string"),
@@ -61,6 +65,8 @@ def test_completion_bad_requests_are_400(server: RunningServer, body, fragment):
         ({"model": BASE, "messages": [{"role": "user", "content": 5}]}, "content"),
         ({"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
          "'max_tokens' must be at least 1"),
+        ({"model": BASE, "messages": [{"role": "user", "content": "hi"}],
+          "max_completion_tokens": -3}, "'max_completion_tokens' must be at least 1"),
     ],
 )
 def test_chat_bad_requests_are_400(server: RunningServer, body, fragment):  # noqa: ANN001

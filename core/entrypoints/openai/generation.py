@@ -52,6 +52,8 @@ def sampling_params(fields: SamplingFields, prompt_len: int, max_model_len: int)
         seed=fields.seed,
         ignore_eos=fields.ignore_eos,
         n=fields.n,
+        stop_token_ids=fields.stop_token_ids,
+        include_stop_str_in_output=fields.include_stop_str_in_output,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from loraserve.errors import InvalidRequestError
 
 _MISSING = object()
+MAX_N = 128  # OpenAI's bound on choices per prompt; beyond it a request is a denial of service
 
 
 def _field(body: dict[str, Any], name: str, kind: str, default: Any = None) -> Any:
@@ -63,14 +64,24 @@ class SamplingFields:
     n: int
     stop: list[str] | None
     ignore_eos: bool
+    stop_token_ids: list[int]
+    include_stop_str_in_output: bool
 
     @classmethod
     def parse(cls, body: dict[str, Any], max_tokens_default: int | None) -> SamplingFields:
-        max_tokens = _field(body, "max_tokens", "int")
+        name = "max_tokens"
+        max_tokens = _field(body, name, "int")
         if max_tokens is None:  # chat's newer name for the same limit
-            max_tokens = _field(body, "max_completion_tokens", "int", max_tokens_default)
+            name = "max_completion_tokens"
+            max_tokens = _field(body, name, "int", max_tokens_default)
         if max_tokens is not None and max_tokens < 1:
-            raise InvalidRequestError(f"'max_tokens' must be at least 1, got {max_tokens}")
+            raise InvalidRequestError(f"'{name}' must be at least 1, got {max_tokens}")
+        n = _field(body, "n", "int", 1)
+        if not 1 <= n <= MAX_N:
+            raise InvalidRequestError(f"'n' must be between 1 and {MAX_N}, got {n}")
+        stop_token_ids = _field(body, "stop_token_ids", "list", [])
+        if not _is_token_ids(stop_token_ids):
+            raise InvalidRequestError(f"'stop_token_ids' must be an array of integers, got {stop_token_ids!r}")
         top_k = _field(body, "top_k", "int", 0)
         return cls(
             max_tokens=max_tokens,
@@ -78,14 +89,20 @@ class SamplingFields:
             top_p=float(_field(body, "top_p", "number", 1.0)),
             top_k=0 if top_k == -1 else top_k,  # vLLM spells "disabled" as -1
             seed=_field(body, "seed", "int"),
-            n=_field(body, "n", "int", 1),
+            n=n,
             stop=_stop_list(body),
             ignore_eos=_field(body, "ignore_eos", "bool", False),
+            stop_token_ids=list(stop_token_ids),
+            include_stop_str_in_output=_field(body, "include_stop_str_in_output", "bool", False),
         )
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
-    options = _field(body, "stream_options", "dict", {})
+    options = _field(body, "stream_options", "dict")
+    if options is None:
+        return False
+    if not _field(body, "stream", "bool", False):  # vLLM's check and message
+        raise InvalidRequestError("Stream options can only be defined when `stream=True`.")
     return bool(_field(options, "include_usage", "bool", False))
 
 

@@ -79,15 +79,18 @@ async def _whole(outputs: Outputs, head: dict, usage: Usage) -> web.Response:
         final = out
     choices = [
         {"index": comp.index, "message": {"role": "assistant", "content": comp.text},
-         "logprobs": None, "finish_reason": comp.finish_reason, "stop_reason": None}
+         "logprobs": None, "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
         for comp in (final.outputs if final else [])
     ]
     body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.usage()}
     return web.json_response(body)
 
 
-def _chunk(head: dict, index: int, delta: dict, finish_reason: str | None) -> dict[str, Any]:
-    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+def _chunk(
+    head: dict, index: int, delta: dict, finish_reason: str | None, stop_reason: str | int | None = None
+) -> dict[str, Any]:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason,
+              "stop_reason": stop_reason}
     return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
 
@@ -114,7 +117,8 @@ async def _chunks(
             sent[comp.index] = len(text)
             if comp.finish_reason is not None:
                 finished.add(comp.index)
-            yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason)
+            yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason,
+                         comp.stop_reason)
     if include_usage:
         yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.usage()}
 

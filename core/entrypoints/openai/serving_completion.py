@@ -21,7 +21,7 @@ from loraserve.entrypoints.openai.protocol import CompletionRequest
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
     from loraserve.entrypoints.openai.serving_models import ServingModels
-    from loraserve.outputs import RequestOutput
+    from loraserve.outputs import CompletionOutput, RequestOutput
 
 Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
 
@@ -59,9 +59,9 @@ class ServingCompletion:
             await outputs.aclose()
 
 
-def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
-            "stop_reason": None}
+def _choice(index: int, text: str, comp: CompletionOutput) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": comp.finish_reason,
+            "stop_reason": comp.stop_reason}
 
 
 async def _whole(outputs: Outputs, head: dict, n: int, usage: Usage) -> web.Response:
@@ -70,7 +70,7 @@ async def _whole(outputs: Outputs, head: dict, n: int, usage: Usage) -> web.Resp
         usage.observe(index, out)
         final[index] = out
     choices = [
-        _choice(index * n + comp.index, comp.text, comp.finish_reason)
+        _choice(index * n + comp.index, comp.text, comp)
         for index in sorted(final)
         for comp in final[index].outputs
     ]
@@ -94,6 +94,6 @@ async def _chunks(
             sent[key] = len(text)
             if comp.finish_reason is not None:
                 finished.add(key)
-            yield {**head, "choices": [_choice(index * n + comp.index, delta, comp.finish_reason)]}
+            yield {**head, "choices": [_choice(index * n + comp.index, delta, comp)]}
     if include_usage:
         yield {**head, "choices": [], "usage": usage.usage()}
