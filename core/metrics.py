@@ -9,7 +9,7 @@ REGISTRY = CollectorRegistry()
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 REQUESTS = Counter(
-    "loraserve_requests", "Finished requests per model or adapter.", ["model", "finish_reason"],
+    "loraserve_requests", "Finished sequences (one per choice of a request) per model or adapter.", ["model", "finish_reason"],
     registry=REGISTRY,
 )
 PROMPT_TOKENS = Counter(

@@ -147,7 +147,8 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
     from loraserve.config import EngineConfig
 
     if args.lora_modules and not args.enable_lora:
-        raise SystemExit("error: --lora-modules needs --enable-lora")
+        print("error: --lora-modules needs --enable-lora", file=sys.stderr)
+        raise SystemExit(2)  # a flag error, like argparse's own
     runtime = runtime_lora_updating_from_env()
     engine = EngineConfig(
         model=args.model,

@@ -85,9 +85,11 @@ def test_parse_lora_module_direct():
     assert parse_lora_module(" sql = /p ") == LoRAModulePath("sql", "/p")
 
 
-def test_lora_modules_need_enable_lora():
-    with pytest.raises(SystemExit, match="--enable-lora"):
+def test_lora_modules_need_enable_lora(capsys):
+    with pytest.raises(SystemExit) as info:
         configs_from_args(parse("--lora-modules", "a=/a"))
+    assert info.value.code == 2  # a flag error, as docs/server.md says
+    assert "--lora-modules needs --enable-lora" in capsys.readouterr().err
 
 
 def test_bad_numbers_are_rejected(capsys):

@@ -99,15 +99,17 @@ class ServingModels:
             try:
                 await self.add(module.name, module.path, module.base_model_name)
             except (InvalidRequestError, LoRAAdapterError, NotFoundError) as exc:
+                reason = exc.reason if isinstance(exc, LoRAAdapterError) else str(exc)
                 raise LoRAAdapterError(
-                    module.name, f"--lora-modules item could not be loaded from '{module.path}': {exc}"
+                    module.name, f"--lora-modules item could not be loaded from '{module.path}': {reason}"
                 ) from exc
 
     async def load(self, request: LoadLoRAAdapterRequest) -> str:
         """``POST /v1/load_lora_adapter``; returns vLLM's success text."""
         if not request.lora_name or not request.lora_path:
             raise InvalidRequestError("Both 'lora_name' and 'lora_path' must be provided.")
-        await self.add(request.lora_name, request.lora_path)
+        # a relative path means the server's working directory: name it in full in /v1/models
+        await self.add(request.lora_name, os.path.abspath(request.lora_path))
         return f"Success: LoRA adapter '{request.lora_name}' added successfully"
 
     async def unload(self, request: UnloadLoRAAdapterRequest) -> str:
