@@ -96,14 +96,21 @@ class LoRAManager:
     def remove(self, name: str) -> LoRARequest:
         """Forget an adapter; requests already using it keep their weights until they finish."""
         with self._lock:
-            request = self._registered.pop(name, None)
+            request = self._forget(name)
             if request is None:
                 raise LoRANotFoundError(name, "No LoRA adapter with this name is loaded.")
-            self._last_used.pop(name, None)
-            if self._host_refs[_key(request)] == 0:
-                self._drop_host(_key(request))
         if self.events:
             self.events.notify_evicted(name)
+        return request
+
+    def _forget(self, name: str) -> LoRARequest | None:
+        """Unregister ``name`` (lock held); its host copy goes unless a request still holds it."""
+        request = self._registered.pop(name, None)
+        if request is None:
+            return None
+        self._last_used.pop(name, None)
+        if self._host_refs[_key(request)] == 0:
+            self._drop_host(_key(request))
         return request
 
     def get(self, name: str) -> LoRARequest | None:
@@ -136,13 +143,10 @@ class LoRAManager:
             name = self._name_of(lora_path)
             if name is None:
                 return True
-            request = self._registered[name]
-            key = _key(request)
-            if self._host_refs[key] > 0 or self._last_used.get(name, 0.0) >= unused_since:
+            in_use = self._host_refs[_key(self._registered[name])] > 0
+            if in_use or self._last_used.get(name, 0.0) >= unused_since:
                 return False
-            del self._registered[name]
-            self._last_used.pop(name, None)
-            self._drop_host(key)
+            self._forget(name)
         logger.info("unloaded idle LoRA adapter '%s' to make room in the download cache", name)
         if self.events:
             self.events.notify_evicted(name)

@@ -65,7 +65,11 @@ class LoRAResolutionService:
         self._missing: OrderedDict[str, tuple[float, ErrorFactory]] = OrderedDict()  # -> (expiry, error)
 
     async def resolve(self, lora_name: str) -> LoRARequest:
-        """The loaded request for ``lora_name``; ``LoRANotFoundError`` if no resolver has it."""
+        """The loaded request for ``lora_name``.
+
+        Raises ``LoRANotFoundError`` if no resolver has it, ``LoRAAdapterError`` if one found
+        it but it was refused, ``AdapterDownloadError`` if only a download failed.
+        """
         failure = self._recent_failure(lora_name)
         if failure is not None:
             raise failure()

@@ -105,7 +105,7 @@ class ServingModels:
                 ) from exc
 
     async def load(self, request: LoadLoRAAdapterRequest) -> str:
-        """``POST /v1/load_lora_adapter``; returns vLLM's success text."""
+        """``POST /v1/load_lora_adapter``; returns the contract's success text."""
         if not request.lora_name or not request.lora_path:
             raise InvalidRequestError("Both 'lora_name' and 'lora_path' must be provided.")
         # a relative path means the server's working directory: name it in full in /v1/models

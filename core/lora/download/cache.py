@@ -279,14 +279,18 @@ class DownloadCache:
         total = sum(e.size_bytes for _, _, e in entries if not e.external)
         if total <= self.config.max_cache_bytes:
             return
-        candidates = [(slug, e) for _, slug, e in entries if slug != keep and not e.external]
-        loaded = []
-        for slug, entry in candidates:
-            used = _loaded_last_used(str(self.store.adapter_path(slug, entry)))
+        unloaded, loaded = [], []
+        for _, slug, entry in entries:
+            if slug == keep or entry.external:
+                continue
+            path = str(self.store.adapter_path(slug, entry))
+            used = _loaded_last_used(path)
             if used is not None:
                 loaded.append((used, slug, entry))
+            elif path not in _pinned_paths.values():  # pinned with no engine to ask: kept
+                unloaded.append((slug, entry))
         loaded.sort(key=lambda item: item[0])
-        plan = [(slug, e, False) for slug, e in candidates if not self._is_loaded(slug, e)]
+        plan = [(slug, e, False) for slug, e in unloaded]
         plan += [(slug, e, True) for _, slug, e in loaded]
         for slug, entry, unload in plan:
             if total <= self.config.max_cache_bytes:
@@ -299,9 +303,6 @@ class DownloadCache:
                 total,
                 self.config.max_cache_bytes,
             )
-
-    def _is_loaded(self, slug: str, entry: CacheEntry) -> bool:
-        return _is_loaded(str(self.store.adapter_path(slug, entry)))
 
     def _delete(self, slug: str, started: float, unload: bool) -> bool:
         """Remove one entry and its lock file, unloading it first if ``unload``; False if kept."""
