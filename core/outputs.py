@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from loraserve.logprobs import SampleLogprobs
+
 
 @dataclass
 class CompletionOutput:
@@ -12,6 +14,8 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" | "length" | None while running
     stop_reason: str | int | None = None  # the stop string or token id; None for EOS or length
+    logprobs: SampleLogprobs | None = None  # per token, when SamplingParams.logprobs is set
+    cumulative_logprob: float | None = None  # likewise
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loraserve.errors import InvalidRequestError
+from loraserve.logprobs import MAX_LOGPROBS
 
 
 @dataclass
@@ -21,12 +22,19 @@ class SamplingParams:
     n: int = 1
     stop_token_ids: list[int] | None = None  # finish on any of these (the token is not text)
     include_stop_str_in_output: bool = False
+    presence_penalty: float = 0.0  # minus this for every token already generated
+    frequency_penalty: float = 0.0  # minus this times how often the token was generated
+    repetition_penalty: float = 1.0  # divides (or, if negative, multiplies) seen tokens' logits
+    min_tokens: int = 0  # EOS, stop token ids and stop strings are held off until then
+    logprobs: int | None = None  # report the sampled token's and the top-N log-probabilities
+    logit_bias: dict[int, float] | None = None  # added to the logits of these token ids
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = {int(t): float(b) for t, b in (self.logit_bias or {}).items()}
         self._check()
 
     def _check(self) -> None:
@@ -40,6 +48,23 @@ class SamplingParams:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.n < 1:
             raise InvalidRequestError(f"n must be at least 1, got {self.n}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.repetition_penalty <= 0:
+            raise InvalidRequestError(
+                f"repetition_penalty must be greater than zero, got {self.repetition_penalty}"
+            )
+        if self.min_tokens < 0:
+            raise InvalidRequestError(f"min_tokens must be at least 0, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
+            )
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequestError(
+                f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}"
+            )
 
     @property
     def stop_holdback(self) -> int:
@@ -51,3 +76,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < 1e-5
+
+    @property
+    def has_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)

@@ -5,17 +5,20 @@ from __future__ import annotations
 from loraserve.engine.sequence import Sequence
 
 
-def update_text(seq: Sequence, tokenizer, drop_last: bool = False) -> str | None:
-    """Decode ``seq``'s output; the stop string that appeared, if one did.
+def update_text(
+    seq: Sequence, tokenizer, drop_last: bool = False, find_stop: bool = True
+) -> str | None:
+    """Decode ``seq``'s output; the stop string that appeared in the new text, if one did.
 
     The text is cut before the stop string (or after it, with ``include_stop_str_in_output``).
-    ``drop_last`` leaves out the final token (an EOS or stop token is never part of the text).
+    ``drop_last`` leaves out the final token (an EOS or stop token is never part of the text);
+    without ``find_stop`` the text is only decoded (``min_tokens`` not reached yet).
     """
     previous = len(seq.text)
     ids = seq.output_token_ids[:-1] if drop_last else seq.output_token_ids
     seq.text = tokenizer.decode(ids, skip_special_tokens=True)
     stops = seq.params.stop
-    if not stops:
+    if not stops or not find_stop:
         return None
     window = max(len(s) for s in stops)
     start = max(0, previous - window)

@@ -21,6 +21,7 @@ from loraserve.config import EngineConfig
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.detokenizer import update_text
 from loraserve.engine.model_runner import ModelRunner
+from loraserve.engine.sampler import SampledToken, sample
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
@@ -169,6 +170,10 @@ class LLMEngine:
         vocab = self.spec.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        if outside := sorted(t for t in params.logit_bias or () if not 0 <= t < vocab):
+            raise InvalidRequestError(
+                f"logit_bias names token ids outside the vocabulary [0, {vocab}): {outside}"
+            )
         wanted = len(prompt_token_ids) + (params.max_tokens or 1)
         if wanted > self.max_model_len:
             raise InvalidRequestError(
@@ -254,11 +259,15 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         if scheduled is None:
             return []
-        tokens = self.runner.run(scheduled)
+        logits = self.runner.run(scheduled)
+        sampled = sample(logits, scheduled.seqs, self.eos_token_ids)
         now = time.monotonic()
         touched: dict[str, _Request] = {}
-        for seq, token in zip(scheduled.seqs, tokens):
+        for seq, choice in zip(scheduled.seqs, sampled):
+            token = choice.token_id
             seq.output_token_ids.append(token)
+            if choice.logprobs is not None:
+                self._record_logprobs(seq, choice)
             metrics.GENERATION_TOKENS.labels(model=self._model_label(seq.lora)).inc()
             if seq.first_token_time is None:
                 seq.first_token_time = now
@@ -277,8 +286,14 @@ class LLMEngine:
                 self.unpin_lora(request.lora)
         return outputs
 
+    def _record_logprobs(self, seq: Sequence, choice: SampledToken) -> None:
+        for token_id, logprob in choice.logprobs.items():
+            logprob.decoded_token = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        seq.output_logprobs.append(choice.logprobs)
+        seq.cumulative_logprob += choice.logprobs[choice.token_id].logprob
+
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        params = seq.params
+        params = seq.params  # below min_tokens the sampler masked EOS and the stop ids
         if token in params.stop_token_ids:
             update_text(seq, self.tokenizer, drop_last=True)
             seq.stop_reason = token
@@ -287,10 +302,18 @@ class LLMEngine:
             update_text(seq, self.tokenizer, drop_last=True)
             return "stop"
         text_each_step = bool(params.stop) or self.detokenize_every_step
-        if text_each_step and (stop := update_text(seq, self.tokenizer)) is not None:
-            seq.stop_reason = stop
-            return "stop"
-        if (params.max_tokens is not None and len(seq.output_token_ids) >= params.max_tokens) or (
+        if text_each_step:
+            # as in vLLM, stop strings count once more than min_tokens tokens are out
+            find_stop = len(seq.output_token_ids) > params.min_tokens
+            if (stop := update_text(seq, self.tokenizer, find_stop=find_stop)) is not None:
+                seq.stop_reason = stop
+                return "stop"
+        return self._length_reason(seq, text_each_step)
+
+    def _length_reason(self, seq: Sequence, text_each_step: bool) -> str | None:
+        """"length" at max_tokens or the context limit; the text is brought up to date then."""
+        max_tokens = seq.params.max_tokens
+        if (max_tokens is not None and len(seq.output_token_ids) >= max_tokens) or (
             seq.num_tokens >= self.max_model_len
         ):
             if not text_each_step:  # otherwise the text is already up to date
@@ -316,8 +339,11 @@ def _completion(seq: Sequence) -> CompletionOutput:
     text = seq.text
     if not seq.is_finished and (holdback := seq.params.stop_holdback):
         text = text[: max(0, len(text) - holdback)]  # may be the start of a stop string
+    asked = seq.params.logprobs is not None
     return CompletionOutput(
-        seq.index, text, list(seq.output_token_ids), seq.finish_reason, seq.stop_reason
+        seq.index, text, list(seq.output_token_ids), seq.finish_reason, seq.stop_reason,
+        logprobs=list(seq.output_logprobs) if asked else None,
+        cumulative_logprob=seq.cumulative_logprob if asked else None,
     )
 
 

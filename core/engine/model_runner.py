@@ -1,10 +1,9 @@
-"""Owns the model and the KV cache; turns a scheduled step into tensors, logits and tokens."""
+"""Owns the model and the KV cache; turns a scheduled step into tensors and logits."""
 
 from __future__ import annotations
 
 import torch
 
-from loraserve.engine.sampler import sample
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.kernels import NO_ADAPTER, LoRABatch
 from loraserve.model.decoder import DecoderModel
@@ -24,11 +23,12 @@ class ModelRunner:
             dtype=weights.embed.dtype, device=self.device,
         )
 
-    def run(self, step: ScheduledStep) -> list[int]:
-        """One forward pass over every scheduled sequence; returns one new token per sequence.
+    def run(self, step: ScheduledStep) -> torch.Tensor:
+        """One forward pass over every scheduled sequence; returns each one's next-token logits.
 
         The step's sequences are reordered by LoRA slot first, so each adapter's tokens are
-        contiguous and the LoRA path can slice instead of gather.
+        contiguous and the LoRA path can slice instead of gather. Row i of the logits
+        [B, vocab] (float32) belongs to ``step.seqs[i]`` in that new order.
         """
         order = sorted(range(len(step.seqs)), key=lambda i: _slot_key(step.seqs[i]))
         step.seqs[:] = [step.seqs[i] for i in order]
@@ -37,7 +37,7 @@ class ModelRunner:
         logits = self.model.forward(batch, self.kv_cache)  # [B, vocab]
         for seq in step.seqs:
             seq.num_cached_tokens = seq.num_tokens
-        return sample(logits, step.seqs)
+        return logits
 
     def _prepare(self, step: ScheduledStep) -> ForwardBatch:
         """Flatten the step's tokens and build positions, cache slots, masks and the LoRA map."""

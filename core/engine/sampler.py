@@ -1,19 +1,48 @@
-"""Turn each sequence's last-token logits into its next token."""
+"""Turn each sequence's last-token logits into its next token (and, if asked, its logprobs)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
+
 import torch
 
+from loraserve.engine.logits_processors import needs_processing, process_row
 from loraserve.engine.sequence import Sequence
+from loraserve.logprobs import Logprob
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """logits: [B, vocab] float32. Greedy rows take argmax (ties: lowest id, like HF)."""
+@dataclass
+class SampledToken:
+    token_id: int
+    # The sampled token's and the top-N log-probabilities, by token id (sampled first);
+    # None unless the request asked. The engine fills in the decoded text.
+    logprobs: dict[int, Logprob] | None = None
+
+
+@torch.inference_mode()
+def sample(
+    logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: Collection[int] = ()
+) -> list[SampledToken]:
+    """logits: [B, vocab] float32, changed in place. Greedy rows take argmax (ties: lowest id).
+
+    Log-probabilities come from the raw logits, before penalties, bias or temperature
+    (vLLM's default, ``raw_logprobs``), so they describe the model, not the sampler.
+    """
+    logprob_rows = [row for row, seq in enumerate(seqs) if seq.params.logprobs is not None]
+    raw = logits[logprob_rows].log_softmax(-1) if logprob_rows else None  # [rows asking, vocab]
+    for row, seq in enumerate(seqs):
+        if needs_processing(seq):
+            process_row(logits[row], seq, eos_token_ids)
     greedy = logits.argmax(dim=-1).tolist()
-    return [
-        greedy[row] if seq.params.greedy else _sample_row(logits[row], seq)
+    sampled = [
+        SampledToken(greedy[row] if seq.params.greedy else _sample_row(logits[row], seq))
         for row, seq in enumerate(seqs)
     ]
+    for i, row in enumerate(logprob_rows):
+        token = sampled[row]
+        token.logprobs = _logprobs(raw[i], token.token_id, seqs[row].params.logprobs)
+    return sampled
 
 
 def _sample_row(logits: torch.Tensor, seq: Sequence) -> int:
@@ -29,3 +58,14 @@ def _sample_row(logits: torch.Tensor, seq: Sequence) -> int:
         logits = logits.index_fill(0, order[drop], float("-inf"))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=seq.generator).item())
+
+
+def _logprobs(row: torch.Tensor, token: int, top: int) -> dict[int, Logprob]:
+    """row: [vocab] log-probabilities. The sampled token first, then the ``top`` most likely."""
+    chosen = row[token]
+    result = {token: Logprob(float(chosen), rank=int((row > chosen).sum()) + 1)}
+    if top:
+        values, ids = row.topk(min(top, row.shape[0]))
+        for rank, (value, index) in enumerate(zip(values.tolist(), ids.tolist()), start=1):
+            result.setdefault(index, Logprob(value, rank))
+    return result

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loraserve.logprobs import SampleLogprobs
 from loraserve.lora.request import LoRARequest
 from loraserve.sampling_params import SamplingParams
 
@@ -37,6 +38,17 @@ class Sequence:
     text: str = ""
     first_token_time: float | None = None
     lora_slot: int | None = None
+    output_logprobs: SampleLogprobs = field(default_factory=list)  # one dict per output token
+    cumulative_logprob: float = 0.0  # of the sampled tokens, when logprobs are asked for
+    _prompt_mask: torch.Tensor | None = field(default=None, repr=False)  # [vocab] bool, lazily
+
+    def prompt_token_mask(self, vocab: int, device: torch.device) -> torch.Tensor:
+        """Which token ids occur in the prompt; built once, for the repetition penalty."""
+        if self._prompt_mask is None:
+            mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+            mask[torch.tensor(self.prompt_token_ids, dtype=torch.long, device=device)] = True
+            self._prompt_mask = mask
+        return self._prompt_mask
 
     @property
     def token_ids(self) -> list[int]:
