@@ -54,6 +54,12 @@ def sampling_params(fields: SamplingFields, prompt_len: int, max_model_len: int)
         n=fields.n,
         stop_token_ids=fields.stop_token_ids,
         include_stop_str_in_output=fields.include_stop_str_in_output,
+        presence_penalty=fields.presence_penalty,
+        frequency_penalty=fields.frequency_penalty,
+        repetition_penalty=fields.repetition_penalty,
+        min_tokens=fields.min_tokens,
+        logit_bias=fields.logit_bias,
+        logprobs=fields.logprobs,
     )
 
 

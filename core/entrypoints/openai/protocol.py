@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraserve.errors import InvalidRequestError
+from loraserve.logprobs import MAX_LOGPROBS
 
 _MISSING = object()
 MAX_N = 128  # OpenAI's bound on choices per prompt; beyond it a request is a denial of service
@@ -66,9 +67,17 @@ class SamplingFields:
     ignore_eos: bool
     stop_token_ids: list[int]
     include_stop_str_in_output: bool
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    min_tokens: int
+    logit_bias: dict[int, float] | None
+    logprobs: int | None  # how many top alternatives per token; None: no logprobs
 
     @classmethod
-    def parse(cls, body: dict[str, Any], max_tokens_default: int | None) -> SamplingFields:
+    def parse(
+        cls, body: dict[str, Any], max_tokens_default: int | None, logprobs: int | None
+    ) -> SamplingFields:
         name = "max_tokens"
         max_tokens = _field(body, name, "int")
         if max_tokens is None:  # chat's newer name for the same limit
@@ -94,7 +103,46 @@ class SamplingFields:
             ignore_eos=_field(body, "ignore_eos", "bool", False),
             stop_token_ids=list(stop_token_ids),
             include_stop_str_in_output=_field(body, "include_stop_str_in_output", "bool", False),
+            presence_penalty=float(_field(body, "presence_penalty", "number", 0.0)),
+            frequency_penalty=float(_field(body, "frequency_penalty", "number", 0.0)),
+            repetition_penalty=float(_field(body, "repetition_penalty", "number", 1.0)),
+            min_tokens=_field(body, "min_tokens", "int", 0),
+            logit_bias=_logit_bias(body),
+            logprobs=logprobs,
         )
+
+
+def _logit_bias(body: dict[str, Any]) -> dict[int, float] | None:
+    """OpenAI's ``{"token id": bias}``; biases are clamped to [-100, 100] as vLLM does."""
+    bias = _field(body, "logit_bias", "dict")
+    if not bias:
+        return None
+    parsed = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.lstrip("-").isdigit()):
+            raise InvalidRequestError(f"'logit_bias' keys must be token ids, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequestError(f"'logit_bias' values must be numbers, got {value!r}")
+        parsed[int(key)] = min(100.0, max(-100.0, float(value)))
+    return parsed
+
+
+def _bounded_logprobs(name: str, value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise InvalidRequestError(f"'{name}' must be between 0 and {MAX_LOGPROBS}, got {value}")
+    return value
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """Fields that would change the answer and that loraserve does not implement: a 400, not
+    a silent answer to another question."""
+    best_of = _field(body, "best_of", "int")
+    if best_of is not None and best_of > 1:
+        raise InvalidRequestError("'best_of' is not supported; use 'n' for several completions")
+    if _field(body, "suffix", "str"):
+        raise InvalidRequestError("'suffix' is not supported")
+    if _field(body, "prompt_logprobs", "int") is not None:
+        raise InvalidRequestError("'prompt_logprobs' is not supported")
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -115,18 +163,29 @@ class CompletionRequest:
     sampling: SamplingFields
     stream: bool = False
     include_usage: bool = False
+    echo: bool = False  # the prompt's text starts each choice's text
 
     @classmethod
     def parse(cls, body: Any) -> CompletionRequest:
         body = _require_object(body)
         if "prompt" not in body or body["prompt"] is None:
             raise InvalidRequestError("'prompt' is required")
+        _refuse_unsupported(body)
+        logprobs = _bounded_logprobs("logprobs", _field(body, "logprobs", "int"))
+        echo = _field(body, "echo", "bool", False)
+        if echo and logprobs is not None:
+            raise InvalidRequestError(
+                "'echo' with 'logprobs' is not supported: it needs the prompt's logprobs, "
+                "which loraserve does not compute"
+            )
         return cls(
             model=_field(body, "model", "str"),
             prompts=_parse_prompts(body["prompt"]),
-            sampling=SamplingFields.parse(body, max_tokens_default=16),  # OpenAI's default
+            # 16 is OpenAI's default
+            sampling=SamplingFields.parse(body, max_tokens_default=16, logprobs=logprobs),
             stream=_field(body, "stream", "bool", False),
             include_usage=_include_usage(body),
+            echo=echo,
         )
 
 
@@ -171,16 +230,28 @@ class ChatCompletionRequest:
         messages = _field(body, "messages", "list")
         if not messages:
             raise InvalidRequestError("'messages' is required and must be a non-empty array")
+        _refuse_unsupported(body)
         return cls(
             model=_field(body, "model", "str"),
             messages=[_parse_message(i, m) for i, m in enumerate(messages)],
             # None: up to the context limit, as vLLM does for chat
-            sampling=SamplingFields.parse(body, max_tokens_default=None),
+            sampling=SamplingFields.parse(body, max_tokens_default=None,
+                                          logprobs=_chat_logprobs(body)),
             stream=_field(body, "stream", "bool", False),
             include_usage=_include_usage(body),
             add_generation_prompt=_field(body, "add_generation_prompt", "bool", True),
             chat_template_kwargs=_field(body, "chat_template_kwargs", "dict", {}),
         )
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    """Chat spells it ``logprobs: true`` plus ``top_logprobs: N`` (vLLM's checks and message)."""
+    top = _bounded_logprobs("top_logprobs", _field(body, "top_logprobs", "int"))
+    if not _field(body, "logprobs", "bool", False):
+        if top:
+            raise InvalidRequestError("when using `top_logprobs`, `logprobs` must be set to true.")
+        return None
+    return top or 0
 
 
 def _parse_message(index: int, message: Any) -> dict[str, str]:

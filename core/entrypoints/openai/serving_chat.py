@@ -16,7 +16,8 @@ from loraserve.entrypoints.openai.generation import (
     sampling_params,
     streamable,
 )
-from loraserve.entrypoints.openai.protocol import ChatCompletionRequest
+from loraserve.entrypoints.openai.logprobs import chat_logprobs
+from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
 from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -65,21 +66,22 @@ class ServingChat:
         outputs = merged(self.engine, [prompt], params, head["id"], lora)
         try:
             if req.stream:
-                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage)
+                chunks = _chunks(outputs, head, req.sampling, req.include_usage, usage)
                 return await SSEStream(request).run(chunks)
-            return await _whole(outputs, head, usage)
+            return await _whole(outputs, head, req.sampling.logprobs, usage)
         finally:
             await outputs.aclose()
 
 
-async def _whole(outputs: Outputs, head: dict, usage: Usage) -> web.Response:
+async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) -> web.Response:
     final: RequestOutput | None = None
     async for index, out in outputs:
         usage.observe(index, out)
         final = out
     choices = [
         {"index": comp.index, "message": {"role": "assistant", "content": comp.text},
-         "logprobs": None, "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
+         "logprobs": None if top is None else chat_logprobs(comp.token_ids, comp.logprobs, top),
+         "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
         for comp in (final.outputs if final else [])
     ]
     body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.usage()}
@@ -87,25 +89,28 @@ async def _whole(outputs: Outputs, head: dict, usage: Usage) -> web.Response:
 
 
 def _chunk(
-    head: dict, index: int, delta: dict, finish_reason: str | None, stop_reason: str | int | None = None
+    head: dict, index: int, delta: dict, finish_reason: str | None,
+    stop_reason: str | int | None = None, logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason,
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
               "stop_reason": stop_reason}
     return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
 
 async def _chunks(
-    outputs: Outputs, head: dict, n: int, include_usage: bool, usage: Usage
+    outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage
 ) -> AsyncIterator[dict[str, Any]]:
-    """A role chunk per choice first (as OpenAI sends it), then content deltas.
+    """A role chunk per choice first (as OpenAI sends it), then content deltas, each with the
+    logprobs of the tokens generated since the choice's previous chunk when asked for.
 
     The first engine output is awaited before the role chunks so that an engine error at
     admission still reaches the client as an HTTP status rather than an in-band event.
     """
     first = await anext(outputs, None)
-    for index in range(n):
+    for index in range(sampling.n):
         yield _chunk(head, index, {"role": "assistant", "content": ""}, None)
     sent: dict[int, int] = {}
+    sent_tokens: dict[int, int] = {}
     finished: set[int] = set()
     async for prompt_index, out in _prepend(first, outputs):
         usage.observe(prompt_index, out)
@@ -114,11 +119,17 @@ async def _chunks(
             delta = text[sent.get(comp.index, 0):]
             if comp.index in finished or (not delta and comp.finish_reason is None):
                 continue
+            logprobs = None
+            if sampling.logprobs is not None:
+                start = sent_tokens.get(comp.index, 0)
+                logprobs = chat_logprobs(comp.token_ids[start:], comp.logprobs[start:],
+                                         sampling.logprobs)
+                sent_tokens[comp.index] = len(comp.token_ids)
             sent[comp.index] = len(text)
             if comp.finish_reason is not None:
                 finished.add(comp.index)
             yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason,
-                         comp.stop_reason)
+                         comp.stop_reason, logprobs)
     if include_usage:
         yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.usage()}
 

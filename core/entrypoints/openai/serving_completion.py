@@ -16,6 +16,7 @@ from loraserve.entrypoints.openai.generation import (
     sampling_params,
     streamable,
 )
+from loraserve.entrypoints.openai.logprobs import completion_logprobs
 from loraserve.entrypoints.openai.protocol import CompletionRequest
 
 if TYPE_CHECKING:
@@ -48,29 +49,39 @@ class ServingCompletion:
         head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
                 "model": model_name}
         usage = Usage([len(p) for p in prompts])
-        outputs = merged(self.engine, prompts, params[0], head["id"], lora,
-                         [p if isinstance(p, str) else None for p in req.prompts])
+        texts = [p if isinstance(p, str) else None for p in req.prompts]
+        outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
+        # with echo, each choice's text starts with its prompt's (token prompts decoded)
+        echoes = [
+            (t if t is not None else self.engine.tokenizer.decode(p)) if req.echo else ""
+            for t, p in zip(texts, prompts)
+        ]
         try:
             if req.stream:
-                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage)
+                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage, echoes)
                 return await SSEStream(request).run(chunks)
-            return await _whole(outputs, head, req.sampling.n, usage)
+            return await _whole(outputs, head, req.sampling.n, usage, echoes)
         finally:
             await outputs.aclose()
 
 
-def _choice(index: int, text: str, comp: CompletionOutput) -> dict[str, Any]:
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": comp.finish_reason,
-            "stop_reason": comp.stop_reason}
+def _choice(
+    index: int, text: str, comp: CompletionOutput, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs,
+            "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
 
 
-async def _whole(outputs: Outputs, head: dict, n: int, usage: Usage) -> web.Response:
+async def _whole(
+    outputs: Outputs, head: dict, n: int, usage: Usage, echoes: list[str]
+) -> web.Response:
     final: dict[int, RequestOutput] = {}
     async for index, out in outputs:
         usage.observe(index, out)
         final[index] = out
     choices = [
-        _choice(index * n + comp.index, comp.text, comp)
+        _choice(index * n + comp.index, echoes[index] + comp.text, comp,
+                None if comp.logprobs is None else completion_logprobs(comp.token_ids, comp.logprobs))
         for index in sorted(final)
         for comp in final[index].outputs
     ]
@@ -78,10 +89,14 @@ async def _whole(outputs: Outputs, head: dict, n: int, usage: Usage) -> web.Resp
 
 
 async def _chunks(
-    outputs: Outputs, head: dict, n: int, include_usage: bool, usage: Usage
+    outputs: Outputs, head: dict, n: int, include_usage: bool, usage: Usage, echoes: list[str]
 ) -> AsyncIterator[dict[str, Any]]:
-    """One chunk per new piece of text of one choice; the last carries its finish_reason."""
-    sent: dict[tuple[int, int], int] = {}
+    """One chunk per new piece of text of one choice; the last carries its finish_reason.
+
+    A chunk's logprobs cover the tokens generated since the choice's previous chunk.
+    """
+    sent: dict[tuple[int, int], int] = {}  # characters of the choice's text already sent
+    sent_tokens: dict[tuple[int, int], int] = {}
     finished: set[tuple[int, int]] = set()
     async for index, out in outputs:
         usage.observe(index, out)
@@ -91,9 +106,17 @@ async def _chunks(
             delta = text[sent.get(key, 0):]
             if key in finished or (not delta and comp.finish_reason is None):
                 continue
+            logprobs = None
+            if comp.logprobs is not None:
+                first = sent_tokens.get(key, 0)
+                logprobs = completion_logprobs(comp.token_ids[first:], comp.logprobs[first:],
+                                               text_offset=sent.get(key, 0))
+                sent_tokens[key] = len(comp.token_ids)
+            if key not in sent:
+                delta = echoes[index] + delta
             sent[key] = len(text)
             if comp.finish_reason is not None:
                 finished.add(key)
-            yield {**head, "choices": [_choice(index * n + comp.index, delta, comp)]}
+            yield {**head, "choices": [_choice(index * n + comp.index, delta, comp, logprobs)]}
     if include_usage:
         yield {**head, "choices": [], "usage": usage.usage()}
