@@ -134,6 +134,7 @@ class AsyncLLMEngine:
             if self._drain_inbox() is _STOP:
                 return
             if not self.engine.has_unfinished_requests():
+                self._publish_gauges()  # aborts may have emptied the engine since the last step
                 self._wake.wait()
                 self._wake.clear()
                 continue
@@ -143,10 +144,13 @@ class AsyncLLMEngine:
                 logger.exception("engine step failed")
                 self._fail_all(exc)
                 continue
-            metrics.QUEUE_LENGTH.set(self.engine.num_waiting)
-            metrics.RUNNING.set(self.engine.num_running)
+            self._publish_gauges()
             for output in outputs:
                 self._deliver(output.request_id, output)
+
+    def _publish_gauges(self) -> None:
+        metrics.QUEUE_LENGTH.set(self.engine.num_waiting)
+        metrics.RUNNING.set(self.engine.num_running)
 
     def _drain_inbox(self) -> object | None:
         while True:

@@ -235,6 +235,20 @@ def test_client_disconnect_mid_stream_frees_the_sequence(server: RunningServer, 
     _, lines = stream_lines(f"{server.url}/v1/completions", body, stop_after=1)
     assert lines[0].startswith("data: {")  # one chunk, then hang up
     assert _idle(server, timeout=2.0)
+    assert _gauges_settle(server, {"loraserve_running_requests": 0.0, "loraserve_queue_length": 0.0})
+
+
+def _gauges_settle(server: RunningServer, expected: dict[str, float], timeout: float = 2.0) -> bool:
+    """The /metrics gauges reach ``expected`` (they are published by the step thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, _, text = http("GET", f"{server.url}/metrics")
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line and not line.startswith("#")}
+        if all(values.get(name) == value for name, value in expected.items()):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_client_timeout_on_whole_response_frees_the_sequence(server: RunningServer, slow_steps):
