@@ -28,3 +28,16 @@ class LoRARequest:
 
     def __hash__(self) -> int:
         return hash(self.lora_name)
+
+    # vLLM's generic adapter-request names, for code written against them
+    @property
+    def adapter_id(self) -> int:
+        return self.lora_int_id
+
+    @property
+    def name(self) -> str:
+        return self.lora_name
+
+    @property
+    def path(self) -> str:
+        return self.lora_path

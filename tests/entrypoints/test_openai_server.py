@@ -4,6 +4,7 @@ runtime adapters and resolvers; greedy outputs must equal the offline ``LLM``'s.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -278,3 +279,23 @@ def test_every_metric_is_listed_in_the_server_docs():
     docs = " ".join((Path(__file__).parents[2] / "docs" / "server.md").read_text().split())
     names = {family.name for family in metrics.REGISTRY.collect()}
     assert names and all(f"`{name}`" in docs for name in names), names
+
+
+def test_prompts_are_tokenized_off_the_event_loop(server: RunningServer, monkeypatch):
+    """A huge prompt must not stall other requests: encoding and chat rendering run on the
+    tokenizer thread, never on the server's event loop thread."""
+    tokenizer = server.engine.tokenizer
+    threads: list[str] = []
+    for name in ("encode", "apply_chat_template"):
+        original = getattr(tokenizer, name)
+
+        def spy(*args, _original=original, **kwargs):
+            threads.append(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tokenizer, name, spy)
+    api = client(server)
+    api.completions.create(model=BASE, prompt=PROMPT, max_tokens=1)
+    api.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    assert len(threads) == 3  # the prompt; the chat's rendering and its encoding
+    assert all(name.startswith("loraserve-tokenizer") for name in threads), threads

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,6 +25,17 @@ if TYPE_CHECKING:
     from loraserve.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
+
+
+# One thread does all tokenizing and chat rendering: a multi-megabyte prompt never stalls the
+# event loop, and a tokenizer (not every backend is thread-safe) is never used by two at once.
+_TOKENIZER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraserve-tokenizer")
+
+
+async def on_tokenizer_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(
+        _TOKENIZER_THREAD, functools.partial(fn, *args)
+    )
 
 
 def random_id(prefix: str) -> str:

@@ -12,6 +12,7 @@ from loraserve.entrypoints.openai.generation import (
     Usage,
     merged,
     now,
+    on_tokenizer_thread,
     random_id,
     sampling_params,
     streamable,
@@ -59,7 +60,7 @@ class ServingChat:
         req = ChatCompletionRequest.parse(body)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
-        prompt = self._render(req)
+        prompt = await on_tokenizer_thread(self._render, req)
         params = sampling_params(req.sampling, len(prompt), self.engine.max_model_len)
         head = {"id": random_id("chatcmpl"), "created": now(), "model": model_name}
         usage = Usage([len(prompt)])

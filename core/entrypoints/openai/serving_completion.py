@@ -12,6 +12,7 @@ from loraserve.entrypoints.openai.generation import (
     Usage,
     merged,
     now,
+    on_tokenizer_thread,
     random_id,
     sampling_params,
     streamable,
@@ -34,16 +35,15 @@ class ServingCompletion:
         self.engine = engine
         self.models = models
 
-    def _tokenize(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, list):
-            return prompt
-        return list(self.engine.tokenizer.encode(prompt))
+    def _tokenize(self, prompts: list[str | list[int]]) -> list[list[int]]:
+        encode = self.engine.tokenizer.encode
+        return [p if isinstance(p, list) else list(encode(p)) for p in prompts]
 
     async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
         req = CompletionRequest.parse(body)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
-        prompts = [self._tokenize(p) for p in req.prompts]
+        prompts = await on_tokenizer_thread(self._tokenize, req.prompts)
         # completions always have a max_tokens (default 16), so one params object serves all
         params = [sampling_params(req.sampling, len(p), self.engine.max_model_len) for p in prompts]
         head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
@@ -52,10 +52,10 @@ class ServingCompletion:
         texts = [p if isinstance(p, str) else None for p in req.prompts]
         outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
-        echoes = [
-            (t if t is not None else self.engine.tokenizer.decode(p)) if req.echo else ""
-            for t, p in zip(texts, prompts)
-        ]
+        echoes = [""] * len(prompts)
+        if req.echo:
+            decode = self.engine.tokenizer.decode
+            echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
         try:
             if req.stream:
                 chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage, echoes)
