@@ -14,6 +14,7 @@ and pre-tokenizer in code instead; for the files those models ship the two agree
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ class Tokenizer:
     # --- text and ids -------------------------------------------------------------------------
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works (encode does not), so a huge prompt
+        # tokenizing on the server's tokenizer thread leaves the event loop free
+        return self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: int | list[int], skip_special_tokens: bool = True) -> str:
         ids = [ids] if isinstance(ids, int) else list(ids)
@@ -74,6 +77,12 @@ class Tokenizer:
         if index is None and token != self.unk_token and self.unk_token is not None:
             return self.unk_token_id
         return index
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The longest vocabulary entry in characters. Vocabularies spell every byte or
+        character they cover at least once, so no token stands for more text than this."""
+        return max(map(len, self._backend.get_vocab()), default=1)
 
     def __len__(self) -> int:
         """The vocabulary with the added tokens (ids run from 0 to len - 1)."""

@@ -320,3 +320,14 @@ def test_building_the_engine_imports_neither_transformers_nor_huggingface_hub(tm
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_token_stands_for_more_text_than_max_token_chars(dirs, kind):
+    """The bound the server uses to refuse huge prompts before tokenizing them."""
+    for tokenizer in (Tokenizer.from_pretrained(dirs[kind]), TransformersTokenizer.load(dirs[kind])):
+        bound = tokenizer.max_token_chars
+        longest = max(len(tokenizer.decode([i], skip_special_tokens=False)) for i in range(len(tokenizer)))
+        assert 1 < longest <= bound
+        for text in TEXTS:  # and the texts' token counts respect it
+            assert len(text) <= bound * len(tokenizer.encode(text, add_special_tokens=False))

@@ -187,3 +187,16 @@ def test_chat_without_template_is_400(strict_server: RunningServer):
     api = openai.OpenAI(base_url=f"{strict_server.url}/v1", api_key=API_KEY, max_retries=0)
     with pytest.raises(openai.BadRequestError, match="chat template"):
         api.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/completions", {"prompt": "x" * 3_000_000}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 3_000_000}]}),
+])
+def test_huge_prompt_is_refused_without_tokenizing_it(server: RunningServer, monkeypatch, route, body):
+    tokenizer = server.engine.tokenizer
+    calls = []
+    monkeypatch.setattr(tokenizer, "encode", lambda *a, **k: calls.append(1) or [])
+    status, error = post(server, route, {"model": BASE, **body})
+    assert status == 400 and "characters, more than that many tokens can hold" in error["message"]
+    assert "maximum context length is" in error["message"] and not calls

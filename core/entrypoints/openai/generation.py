@@ -38,6 +38,21 @@ async def on_tokenizer_thread(fn: Callable[..., Any], *args: Any) -> Any:
     )
 
 
+_NORMALIZATION_SLACK = 4  # a normalizer may fold a few characters into one (NFKC, say)
+
+
+def check_prompt_chars(text: str, tokenizer: Any, max_model_len: int) -> None:
+    """Refuse a text too long for the context whatever it tokenizes to, before tokenizing it:
+    a multi-megabyte prompt would otherwise hold the tokenizer thread for seconds."""
+    limit = max_model_len * tokenizer.max_token_chars * _NORMALIZATION_SLACK
+    if len(text) > limit:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, the "
+            f"prompt has {len(text)} characters, more than that many tokens can hold. Please "
+            "reduce the length of the prompt."
+        )
+
+
 def random_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 

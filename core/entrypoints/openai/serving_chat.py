@@ -10,6 +10,7 @@ from aiohttp import web
 from loraserve.entrypoints.openai.generation import (
     SSEStream,
     Usage,
+    check_prompt_chars,
     merged,
     now,
     on_tokenizer_thread,
@@ -53,6 +54,7 @@ class ServingChat:
             )
         except Exception as exc:  # a template that rejects these messages is the caller's 400
             raise InvalidRequestError(f"The chat template could not render the messages: {exc}") from exc
+        check_prompt_chars(text, tokenizer, self.engine.max_model_len)
         # the template writes any special tokens itself, as in vLLM
         return list(tokenizer.encode(text, add_special_tokens=False))
 

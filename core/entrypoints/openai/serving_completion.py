@@ -10,6 +10,7 @@ from aiohttp import web
 from loraserve.entrypoints.openai.generation import (
     SSEStream,
     Usage,
+    check_prompt_chars,
     merged,
     now,
     on_tokenizer_thread,
@@ -36,8 +37,10 @@ class ServingCompletion:
         self.models = models
 
     def _tokenize(self, prompts: list[str | list[int]]) -> list[list[int]]:
-        encode = self.engine.tokenizer.encode
-        return [p if isinstance(p, list) else list(encode(p)) for p in prompts]
+        tokenizer = self.engine.tokenizer
+        for text in (p for p in prompts if isinstance(p, str)):
+            check_prompt_chars(text, tokenizer, self.engine.max_model_len)
+        return [p if isinstance(p, list) else list(tokenizer.encode(p)) for p in prompts]
 
     async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
         req = CompletionRequest.parse(body)
