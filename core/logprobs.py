@@ -18,3 +18,6 @@ class Logprob:
 
 # One dict per generated token: the sampled token and the top-N, by token id.
 SampleLogprobs = list[dict[int, Logprob]]
+# One entry per prompt token: the prompt's own token and the top-N; None for the first
+# token, which nothing predicts (vLLM's shape).
+PromptLogprobs = list[dict[int, Logprob] | None]

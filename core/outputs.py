@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loraserve.logprobs import SampleLogprobs
+from loraserve.logprobs import PromptLogprobs, SampleLogprobs
 
 
 @dataclass
@@ -23,6 +23,7 @@ class RequestOutput:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
+    prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs is set
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     lora_name: str | None = None

@@ -27,6 +27,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # divides (or, if negative, multiplies) seen tokens' logits
     min_tokens: int = 0  # EOS, stop token ids and stop strings are held off until then
     logprobs: int | None = None  # report the sampled token's and the top-N log-probabilities
+    prompt_logprobs: int | None = None  # the same for every prompt token (once per request)
     logit_bias: dict[int, float] | None = None  # added to the logits of these token ids
 
     def __post_init__(self) -> None:
@@ -61,10 +62,10 @@ class SamplingParams:
             raise InvalidRequestError(
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
             )
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise InvalidRequestError(
-                f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise InvalidRequestError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}")
 
     @property
     def stop_holdback(self) -> int:

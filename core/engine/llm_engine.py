@@ -21,10 +21,11 @@ from loraserve.config import EngineConfig
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.detokenizer import update_text
 from loraserve.engine.model_runner import ModelRunner
-from loraserve.engine.sampler import SampledToken, sample
+from loraserve.engine.sampler import SampledToken, prompt_logprobs, sample
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
+from loraserve.logprobs import Logprob
 from loraserve.lora.ids import next_lora_id
 from loraserve.lora.manager import LoRAEvents, LoRAManager
 from loraserve.lora.merge import adapter_merger_for
@@ -260,7 +261,9 @@ class LLMEngine:
         if scheduled is None:
             return []
         logits = self.runner.run(scheduled)
-        sampled = sample(logits, scheduled.seqs, self.eos_token_ids)
+        for row, prompt_rows in logits.prompt.items():
+            self._record_prompt_logprobs(scheduled.seqs[row], prompt_rows)
+        sampled = sample(logits.next_token, scheduled.seqs, self.eos_token_ids)
         now = time.monotonic()
         touched: dict[str, _Request] = {}
         for seq, choice in zip(scheduled.seqs, sampled):
@@ -286,11 +289,20 @@ class LLMEngine:
                 self.unpin_lora(request.lora)
         return outputs
 
+    def _record_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> None:
+        scored = prompt_logprobs(logits, seq.prompt_token_ids, seq.params.prompt_logprobs)
+        for entries in scored[1:]:
+            self._decode_logprobs(entries)
+        seq.prompt_logprobs = scored
+
     def _record_logprobs(self, seq: Sequence, choice: SampledToken) -> None:
-        for token_id, logprob in choice.logprobs.items():
-            logprob.decoded_token = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        self._decode_logprobs(choice.logprobs)
         seq.output_logprobs.append(choice.logprobs)
         seq.cumulative_logprob += choice.logprobs[choice.token_id].logprob
+
+    def _decode_logprobs(self, entries: dict[int, Logprob]) -> None:
+        for token_id, logprob in entries.items():
+            logprob.decoded_token = self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         params = seq.params  # below min_tokens the sampler masked EOS and the stop ids
@@ -326,6 +338,7 @@ class LLMEngine:
             request_id=request.request_id,
             prompt=request.prompt,
             prompt_token_ids=request.prompt_token_ids,
+            prompt_logprobs=request.seqs[0].prompt_logprobs,
             outputs=[_completion(s) for s in request.seqs],
             finished=request.finished,
             lora_name=request.lora.lora_name if request.lora else None,

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from itertools import accumulate
+
 import torch
 
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.kernels import NO_ADAPTER, LoRABatch
 from loraserve.model.decoder import DecoderModel
 from loraserve.model.forward_batch import ForwardBatch
+
+
+@dataclass
+class StepLogits:
+    """A forward pass's logits, float32. Row i of ``next_token`` [B, vocab] belongs to the
+    step's i-th sequence; ``prompt`` maps such a row to its prompt's logits [prompt_len - 1,
+    vocab] (position p predicts prompt token p + 1), for sequences that asked for prompt
+    logprobs and were prefilled from the start this step."""
+
+    next_token: torch.Tensor
+    prompt: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -23,24 +37,42 @@ class ModelRunner:
             dtype=weights.embed.dtype, device=self.device,
         )
 
-    def run(self, step: ScheduledStep) -> torch.Tensor:
-        """One forward pass over every scheduled sequence; returns each one's next-token logits.
+    def run(self, step: ScheduledStep) -> StepLogits:
+        """One forward pass over every scheduled sequence; returns its logits.
 
         The step's sequences are reordered by LoRA slot first, so each adapter's tokens are
-        contiguous and the LoRA path can slice instead of gather. Row i of the logits
-        [B, vocab] (float32) belongs to ``step.seqs[i]`` in that new order.
+        contiguous and the LoRA path can slice instead of gather; logits rows follow that
+        new order of ``step.seqs``.
         """
         order = sorted(range(len(step.seqs)), key=lambda i: _slot_key(step.seqs[i]))
         step.seqs[:] = [step.seqs[i] for i in order]
         step.query_lens[:] = [step.query_lens[i] for i in order]
-        batch = self._prepare(step)
-        logits = self.model.forward(batch, self.kv_cache)  # [B, vocab]
+        starts = list(accumulate(step.query_lens, initial=0))  # each sequence's first flat index
+        scored = {  # row -> its first token's flat index, for prompts scored this step
+            row: starts[row] for row, seq in enumerate(step.seqs)
+            if seq.wants_prompt_logprobs and seq.num_cached_tokens == 0
+        }
+        prompt_rows = [
+            torch.arange(start, start + len(step.seqs[row].prompt_token_ids) - 1)
+            for row, start in scored.items()
+        ]
+        batch = self._prepare(step, prompt_rows)
+        logits = self.model.forward(batch, self.kv_cache)  # [B + prompt rows, vocab]
         for seq in step.seqs:
             seq.num_cached_tokens = seq.num_tokens
-        return logits
+        result = StepLogits(logits[: len(step.seqs)])
+        offset = len(step.seqs)
+        for row, rows in zip(scored, prompt_rows):
+            result.prompt[row] = logits[offset : offset + len(rows)]
+            offset += len(rows)
+        return result
 
-    def _prepare(self, step: ScheduledStep) -> ForwardBatch:
-        """Flatten the step's tokens and build positions, cache slots, masks and the LoRA map."""
+    def _prepare(self, step: ScheduledStep, extra_logits_rows: list[torch.Tensor]) -> ForwardBatch:
+        """Flatten the step's tokens and build positions, cache slots, masks and the LoRA map.
+
+        Logits are computed for each sequence's last token, then for ``extra_logits_rows``
+        (flat token indices), in that order.
+        """
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -93,7 +125,7 @@ class ModelRunner:
             sliding_mask=sliding_mask,
             query_rows=query_rows,
             max_query_len=max_q,
-            logits_indices=torch.cumsum(q_lens, 0) - 1,
+            logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]).to(device),
             lora=LoRABatch.build(token_slots, device) if use_lora else None,
         )
 

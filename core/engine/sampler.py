@@ -9,7 +9,7 @@ import torch
 
 from loraserve.engine.logits_processors import needs_processing, process_row
 from loraserve.engine.sequence import Sequence
-from loraserve.logprobs import Logprob
+from loraserve.logprobs import Logprob, PromptLogprobs
 
 
 @dataclass
@@ -58,6 +58,14 @@ def _sample_row(logits: torch.Tensor, seq: Sequence) -> int:
         logits = logits.index_fill(0, order[drop], float("-inf"))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=seq.generator).item())
+
+
+@torch.inference_mode()
+def prompt_logprobs(logits: torch.Tensor, prompt: list[int], top: int) -> PromptLogprobs:
+    """logits: [len(prompt) - 1, vocab], row p predicting prompt[p + 1]. vLLM's shape: None
+    for the first token, then the prompt token's and the ``top`` most likely log-probabilities."""
+    rows = logits.float().log_softmax(-1)
+    return [None, *(_logprobs(row, token, top) for row, token in zip(rows, prompt[1:]))]
 
 
 def _logprobs(row: torch.Tensor, token: int, top: int) -> dict[int, Logprob]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loraserve.logprobs import SampleLogprobs
+from loraserve.logprobs import PromptLogprobs, SampleLogprobs
 from loraserve.lora.request import LoRARequest
 from loraserve.sampling_params import SamplingParams
 
@@ -40,7 +40,16 @@ class Sequence:
     lora_slot: int | None = None
     output_logprobs: SampleLogprobs = field(default_factory=list)  # one dict per output token
     cumulative_logprob: float = 0.0  # of the sampled tokens, when logprobs are asked for
+    prompt_logprobs: PromptLogprobs | None = None  # on sample 0 only, once its prefill ran
     _prompt_mask: torch.Tensor | None = field(default=None, repr=False)  # [vocab] bool, lazily
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """True until sample 0 of a request that asked has had its prompt scored."""
+        return (
+            self.params.prompt_logprobs is not None and self.index == 0
+            and self.prompt_logprobs is None
+        )
 
     def prompt_token_mask(self, vocab: int, device: torch.device) -> torch.Tensor:
         """Which token ids occur in the prompt; built once, for the repetition penalty."""

@@ -23,7 +23,7 @@ class ForwardBatch:
     sliding_mask: torch.Tensor | None  # as attn_mask, within the sliding window; None: no layer slides
     query_rows: tuple[torch.Tensor, torch.Tensor] | None  # (seq [T], row [T]); None: 1 token/seq
     max_query_len: int
-    logits_indices: torch.Tensor  # [B] flat index of each sequence's last token
+    logits_indices: torch.Tensor  # [B + extra] flat index of each sequence's last token, then any extra rows
     lora: LoRABatch | None
 
     def mask_for(self, window: int | None) -> torch.Tensor:

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from loraserve import LLM, SamplingParams
 from loraserve.logprobs import Logprob
+from loraserve.lora.request import LoRARequest
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,40 @@ def test_logprobs_do_not_change_the_tokens(llm):
     alone = llm.generate(prompts, plain)
     assert [o.outputs[0].token_ids for o in mixed] == [o.outputs[0].token_ids for o in alone]
     assert mixed[0].outputs[0].logprobs is None and mixed[1].outputs[0].logprobs is not None
+
+
+def _check_prompt_logprobs(out, reference_model, top):
+    prompt = out.prompt_token_ids
+    with torch.no_grad():
+        rows = reference_model(input_ids=torch.tensor([prompt])).logits[0, :-1].float().log_softmax(-1)
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+    for row, token, entries in zip(rows, prompt[1:], out.prompt_logprobs[1:]):
+        assert next(iter(entries)) == token
+        assert set(entries) == {token, *row.topk(top).indices.tolist()}
+        for token_id, entry in entries.items():
+            assert entry.logprob == pytest.approx(row[token_id].item(), abs=1e-4)
+            assert entry.rank == int((row > row[token_id]).sum()) + 1
+
+
+def test_prompt_logprobs_match_transformers_in_a_mixed_batch(llm, hf):
+    prompts = ["hello world how are you today", "a b", "the cat sat on the mat"]
+    scored = SamplingParams(temperature=0, max_tokens=3, prompt_logprobs=4, n=2)
+    plain = SamplingParams(temperature=0, max_tokens=3)
+    outs = llm.generate(prompts, [scored, plain, scored])
+    _check_prompt_logprobs(outs[0], hf, 4)
+    _check_prompt_logprobs(outs[2], hf, 4)
+    assert outs[1].prompt_logprobs is None
+    # scoring the prompt changes nothing about what is generated
+    assert [c.token_ids for c in outs[0].outputs] == [c.token_ids for c in
+                                                       llm.generate(prompts[0], plain)[0].outputs] * 2
+
+
+def test_prompt_logprobs_with_an_adapter_match_peft(llama_dir, adapter_dirs):
+    from peft import PeftModel
+
+    llm = LLM(str(llama_dir), enable_lora=True, max_lora_rank=16)
+    lora = LoRARequest("chat", 1, str(adapter_dirs["chat"]))
+    out = llm.generate("the quick brown fox jumps", SamplingParams(max_tokens=1, prompt_logprobs=2),
+                       lora_request=lora)[0]
+    base = AutoModelForCausalLM.from_pretrained(str(llama_dir), dtype=torch.float32)
+    _check_prompt_logprobs(out, PeftModel.from_pretrained(base, str(adapter_dirs["chat"])).eval(), 2)

@@ -3,6 +3,7 @@ every answer is checked against the offline ``LLM`` with the same sampling param
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import openai
@@ -39,6 +40,8 @@ def offline(llama_dir: Path, server_adapters: dict[str, Path]):
     run.chat = run_chat
     run.a1 = a1
     run.tokenizer = llm.get_tokenizer()
+    run.prompt_scores = lambda prompt, lora, top: llm.generate(
+        prompt, SamplingParams(max_tokens=1, prompt_logprobs=top), lora_request=lora)[0].prompt_logprobs
     return run
 
 
@@ -135,7 +138,8 @@ def test_echo_puts_the_prompt_first(server: RunningServer, offline):
 @pytest.mark.parametrize("body, message", [
     ({"prompt": PROMPT, "best_of": 3}, "'best_of' is not supported"),
     ({"prompt": PROMPT, "suffix": "x"}, "'suffix' is not supported"),
-    ({"prompt": PROMPT, "echo": True, "logprobs": 1}, "'echo' with 'logprobs' is not supported"),
+    ({"prompt": PROMPT, "prompt_logprobs": 1, "stream": True}, "`prompt_logprobs` are not available when `stream=True`."),
+    ({"prompt": PROMPT, "prompt_logprobs": 21}, "'prompt_logprobs' must be between 0 and 20"),
     ({"prompt": PROMPT, "logprobs": 21}, "'logprobs' must be between 0 and 20, got 21"),
     ({"prompt": PROMPT, "logit_bias": {"x": 1}}, "'logit_bias' keys must be token ids, got 'x'"),
     ({"prompt": PROMPT, "logit_bias": {"99999": 1}}, "outside the vocabulary"),
@@ -150,3 +154,52 @@ def test_bad_sampling_fields_are_400(server: RunningServer, body, message):
     assert status == 400 and message in text
     status, _ = post_json(f"{server.url}/v1/completions", {"model": BASE, "prompt": "hi", "max_tokens": 1})
     assert status == 200
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_lm_eval_asks(server: RunningServer, offline):
+    """lm-eval's loglikelihood request: echo, logprobs=1, one new token, temperature 0."""
+    api = client(server)
+    got = api.completions.create(model="a1", prompt=PROMPT, max_tokens=1, temperature=0,
+                                 echo=True, logprobs=1).choices[0]
+    expected = offline(PROMPT, offline.a1, max_tokens=1, logprobs=1, prompt_logprobs=1)
+    prompt_ids = offline.tokenizer.encode(PROMPT)
+    lp = got.logprobs
+    assert got.text == PROMPT + expected.text
+    assert len(lp.tokens) == len(prompt_ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.tokens[0] == offline.tokenizer.decode(prompt_ids[:1])
+    scored = offline.prompt_scores(PROMPT, offline.a1, 1)
+    for p, entries in enumerate(scored[1:], start=1):
+        assert lp.token_logprobs[p] == pytest.approx(entries[prompt_ids[p]].logprob, abs=1e-5)
+        assert lp.tokens[p] == entries[prompt_ids[p]].decoded_token
+        assert lp.top_logprobs[p] == pytest.approx({e.decoded_token: e.logprob for e in entries.values()}, abs=1e-5)
+    assert lp.token_logprobs[-1] == pytest.approx(expected.logprobs[0][expected.token_ids[0]].logprob, abs=1e-5)
+    lengths = [len(t) for t in lp.tokens]
+    assert lp.text_offset == [sum(lengths[:i]) for i in range(len(lengths))]
+    streamed = [c.choices[0] for c in api.completions.create(
+        model="a1", prompt=PROMPT, max_tokens=3, temperature=0, echo=True, logprobs=1, stream=True)
+        if c.choices]
+    whole = api.completions.create(model="a1", prompt=PROMPT, max_tokens=3, temperature=0,
+                                   echo=True, logprobs=1).choices[0]
+    assert "".join(c.text for c in streamed) == whole.text
+    assert [t for c in streamed for t in c.logprobs.tokens] == whole.logprobs.tokens
+    assert [o for c in streamed for o in c.logprobs.text_offset] == whole.logprobs.text_offset
+
+
+def test_prompt_logprobs_field_as_vllm(server: RunningServer, offline):
+    status, text = post_json(f"{server.url}/v1/completions",
+                             {"model": BASE, "prompt": PROMPT, "max_tokens": 1, "prompt_logprobs": 2})
+    assert status == 200
+    got = json.loads(text)["choices"][0]["prompt_logprobs"]
+    scored = offline.prompt_scores(PROMPT, None, 2)
+    assert got[0] is None and len(got) == len(scored)
+    for entry, entries in zip(got[1:], scored[1:]):
+        assert set(entry) == {str(t) for t in entries}
+        for token_id, e in entries.items():
+            assert entry[str(token_id)]["logprob"] == pytest.approx(e.logprob, abs=1e-5)
+            assert entry[str(token_id)]["rank"] == e.rank
+            assert entry[str(token_id)]["decoded_token"] == e.decoded_token
+    status, text = post_json(f"{server.url}/v1/chat/completions",
+                             {"model": BASE, "messages": CHAT, "max_tokens": 1, "prompt_logprobs": 0})
+    prompt_logprobs = json.loads(text)["prompt_logprobs"]
+    assert status == 200 and prompt_logprobs[0] is None and len(prompt_logprobs) > 2

@@ -88,6 +88,7 @@ def sampling_params(fields: SamplingFields, prompt_len: int, max_model_len: int)
         min_tokens=fields.min_tokens,
         logit_bias=fields.logit_bias,
         logprobs=fields.logprobs,
+        prompt_logprobs=fields.prompt_logprobs,
     )
 
 

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from loraserve.logprobs import Logprob, SampleLogprobs
+from loraserve.logprobs import Logprob, PromptLogprobs
 
 _FLOOR = -9999.0
 
@@ -21,23 +22,43 @@ def _text(entry: Logprob) -> str:
 
 
 def completion_logprobs(
-    token_ids: list[int], steps: SampleLogprobs, text_offset: int = 0
+    token_ids: list[int],
+    steps: PromptLogprobs,
+    text_offset: int = 0,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> dict[str, Any]:
     """``choices[].logprobs`` of /v1/completions: per token its text, logprob and the top-N
-    (with the sampled token); offsets count characters from ``text_offset``."""
+    (with the token itself); offsets count characters from ``text_offset``. A None step (an
+    echoed prompt's first token) has no logprob; ``decode`` gives its text."""
     tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
     for token_id, entries in zip(token_ids, steps):
-        sampled = entries[token_id]
+        if entries is None:
+            text, value, top = decode([token_id]) if decode else "", None, None
+        else:
+            text, value = _text(entries[token_id]), _value(entries[token_id])
+            top = {_text(e): _value(e) for e in entries.values()}
         offsets.append(text_offset)
-        text_offset += len(_text(sampled))
-        tokens.append(_text(sampled))
-        token_logprobs.append(_value(sampled))
-        top_logprobs.append({_text(e): _value(e) for e in entries.values()})
+        text_offset += len(text)
+        tokens.append(text)
+        token_logprobs.append(value)
+        top_logprobs.append(top)
     return {"text_offset": offsets, "token_logprobs": token_logprobs, "tokens": tokens,
             "top_logprobs": top_logprobs}
 
 
-def chat_logprobs(token_ids: list[int], steps: SampleLogprobs, top: int) -> dict[str, Any]:
+def vllm_prompt_logprobs(steps: PromptLogprobs) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's ``prompt_logprobs``: per prompt token None or ``{token id: {logprob, rank,
+    decoded_token}}``."""
+    return [
+        None if entries is None else {
+            str(token_id): {"logprob": _value(e), "rank": e.rank, "decoded_token": e.decoded_token}
+            for token_id, e in entries.items()
+        }
+        for entries in steps
+    ]
+
+
+def chat_logprobs(token_ids: list[int], steps: PromptLogprobs, top: int) -> dict[str, Any]:
     """``choices[].logprobs`` of /v1/chat/completions: ``content``, one entry per token, each
     with its ``top`` most likely alternatives, most likely first."""
     content = []

@@ -73,6 +73,7 @@ class SamplingFields:
     min_tokens: int
     logit_bias: dict[int, float] | None
     logprobs: int | None  # how many top alternatives per token; None: no logprobs
+    prompt_logprobs: int | None  # the same for the prompt's tokens (vLLM's extra field)
 
     @classmethod
     def parse(
@@ -109,6 +110,7 @@ class SamplingFields:
             min_tokens=_field(body, "min_tokens", "int", 0),
             logit_bias=_logit_bias(body),
             logprobs=logprobs,
+            prompt_logprobs=_prompt_logprobs(body),
         )
 
 
@@ -133,6 +135,13 @@ def _bounded_logprobs(name: str, value: int | None) -> int | None:
     return value
 
 
+def _prompt_logprobs(body: dict[str, Any]) -> int | None:
+    value = _bounded_logprobs("prompt_logprobs", _field(body, "prompt_logprobs", "int"))
+    if value is not None and _field(body, "stream", "bool", False):  # vLLM's check and message
+        raise InvalidRequestError("`prompt_logprobs` are not available when `stream=True`.")
+    return value
+
+
 def _refuse_unsupported(body: dict[str, Any]) -> None:
     """Fields that would change the answer and that loraserve does not implement: a 400, not
     a silent answer to another question."""
@@ -141,8 +150,6 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         raise InvalidRequestError("'best_of' is not supported; use 'n' for several completions")
     if _field(body, "suffix", "str"):
         raise InvalidRequestError("'suffix' is not supported")
-    if _field(body, "prompt_logprobs", "int") is not None:
-        raise InvalidRequestError("'prompt_logprobs' is not supported")
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -173,16 +180,13 @@ class CompletionRequest:
         _refuse_unsupported(body)
         logprobs = _bounded_logprobs("logprobs", _field(body, "logprobs", "int"))
         echo = _field(body, "echo", "bool", False)
-        if echo and logprobs is not None:
-            raise InvalidRequestError(
-                "'echo' with 'logprobs' is not supported: it needs the prompt's logprobs, "
-                "which loraserve does not compute"
-            )
+        sampling = SamplingFields.parse(body, max_tokens_default=16, logprobs=logprobs)  # OpenAI's
+        if echo and logprobs is not None:  # the echoed prompt's tokens get logprobs too
+            sampling.prompt_logprobs = max(sampling.prompt_logprobs or 0, logprobs)
         return cls(
             model=_field(body, "model", "str"),
             prompts=_parse_prompts(body["prompt"]),
-            # 16 is OpenAI's default
-            sampling=SamplingFields.parse(body, max_tokens_default=16, logprobs=logprobs),
+            sampling=sampling,
             stream=_field(body, "stream", "bool", False),
             include_usage=_include_usage(body),
             echo=echo,

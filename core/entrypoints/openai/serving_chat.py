@@ -18,7 +18,7 @@ from loraserve.entrypoints.openai.generation import (
     sampling_params,
     streamable,
 )
-from loraserve.entrypoints.openai.logprobs import chat_logprobs
+from loraserve.entrypoints.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
 from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
 from loraserve.errors import InvalidRequestError
 
@@ -88,6 +88,8 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) ->
         for comp in (final.outputs if final else [])
     ]
     body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.usage()}
+    if final is not None and final.prompt_logprobs is not None:
+        body["prompt_logprobs"] = vllm_prompt_logprobs(final.prompt_logprobs)
     return web.json_response(body)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from loraserve.entrypoints.openai.generation import (
     sampling_params,
     streamable,
 )
-from loraserve.entrypoints.openai.logprobs import completion_logprobs
+from loraserve.entrypoints.openai.logprobs import completion_logprobs, vllm_prompt_logprobs
 from loraserve.entrypoints.openai.protocol import CompletionRequest
 
 if TYPE_CHECKING:
@@ -55,44 +56,66 @@ class ServingCompletion:
         texts = [p if isinstance(p, str) else None for p in req.prompts]
         outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
-        echoes = [""] * len(prompts)
-        if req.echo:
-            decode = self.engine.tokenizer.decode
-            echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
+        decode = self.engine.tokenizer.decode
+        echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
+        shape = _Shape(head, req.sampling.n, echoes if req.echo else None, decode)
         try:
             if req.stream:
-                chunks = _chunks(outputs, head, req.sampling.n, req.include_usage, usage, echoes)
-                return await SSEStream(request).run(chunks)
-            return await _whole(outputs, head, req.sampling.n, usage, echoes)
+                return await SSEStream(request).run(_chunks(outputs, shape, req.include_usage, usage))
+            return await _whole(outputs, shape, usage)
         finally:
             await outputs.aclose()
 
 
-def _choice(
-    index: int, text: str, comp: CompletionOutput, logprobs: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return {"index": index, "text": text, "logprobs": logprobs,
-            "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
+@dataclass
+class _Shape:
+    """How this request's choices are written: their ids, ``n``, and the echoed prompts."""
+
+    head: dict[str, Any]
+    n: int
+    echoes: list[str] | None  # each prompt's text, when echo is on
+    decode: Callable[[list[int]], str]
+
+    def choice(
+        self, index: int, out: RequestOutput, comp: CompletionOutput, text: str,
+        first_token: int = 0, text_offset: int = 0,
+    ) -> dict[str, Any]:
+        """A choice carrying ``text`` and the logprobs of the tokens from ``first_token`` on.
+        The first piece of a choice (``first_token`` 0) also carries the echoed prompt, its
+        logprobs and vLLM's ``prompt_logprobs``."""
+        first = first_token == 0
+        echo = self.echoes[index] if self.echoes is not None and first else ""
+        logprobs = None
+        if comp.logprobs is not None:
+            ids, steps = comp.token_ids[first_token:], comp.logprobs[first_token:]
+            if echo and out.prompt_logprobs is not None:
+                ids, steps = out.prompt_token_ids + ids, [*out.prompt_logprobs, *steps]
+            logprobs = completion_logprobs(ids, steps, text_offset, self.decode)
+        choice = {"index": index * self.n + comp.index, "text": echo + text, "logprobs": logprobs,
+                  "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
+        if first and out.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = vllm_prompt_logprobs(out.prompt_logprobs)
+        return choice
+
+    def echo_len(self, index: int) -> int:
+        return len(self.echoes[index]) if self.echoes is not None else 0
 
 
-async def _whole(
-    outputs: Outputs, head: dict, n: int, usage: Usage, echoes: list[str]
-) -> web.Response:
+async def _whole(outputs: Outputs, shape: _Shape, usage: Usage) -> web.Response:
     final: dict[int, RequestOutput] = {}
     async for index, out in outputs:
         usage.observe(index, out)
         final[index] = out
     choices = [
-        _choice(index * n + comp.index, echoes[index] + comp.text, comp,
-                None if comp.logprobs is None else completion_logprobs(comp.token_ids, comp.logprobs))
+        shape.choice(index, final[index], comp, comp.text)
         for index in sorted(final)
         for comp in final[index].outputs
     ]
-    return web.json_response({**head, "choices": choices, "usage": usage.usage()})
+    return web.json_response({**shape.head, "choices": choices, "usage": usage.usage()})
 
 
 async def _chunks(
-    outputs: Outputs, head: dict, n: int, include_usage: bool, usage: Usage, echoes: list[str]
+    outputs: Outputs, shape: _Shape, include_usage: bool, usage: Usage
 ) -> AsyncIterator[dict[str, Any]]:
     """One chunk per new piece of text of one choice; the last carries its finish_reason.
 
@@ -109,17 +132,11 @@ async def _chunks(
             delta = text[sent.get(key, 0):]
             if key in finished or (not delta and comp.finish_reason is None):
                 continue
-            logprobs = None
-            if comp.logprobs is not None:
-                first = sent_tokens.get(key, 0)
-                logprobs = completion_logprobs(comp.token_ids[first:], comp.logprobs[first:],
-                                               text_offset=sent.get(key, 0))
-                sent_tokens[key] = len(comp.token_ids)
-            if key not in sent:
-                delta = echoes[index] + delta
-            sent[key] = len(text)
+            offset = shape.echo_len(index) + sent[key] if key in sent else 0
+            choice = shape.choice(index, out, comp, delta, sent_tokens.get(key, 0), offset)
+            sent[key], sent_tokens[key] = len(text), len(comp.token_ids)
             if comp.finish_reason is not None:
                 finished.add(key)
-            yield {**head, "choices": [_choice(index * n + comp.index, delta, comp, logprobs)]}
+            yield {**shape.head, "choices": [choice]}
     if include_usage:
-        yield {**head, "choices": [], "usage": usage.usage()}
+        yield {**shape.head, "choices": [], "usage": usage.usage()}
