@@ -78,16 +78,13 @@ def enabled_plugins(
     """The plugins to use, in resolver order: the selection's order, else sorted by name.
 
     Unset selection: every installed plugin except the explicit-only ones. A selected name
-    that is not installed is a PluginError that lists what is installed.
+    that is not installed is skipped, as vLLM does (``missing_plugins`` names them).
     """
     if selection is None:
         return sorted(name for name, p in installed.items() if not p.explicit_only)
-    missing = [name for name in selection if name not in installed]
-    if missing:
-        listing = ", ".join(sorted(installed)) or "none"
-        raise PluginError(
-            f"{PLUGINS_ENV} names {', '.join(repr(m) for m in missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed. Installed plugins: "
-            f"{listing}. Install the distribution that provides it, or fix {PLUGINS_ENV}."
-        )
-    return list(selection)
+    return [name for name in selection if name in installed]
+
+
+def missing_plugins(installed: dict[str, InstalledPlugin], selection: list[str] | None) -> list[str]:
+    """The selected names that no installed distribution provides."""
+    return [name for name in selection or () if name not in installed]

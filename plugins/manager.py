@@ -21,9 +21,11 @@ from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver, LoRAResolverRegistry, _LoRAResolverRegistry
 from loraserve.plugins import hookspecs
 from loraserve.plugins.discovery import (
+    PLUGINS_ENV,
     InstalledPlugin,
     discover_plugins,
     enabled_plugins,
+    missing_plugins,
     selection_from_env,
 )
 
@@ -61,6 +63,7 @@ class PluginManager:
         self._broken: dict[str, PluginError] = {}  # name -> why importing it failed
         self._resolver_names: dict[str, list[str]] = {}  # plugin -> resolvers it registered
         self._notifications_ready = False  # enabled plugins imported for notifications
+        self._warned_missing = False
 
     # -- start-up (metadata only) ---------------------------------------------------------
 
@@ -72,8 +75,20 @@ class PluginManager:
             return self._installed
 
     def check(self) -> list[str]:
-        """The enabled plugin names, in order; a PluginError if ``VLLM_PLUGINS`` is wrong."""
-        return enabled_plugins(self.installed(), self._selection)
+        """The enabled plugin names, in order. Selected names that are not installed are
+        skipped (as in vLLM) with one warning that says what is installed."""
+        installed = self.installed()
+        missing = missing_plugins(installed, self._selection)
+        if missing and not self._warned_missing:
+            self._warned_missing = True
+            logger.warning(
+                "%s names %s, which %s not installed and %s skipped. Installed plugins: %s. "
+                "Install the distribution that provides it, or fix %s.",
+                PLUGINS_ENV, ", ".join(repr(m) for m in missing),
+                "is" if len(missing) == 1 else "are", "is" if len(missing) == 1 else "are",
+                ", ".join(sorted(installed)) or "none", PLUGINS_ENV,
+            )
+        return enabled_plugins(installed, self._selection)
 
     # -- resolvers --------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ class AsyncLLMEngine:
     def __init__(self, config: EngineConfig, lora_events: LoRAEvents | None = None) -> None:
         self.config = config
         plugins = get_plugin_manager()
-        plugins.check()  # a wrong VLLM_PLUGINS fails start-up, before the model loads
+        plugins.check()  # VLLM_PLUGINS problems show at start-up, before the model loads
         self.engine = LLMEngine(config, lora_events=lora_events or plugins)
         self.engine.detokenize_every_step = True
         self.served_model_name = str(config.served_model_name)

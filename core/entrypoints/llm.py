@@ -60,7 +60,7 @@ class LLM:
             lora_merge=lora_merge,
         )
         plugins = get_plugin_manager()
-        plugins.check()  # a wrong VLLM_PLUGINS fails here, before the model loads
+        plugins.check()  # VLLM_PLUGINS problems show here, before the model loads
         self.engine = LLMEngine(self.config, lora_events=plugins)
         self._resolution = LoRAResolutionService(
             str(self.config.served_model_name),

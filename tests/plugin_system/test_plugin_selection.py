@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
@@ -45,13 +46,18 @@ def test_list_enables_exactly_those_in_order(three_plugins):
     assert PluginManager(["zeta", "remote"]).check() == ["zeta", "remote"]
 
 
-def test_unknown_name_is_a_clear_error(three_plugins):
-    with pytest.raises(PluginError) as info:
-        PluginManager(["alpha", "nope"]).check()
-    message = str(info.value)
-    assert "'nope'" in message and "not installed" in message
+def test_unknown_name_is_skipped_with_one_clear_warning(three_plugins, caplog):
+    """As vLLM: a listed plugin that is not installed is skipped (uninstalled means gone),
+    and the log says which one and what is installed."""
+    manager = PluginManager(["nope", "alpha"])
+    with caplog.at_level(logging.WARNING, logger="loraserve.plugins.manager"):
+        assert manager.check() == ["alpha"]
+        assert manager.check() == ["alpha"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "'nope'" in warnings[0] and "not installed" in warnings[0]
     for installed in ("alpha", "remote", "zeta"):
-        assert installed in message
+        assert installed in warnings[0]
 
 
 def test_check_imports_nothing(three_plugins, events):
@@ -69,10 +75,9 @@ def test_env_var_drives_the_process_manager(three_plugins, monkeypatch):
         monkeypatch.setenv("VLLM_PLUGINS", "")
         reset_plugin_manager()
         assert get_plugin_manager().check() == []
-        monkeypatch.setenv("VLLM_PLUGINS", "missing")
+        monkeypatch.setenv("VLLM_PLUGINS", "missing,remote")
         reset_plugin_manager()
-        with pytest.raises(PluginError, match="missing"):
-            get_plugin_manager().check()
+        assert get_plugin_manager().check() == ["remote"]
     finally:
         reset_plugin_manager()
 
