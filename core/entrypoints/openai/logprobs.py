@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from loraserve.logprobs import Logprob, PromptLogprobs
+from loraserve.logprobs import Logprob, PromptLogprobs, SampleLogprobs
 
 _FLOOR = -9999.0
 
@@ -58,7 +58,7 @@ def vllm_prompt_logprobs(steps: PromptLogprobs) -> list[dict[str, dict[str, Any]
     ]
 
 
-def chat_logprobs(token_ids: list[int], steps: PromptLogprobs, top: int) -> dict[str, Any]:
+def chat_logprobs(token_ids: list[int], steps: SampleLogprobs, top: int) -> dict[str, Any]:
     """``choices[].logprobs`` of /v1/chat/completions: ``content``, one entry per token, each
     with its ``top`` most likely alternatives, most likely first."""
     content = []
