@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Sequence
+from difflib import get_close_matches
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -22,6 +24,23 @@ logger = logging.getLogger(__name__)
 
 Prompt = str | dict[str, Any]
 LoRASpec = LoRARequest | str | None
+
+# vLLM engine options that mean nothing here (GPU memory, parallelism, graph capture, ...):
+# accepted with a warning, so a vLLM script runs unchanged. Any other unknown keyword is a
+# TypeError, as in vLLM, so a misspelt option (``max_lora=4``) is never silently dropped.
+VLLM_ONLY_OPTIONS = frozenset({
+    "tokenizer", "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code", "revision",
+    "tokenizer_revision", "code_revision", "download_dir", "load_format", "quantization",
+    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+    "distributed_executor_backend", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",
+    "enforce_eager", "max_seq_len_to_capture", "disable_custom_all_reduce", "kv_cache_dtype",
+    "block_size", "enable_prefix_caching", "enable_chunked_prefill", "max_num_batched_tokens",
+    "disable_log_stats", "max_logprobs", "fully_sharded_loras", "lora_extra_vocab_size",
+    "lora_dtype", "long_lora_scaling_factors", "max_seq_len", "compilation_config",
+    "hf_overrides", "mm_processor_kwargs", "limit_mm_per_prompt", "worker_cls",
+    "disable_async_output_proc", "scheduling_policy", "num_scheduler_steps", "task", "runner",
+    "override_generation_config", "generation_config", "allowed_local_media_path",
+})
 
 
 class LLM:
@@ -41,10 +60,9 @@ class LLM:
         max_num_seqs: int = 64,
         device: str = "auto",
         lora_merge: bool = True,
-        **ignored: Any,
+        **vllm_options: Any,
     ) -> None:
-        if ignored:
-            logger.warning("ignoring options loraserve does not use: %s", ", ".join(sorted(ignored)))
+        _check_vllm_options(vllm_options)
         self.config = EngineConfig(
             model=model,
             served_model_name=served_model_name,
@@ -139,3 +157,14 @@ class LLM:
         if manager is None:
             raise LoRANotFoundError(lora, "LoRA is not enabled; pass enable_lora=True.")
         return manager.get(lora) or asyncio.run(self._resolution.resolve(lora))
+
+
+def _check_vllm_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - VLLM_ONLY_OPTIONS)
+    if unknown:
+        known = [*inspect.signature(LLM.__init__).parameters, *VLLM_ONLY_OPTIONS]
+        hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(name, known, 1))
+                 else repr(name) for name in unknown]
+        raise TypeError(f"LLM() got unexpected keyword argument(s): {', '.join(hints)}")
+    if options:
+        logger.warning("ignoring vLLM options loraserve does not use: %s", ", ".join(sorted(options)))
