@@ -78,8 +78,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     """Model, batching and LoRA capacity flags (vLLM's names)."""
-    parser.add_argument("--served-model-name", default=None,
-                        help="Name clients use for the base model (default: MODEL as given).")
+    parser.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                        help="Name(s) clients use for the base model; the first is the one "
+                             "resolvers and adapter listings use (default: MODEL as given).")
     parser.add_argument("--dtype", default="auto",
                         choices=["auto", "float32", "float16", "bfloat16"],
                         help="Weight and activation dtype (default: the model's, float32 on CPU).")
@@ -152,7 +153,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
     runtime = runtime_lora_updating_from_env()
     engine = EngineConfig(
         model=args.model,
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name[0] if args.served_model_name else None,
         dtype=args.dtype,
         seed=args.seed,
         max_model_len=args.max_model_len,
@@ -170,6 +171,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         api_key=args.api_key or None,
         lora_modules=list(args.lora_modules),
         allow_runtime_lora_updating=runtime,
+        served_model_aliases=list(args.served_model_name or [])[1:],
     )
     return engine, server
 

@@ -148,3 +148,10 @@ def test_cli_plugins_lists_installed(tmp_path: Path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+def test_several_served_model_names_as_vllm():
+    engine, server = configs_from_args(parse("--served-model-name", "main", "alias1", "alias2"))
+    assert engine.served_model_name == "main" and server.served_model_aliases == ["alias1", "alias2"]
+    engine, server = configs_from_args(parse("--served-model-name", "only"))
+    assert engine.served_model_name == "only" and server.served_model_aliases == []

@@ -80,7 +80,7 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> web.Application:
     if config.api_key:
         middlewares.append(_auth_middleware(config.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    models = ServingModels(engine, config.allow_runtime_lora_updating)
+    models = ServingModels(engine, config.allow_runtime_lora_updating, config.served_model_aliases)
     completion = ServingCompletion(engine, models)
     chat = ServingChat(engine, models)
     app[MODELS_KEY] = models

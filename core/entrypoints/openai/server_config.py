@@ -31,3 +31,5 @@ class ServerConfig:
     api_key: str | None = None
     lora_modules: list[LoRAModulePath] = field(default_factory=list)
     allow_runtime_lora_updating: bool = False
+    # further --served-model-name values: names that also mean the base model (as in vLLM)
+    served_model_aliases: list[str] = field(default_factory=list)

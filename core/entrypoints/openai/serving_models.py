@@ -29,14 +29,22 @@ class ServingModels:
     started without it never loads an adapter the operator did not name.
     """
 
-    def __init__(self, engine: AsyncLLMEngine, allow_runtime_lora_updating: bool) -> None:
+    def __init__(
+        self, engine: AsyncLLMEngine, allow_runtime_lora_updating: bool, aliases: list[str] = ()
+    ) -> None:
         self.engine = engine
         self.allow_runtime_lora_updating = allow_runtime_lora_updating
+        self.aliases = [a for a in dict.fromkeys(aliases) if a != engine.served_model_name]
         self._ids = itertools.count(1)
 
     @property
     def base_model_name(self) -> str:
         return self.engine.served_model_name
+
+    @property
+    def base_model_names(self) -> list[str]:
+        """Every name of the base model: the served name first, then its aliases."""
+        return [self.base_model_name, *self.aliases]
 
     def _card(self, model_id: str, root: str, parent: str | None, now: int) -> dict[str, Any]:
         return {
@@ -51,17 +59,18 @@ class ServingModels:
         }
 
     def list_models(self) -> dict[str, Any]:
-        """``GET /v1/models``: the base first, then adapters in load order."""
+        """``GET /v1/models``: the base (under each of its names) first, then adapters in load
+        order."""
         now = int(time.time())
         base = self.base_model_name
-        cards = [self._card(base, self.engine.model_path, None, now)]
+        cards = [self._card(name, self.engine.model_path, None, now) for name in self.base_model_names]
         for lora in self.engine.list_loras():
             cards.append(self._card(lora.lora_name, lora.lora_path, lora.base_model_name or base, now))
         return {"object": "list", "data": cards}
 
     async def resolve(self, model: str | None) -> LoRARequest | None:
         """None for the base model (or no ``model``); raises LoRANotFoundError (404)."""
-        if model is None or model == self.base_model_name:
+        if model is None or model in self.base_model_names:
             return None
         return await self.engine.resolve_model(model, allow_resolvers=self.allow_runtime_lora_updating)
 
@@ -72,7 +81,7 @@ class ServingModels:
         """Load one adapter; shared by start-up ``--lora-modules`` and the load endpoint."""
         if self._loaded(name) is not None:
             raise InvalidRequestError(f"The lora adapter '{name}' has already been loaded.")
-        if name == self.base_model_name:
+        if name in self.base_model_names:
             raise InvalidRequestError(
                 f"The lora adapter '{name}' has the same name as the base model; choose another"
             )
@@ -80,6 +89,8 @@ class ServingModels:
             raise NotFoundError(
                 f"LoRA adapter '{name}': path '{path}' does not exist or is not a directory"
             )
+        if base_model_name in self.aliases:  # another name of the same base model
+            base_model_name = None
         if base_model_name not in (None, self.base_model_name):
             # vLLM keeps the lineage only when it names a served model; say so instead of hiding it
             logger.warning(
