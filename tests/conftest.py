@@ -36,6 +36,14 @@ def adapter_dirs(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.fixture(scope="session")
+def hf(llama_dir: Path):
+    """transformers' own Llama over the tiny model: the reference for logits and processors."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(llama_dir), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
 def hf_greedy():
     """Reference greedy tokens from transformers (+ PEFT when an adapter is given).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from loraserve import LLM, SamplingParams
 from loraserve.errors import InvalidRequestError
@@ -20,11 +20,6 @@ NEW = 24
 @pytest.fixture(scope="module")
 def llm(llama_dir):
     return LLM(str(llama_dir))
-
-
-@pytest.fixture(scope="module")
-def hf(llama_dir):
-    return AutoModelForCausalLM.from_pretrained(str(llama_dir), dtype=torch.float32).eval()
 
 
 class OpenAIPenalties(LogitsProcessor):

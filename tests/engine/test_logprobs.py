@@ -18,11 +18,6 @@ def llm(llama_dir):
     return LLM(str(llama_dir))
 
 
-@pytest.fixture(scope="module")
-def hf(llama_dir):
-    return AutoModelForCausalLM.from_pretrained(str(llama_dir), dtype=torch.float32).eval()
-
-
 def hf_logprobs(hf, prompt_ids, new_ids):
     """[steps, vocab] log-softmax of the model's raw next-token logits along prompt + new_ids."""
     ids = torch.tensor([prompt_ids + new_ids])
