@@ -323,7 +323,7 @@ class LLMEngine:
         return self._length_reason(seq, text_each_step)
 
     def _length_reason(self, seq: Sequence, text_each_step: bool) -> str | None:
-        """"length" at max_tokens or the context limit; the text is brought up to date then."""
+        """Finish as "length" at max_tokens or the context limit, bringing the text up to date."""
         max_tokens = seq.params.max_tokens
         if (max_tokens is not None and len(seq.output_token_ids) >= max_tokens) or (
             seq.num_tokens >= self.max_model_len
