@@ -138,6 +138,7 @@ def test_echo_puts_the_prompt_first(server: RunningServer, offline):
 @pytest.mark.parametrize("body, message", [
     ({"prompt": PROMPT, "best_of": 3}, "'best_of' is not supported"),
     ({"prompt": PROMPT, "suffix": "x"}, "'suffix' is not supported"),
+    ({"prompt": PROMPT, "max_tokens": 0}, "'max_tokens' must be at least 1"),  # only with echo
     ({"prompt": PROMPT, "prompt_logprobs": 1, "stream": True}, "`prompt_logprobs` are not available when `stream=True`."),
     ({"prompt": PROMPT, "prompt_logprobs": 21}, "'prompt_logprobs' must be between 0 and 20"),
     ({"prompt": PROMPT, "logprobs": 21}, "'logprobs' must be between 0 and 20, got 21"),
@@ -203,3 +204,27 @@ def test_prompt_logprobs_field_as_vllm(server: RunningServer, offline):
                              {"model": BASE, "messages": CHAT, "max_tokens": 1, "prompt_logprobs": 0})
     prompt_logprobs = json.loads(text)["prompt_logprobs"]
     assert status == 200 and prompt_logprobs[0] is None and len(prompt_logprobs) > 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_with_max_tokens_zero_returns_the_prompt_alone(server: RunningServer, offline, stream):
+    """The classic "score this text" request: echo, logprobs, max_tokens 0 (vLLM supports it)."""
+    api = client(server)
+    kwargs = dict(model=BASE, prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
+    if stream:
+        chunks = [c for c in api.completions.create(stream=True, stream_options={"include_usage": True},
+                                                    **kwargs)]
+        choices = [c.choices[0] for c in chunks if c.choices]
+        text = "".join(c.text for c in choices)
+        token_logprobs = [v for c in choices for v in c.logprobs.token_logprobs]
+        usage = chunks[-1].usage
+    else:
+        got = api.completions.create(**kwargs)
+        text, token_logprobs, usage = got.choices[0].text, got.choices[0].logprobs.token_logprobs, got.usage
+    prompt_ids = offline.tokenizer.encode(PROMPT)
+    scored = offline.prompt_scores(PROMPT, None, 0)
+    assert text == PROMPT
+    assert token_logprobs[0] is None and len(token_logprobs) == len(prompt_ids)
+    assert token_logprobs[1:] == pytest.approx(
+        [entries[t].logprob for t, entries in zip(prompt_ids[1:], scored[1:])], abs=1e-5)
+    assert usage.completion_tokens == 0 and usage.prompt_tokens == len(prompt_ids)

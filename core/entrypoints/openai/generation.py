@@ -191,13 +191,15 @@ class Usage:
     which sees every request, offline ones included.)
     """
 
-    def __init__(self, prompt_lens: list[int]) -> None:
+    def __init__(self, prompt_lens: list[int], count_completions: bool = True) -> None:
         self.prompt_lens = prompt_lens
+        self.count_completions = count_completions  # False when the answer is the prompt alone
         self.completion_tokens: dict[tuple[int, int], int] = {}
 
     def observe(self, prompt_index: int, out: RequestOutput) -> None:
         for comp in out.outputs:
-            self.completion_tokens[(prompt_index, comp.index)] = len(comp.token_ids)
+            count = len(comp.token_ids) if self.count_completions else 0
+            self.completion_tokens[(prompt_index, comp.index)] = count
 
     def usage(self) -> dict[str, int]:
         prompt = sum(self.prompt_lens)

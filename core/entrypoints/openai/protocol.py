@@ -171,6 +171,7 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False  # the prompt's text starts each choice's text
+    echo_only: bool = False  # echo with max_tokens 0: the prompt (and its logprobs) alone
 
     @classmethod
     def parse(cls, body: Any) -> CompletionRequest:
@@ -180,6 +181,10 @@ class CompletionRequest:
         _refuse_unsupported(body)
         logprobs = _bounded_logprobs("logprobs", _field(body, "logprobs", "int"))
         echo = _field(body, "echo", "bool", False)
+        # vLLM's echo without generation: one token is generated and then left out
+        echo_only = echo and _field(body, "max_tokens", "int") == 0
+        if echo_only:
+            body = {**body, "max_tokens": 1}
         sampling = SamplingFields.parse(body, max_tokens_default=16, logprobs=logprobs)  # OpenAI's
         if echo and logprobs is not None:  # the echoed prompt's tokens get logprobs too
             sampling.prompt_logprobs = max(sampling.prompt_logprobs or 0, logprobs)
@@ -190,6 +195,7 @@ class CompletionRequest:
             stream=_field(body, "stream", "bool", False),
             include_usage=_include_usage(body),
             echo=echo,
+            echo_only=echo_only,
         )
 
 

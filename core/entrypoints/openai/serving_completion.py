@@ -52,13 +52,13 @@ class ServingCompletion:
         params = [sampling_params(req.sampling, len(p), self.engine.max_model_len) for p in prompts]
         head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
                 "model": model_name}
-        usage = Usage([len(p) for p in prompts])
+        usage = Usage([len(p) for p in prompts], count_completions=not req.echo_only)
         texts = [p if isinstance(p, str) else None for p in req.prompts]
         outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
         decode = self.engine.tokenizer.decode
         echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
-        shape = _Shape(head, req.sampling.n, echoes if req.echo else None, decode)
+        shape = _Shape(head, req.sampling.n, echoes if req.echo else None, decode, req.echo_only)
         try:
             if req.stream:
                 return await SSEStream(request).run(_chunks(outputs, shape, req.include_usage, usage))
@@ -75,6 +75,7 @@ class _Shape:
     n: int
     echoes: list[str] | None  # each prompt's text, when echo is on
     decode: Callable[[list[int]], str]
+    echo_only: bool = False  # the generated token is left out (echo with max_tokens 0)
 
     def choice(
         self, index: int, out: RequestOutput, comp: CompletionOutput, text: str,
@@ -84,11 +85,14 @@ class _Shape:
         The first piece of a choice (``first_token`` 0) also carries the echoed prompt, its
         logprobs and vLLM's ``prompt_logprobs``."""
         first = first_token == 0
-        echo = self.echoes[index] if self.echoes is not None and first else ""
+        echoing = self.echoes is not None and first
+        echo = self.echoes[index] if echoing else ""
+        if self.echo_only:
+            text, first_token = "", len(comp.token_ids)
         logprobs = None
         if comp.logprobs is not None:
             ids, steps = comp.token_ids[first_token:], comp.logprobs[first_token:]
-            if echo and out.prompt_logprobs is not None:
+            if echoing and out.prompt_logprobs is not None:
                 ids, steps = out.prompt_token_ids + ids, [*out.prompt_logprobs, *steps]
             logprobs = completion_logprobs(ids, steps, text_offset, self.decode)
         choice = {"index": index * self.n + comp.index, "text": echo + text, "logprobs": logprobs,
