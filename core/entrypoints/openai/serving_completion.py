@@ -57,8 +57,10 @@ class ServingCompletion:
         outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
         decode = self.engine.tokenizer.decode
-        echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
-        shape = _Shape(head, req.sampling.n, echoes if req.echo else None, decode, req.echo_only)
+        echoes = None  # decoding token prompts costs time: only when echo asks for it
+        if req.echo:
+            echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
+        shape = _Shape(head, req.sampling.n, echoes, decode, req.echo_only)
         try:
             if req.stream:
                 return await SSEStream(request).run(_chunks(outputs, shape, req.include_usage, usage))
