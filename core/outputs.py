@@ -12,10 +12,11 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # "stop" | "length" | None while running
+    finish_reason: str | None = None  # "stop" | "length" | "error" | None while running
     stop_reason: str | int | None = None  # the stop string or token id; None for EOS or length
     logprobs: SampleLogprobs | None = None  # per token, when SamplingParams.logprobs is set
     cumulative_logprob: float | None = None  # likewise
+    error: str | None = None  # with finish_reason "error": what failed (this sequence alone)
 
 
 @dataclass

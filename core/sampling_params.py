@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from loraserve.errors import InvalidRequestError
 from loraserve.logprobs import MAX_LOGPROBS
+
+_FLOAT32_MAX = 3.4028234663852886e38  # the sampler computes in float32: larger is inf there
+_FLOAT32_TINY = 1.401298464324817e-45  # smallest float32 above 0: below it top_p is 0
+SEED_RANGE = (-(2**63), 2**63 - 1)  # vLLM's bound (int64)
 
 
 @dataclass
@@ -39,10 +44,19 @@ class SamplingParams:
         self._check()
 
     def _check(self) -> None:
+        """Refuse what the sampler cannot run: a value that passes here never fails a step."""
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)
+                    and abs(value) <= _FLOAT32_MAX):
+                raise InvalidRequestError(f"{name} must be a finite number, got {value!r}")
         if self.temperature < 0:
             raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_p < _FLOAT32_TINY:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p} (0 in float32)")
         if self.top_k < 0 and self.top_k != -1:
             raise InvalidRequestError(f"top_k must be 0 or -1 (disabled) or positive, got {self.top_k}")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -56,6 +70,12 @@ class SamplingParams:
             raise InvalidRequestError(
                 f"repetition_penalty must be greater than zero, got {self.repetition_penalty}"
             )
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise InvalidRequestError(
+                f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {self.seed}"
+            )
+        if bad := sorted(t for t, b in self.logit_bias.items() if not math.isfinite(b)):
+            raise InvalidRequestError(f"logit_bias values must be finite numbers (token ids {bad})")
         if self.min_tokens < 0:
             raise InvalidRequestError(f"min_tokens must be at least 0, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:

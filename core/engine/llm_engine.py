@@ -24,7 +24,7 @@ from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.sampler import SampledToken, prompt_logprobs, sample
 from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence
-from loraserve.errors import InvalidRequestError, LoRANotFoundError
+from loraserve.errors import InvalidRequestError, LoRAAlreadyLoadedError
 from loraserve.logprobs import Logprob
 from loraserve.lora.ids import next_lora_id
 from loraserve.lora.manager import LoRAEvents, LoRAManager
@@ -171,10 +171,12 @@ class LLMEngine:
         vocab = self.spec.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
-        if outside := sorted(t for t in params.logit_bias or () if not 0 <= t < vocab):
-            raise InvalidRequestError(
-                f"logit_bias names token ids outside the vocabulary [0, {vocab}): {outside}"
-            )
+        for name, ids in (("logit_bias", params.logit_bias or ()),
+                          ("stop_token_ids", params.stop_token_ids)):
+            if outside := sorted(t for t in ids if not 0 <= t < vocab):
+                raise InvalidRequestError(
+                    f"{name} names token ids outside the vocabulary [0, {vocab}): {outside[:8]}"
+                )
         wanted = len(prompt_token_ids) + (params.max_tokens or 1)
         if wanted > self.max_model_len:
             raise InvalidRequestError(
@@ -196,22 +198,21 @@ class LLMEngine:
         if lora_request is None:
             return None
         manager = self._lora_manager(lora_request.lora_name)
-        if register:  # the registered request; another path under a known name is refused
-            lora = manager.add(lora_request)
-        else:
-            lora = manager.get(lora_request.lora_name)
-            if lora is None:
-                raise LoRANotFoundError(lora_request.lora_name)
+        if not register:  # whatever is registered under the name now, pinned in one step
+            return manager.pin(lora_request.lora_name)
+        lora = manager.add(lora_request)  # another path under a known name is refused
         manager.ensure_host(lora)
         return lora
 
     def load_lora(self, lora_request: LoRARequest) -> LoRARequest:
-        """Load and register an adapter under a fresh, never reused id; the name must be new."""
+        """Load and register an adapter under a fresh, never reused id; the name must be new
+        (one of several concurrent loads of a name wins, the others get LoRAAlreadyLoadedError)."""
         name = lora_request.lora_name
         manager = self._lora_manager(name)
-        if name == self.config.served_model_name or manager.get(name):
-            raise InvalidRequestError(f"The lora adapter '{name}' has already been loaded.")
-        return manager.add(dataclasses.replace(lora_request, lora_int_id=next_lora_id()))
+        if name == self.config.served_model_name:
+            raise LoRAAlreadyLoadedError(name)
+        request = dataclasses.replace(lora_request, lora_int_id=next_lora_id())
+        return manager.add(request, exclusive=True)
 
     def _lora_manager(self, lora_name: str) -> LoRAManager:
         if self.lora_manager is None:
@@ -229,7 +230,7 @@ class LLMEngine:
         if params.greedy:
             return None
         seed = params.seed + index if params.seed is not None else self._rng.getrandbits(63)
-        return torch.Generator(device=self.device).manual_seed(seed)
+        return torch.Generator(device=self.device).manual_seed(seed % 2**64)  # torch's range
 
     def abort_request(self, request_id: str) -> None:
         request = self._requests.pop(request_id, None)
@@ -256,38 +257,66 @@ class LLMEngine:
 
     # ---- the step ----------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one batched forward pass; return a snapshot of each request that advanced."""
+        """Run one batched forward pass; return a snapshot of each request that advanced.
+
+        A failure in one sequence's sampling or bookkeeping ends that sequence alone with
+        finish_reason "error"; every other sequence of the step goes on unchanged.
+        """
         scheduled = self.scheduler.schedule()
         if scheduled is None:
             return []
         logits = self.runner.run(scheduled)
         for row, prompt_rows in logits.prompt.items():
-            self._record_prompt_logprobs(scheduled.seqs[row], prompt_rows)
+            seq = scheduled.seqs[row]
+            try:
+                self._record_prompt_logprobs(seq, prompt_rows)
+            except Exception as exc:  # noqa: BLE001 - this sequence's failure alone
+                self._fail(seq, exc)
         sampled = sample(logits.next_token, scheduled.seqs, self.eos_token_ids)
         now = time.monotonic()
         touched: dict[str, _Request] = {}
         for seq, choice in zip(scheduled.seqs, sampled):
-            token = choice.token_id
-            seq.output_token_ids.append(token)
-            if choice.logprobs is not None:
-                self._record_logprobs(seq, choice)
-            metrics.GENERATION_TOKENS.labels(model=self._model_label(seq.lora)).inc()
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-                metrics.TIME_TO_FIRST_TOKEN.labels(model=self._model_label(seq.lora)).observe(
-                    now - seq.arrival_time
-                )
-            reason = self._finish_reason(seq, token)
-            if reason is not None:
-                self.scheduler.finish(seq, reason)
-                metrics.REQUESTS.labels(model=self._model_label(seq.lora), finish_reason=reason).inc()
             touched[seq.request_id] = self._requests[seq.request_id]
+            if seq.is_finished:  # failed above
+                continue
+            try:
+                if choice.error is not None:
+                    raise choice.error
+                self._advance(seq, choice, now)
+            except Exception as exc:  # noqa: BLE001 - likewise
+                self._fail(seq, exc)
         outputs = [self._snapshot(r) for r in touched.values()]
         for request in touched.values():
             if request.finished:
                 del self._requests[request.request_id]
                 self.unpin_lora(request.lora)
         return outputs
+
+    def _advance(self, seq: Sequence, choice: SampledToken, now: float) -> None:
+        """Append the sampled token, record its logprobs and metrics, finish if it is done."""
+        token = choice.token_id
+        seq.output_token_ids.append(token)
+        if choice.logprobs is not None:
+            self._record_logprobs(seq, choice)
+        model = self._model_label(seq.lora)
+        metrics.GENERATION_TOKENS.labels(model=model).inc()
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            metrics.TIME_TO_FIRST_TOKEN.labels(model=model).observe(now - seq.arrival_time)
+        reason = self._finish_reason(seq, token)
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+            metrics.REQUESTS.labels(model=model, finish_reason=reason).inc()
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        """End one sequence with finish_reason "error"; the rest of the batch is untouched."""
+        logger.error(
+            "request %r (sample %d, adapter %r) failed and was stopped alone: %s",
+            seq.request_id, seq.index, seq.lora_name, exc, exc_info=exc,
+        )
+        seq.error = f"{type(exc).__name__}: {exc}"
+        self.scheduler.finish(seq, "error")
+        metrics.REQUESTS.labels(model=self._model_label(seq.lora), finish_reason="error").inc()
 
     def _record_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> None:
         scored = prompt_logprobs(logits, seq.prompt_token_ids, seq.params.prompt_logprobs)
@@ -357,6 +386,7 @@ def _completion(seq: Sequence) -> CompletionOutput:
         seq.index, text, list(seq.output_token_ids), seq.finish_reason, seq.stop_reason,
         logprobs=list(seq.output_logprobs) if asked else None,
         cumulative_logprob=seq.cumulative_logprob if asked else None,
+        error=seq.error,
     )
 
 

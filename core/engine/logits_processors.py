@@ -28,6 +28,7 @@ def process_row(logits: torch.Tensor, seq: Sequence, eos_token_ids: Collection[i
                                                 device=logits.device))
     if _holds_off_stops(seq):
         stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        stops = {t for t in stops if 0 <= t < logits.shape[0]}  # others can never be sampled
         if stops:
             logits[torch.tensor(sorted(stops), device=logits.device)] = float("-inf")
     if params.has_penalties:

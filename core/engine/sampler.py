@@ -18,6 +18,12 @@ class SampledToken:
     # The sampled token's and the top-N log-probabilities, by token id (sampled first);
     # None unless the request asked. The engine fills in the decoded text.
     logprobs: dict[int, Logprob] | None = None
+    # Why this row has no token: its sequence ends alone with finish_reason "error".
+    error: BaseException | None = None
+
+
+class NonFiniteLogitsError(ArithmeticError):
+    """The model gave a row NaN or infinite logits (a broken adapter, an overflow)."""
 
 
 @torch.inference_mode()
@@ -28,20 +34,38 @@ def sample(
 
     Log-probabilities come from the raw logits, before penalties, bias or temperature
     (vLLM's default, ``raw_logprobs``), so they describe the model, not the sampler.
+    Rows fail alone: whatever goes wrong for one row (non-finite logits, a processor or the
+    draw raising) becomes that row's ``error`` and every other row is sampled as usual.
     """
+    # one pass: a NaN or inf anywhere in a row makes its sum non-finite
+    finite = torch.isfinite(logits.sum(-1)).tolist()
+    failed: dict[int, BaseException] = {
+        row: NonFiniteLogitsError("the model produced non-finite logits for this sequence")
+        for row, ok in enumerate(finite) if not ok
+    }
     logprob_rows = [row for row, seq in enumerate(seqs) if seq.params.logprobs is not None]
     raw = logits[logprob_rows].log_softmax(-1) if logprob_rows else None  # [rows asking, vocab]
+    raw_row = {row: i for i, row in enumerate(logprob_rows)}
     for row, seq in enumerate(seqs):
-        if needs_processing(seq):
-            process_row(logits[row], seq, eos_token_ids)
+        if row not in failed and needs_processing(seq):
+            try:
+                process_row(logits[row], seq, eos_token_ids)
+            except Exception as exc:  # noqa: BLE001 - this row's failure, not the batch's
+                failed[row] = exc
     greedy = logits.argmax(dim=-1).tolist()
-    sampled = [
-        SampledToken(greedy[row] if seq.params.greedy else _sample_row(logits[row], seq))
-        for row, seq in enumerate(seqs)
-    ]
-    for i, row in enumerate(logprob_rows):
-        token = sampled[row]
-        token.logprobs = _logprobs(raw[i], token.token_id, seqs[row].params.logprobs)
+    sampled = []
+    for row, seq in enumerate(seqs):
+        if row not in failed:
+            try:
+                token = greedy[row] if seq.params.greedy else _sample_row(logits[row], seq)
+                choice = SampledToken(token)
+                if row in raw_row:
+                    choice.logprobs = _logprobs(raw[raw_row[row]], token, seq.params.logprobs)
+                sampled.append(choice)
+                continue
+            except Exception as exc:  # noqa: BLE001 - likewise
+                failed[row] = exc
+        sampled.append(SampledToken(-1, error=failed[row]))
     return sampled
 
 
@@ -54,7 +78,8 @@ def _sample_row(logits: torch.Tensor, seq: Sequence) -> int:
     if params.top_p < 1.0:
         sorted_logits, order = logits.sort(descending=True)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the first token always
+        drop = cumulative - sorted_logits.softmax(-1) >= params.top_p
+        drop[0] = False  # the most likely token always stays, however small top_p is
         logits = logits.index_fill(0, order[drop], float("-inf"))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=seq.generator).item())

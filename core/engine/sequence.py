@@ -35,6 +35,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     stop_reason: str | int | None = None  # the stop string or stop token id that finished it
+    error: str | None = None  # why it finished with "error" (it failed alone)
     text: str = ""
     first_token_time: float | None = None
     lora_slot: int | None = None
