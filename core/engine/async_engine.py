@@ -19,7 +19,7 @@ from typing import Any
 from loraserve import metrics
 from loraserve.config import EngineConfig
 from loraserve.engine.llm_engine import LLMEngine
-from loraserve.errors import LoRANotFoundError
+from loraserve.errors import LoRAAlreadyLoadedError, LoRANotFoundError
 from loraserve.lora.manager import LoRAEvents
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolution import LoRAResolutionService
@@ -30,6 +30,7 @@ from loraserve.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_PIN_ATTEMPTS = 3  # an adapter unloaded between lookup and pin is resolved again, this often
 
 
 class AsyncLLMEngine:
@@ -60,7 +61,7 @@ class AsyncLLMEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Yield cumulative snapshots until the request finishes; closing early aborts it."""
         self.engine.check_prompt(prompt_token_ids, params)
-        lora = await asyncio.to_thread(self.engine.pin_lora, lora_request, False)
+        lora = await self._pin(lora_request)
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         self._send("add", (request_id, prompt_token_ids, params, lora, prompt))
@@ -76,6 +77,21 @@ class AsyncLLMEngine:
             self._streams.pop(request_id, None)
             if not finished:
                 self._send("abort", request_id)
+
+    async def _pin(self, lora_request: LoRARequest | None) -> LoRARequest | None:
+        """Pin whatever is registered under the adapter's name now. If it was unloaded since
+        the name was resolved, resolve it again (when resolvers may): a name a resolver
+        still finds is served, and only a name that is really gone is a 404."""
+        if lora_request is None:
+            return None
+        for attempt in range(_PIN_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(self.engine.pin_lora, lora_request, False)
+            except LoRANotFoundError:
+                if not self.config.allow_runtime_lora_updating or attempt == _PIN_ATTEMPTS - 1:
+                    raise
+            lora_request = await self.resolve_model(lora_request.lora_name, allow_resolvers=True)
+        raise AssertionError("unreachable")
 
     def _send(self, command: str, payload: Any) -> None:
         self._ensure_thread()
@@ -103,7 +119,12 @@ class AsyncLLMEngine:
         return resolved
 
     async def _load_resolved(self, request: LoRARequest) -> LoRARequest:
-        loaded = await self.add_lora(request)
+        try:
+            loaded = await self.add_lora(request)
+        except LoRAAlreadyLoadedError:  # another load of the name (the load route) won: use it
+            loaded = await asyncio.to_thread(self.engine.lora_manager.wait_loaded, request.lora_name)
+            if loaded is None:  # that load failed or was unloaded at once
+                raise
         metrics.LORA_RESOLUTIONS.labels(outcome="loaded").inc()
         return loaded
 

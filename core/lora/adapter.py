@@ -6,9 +6,10 @@ state changes, so a bad adapter is never half-loaded.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,10 @@ import torch
 
 from loraserve.errors import LoRAAdapterError
 from loraserve.lora.layout import MODULE_GROUP, MODULE_PARENT, SUPPORTED_MODULES, group_shapes
+from loraserve.lora.peft_config import BIN_FILE, CONFIG_FILE, SAFETENSORS_FILE, read_adapter_config
 from loraserve.lora.request import LoRARequest
-from loraserve.lora.safetensors_file import SafetensorsError, read_safetensors
+from loraserve.lora.safetensors_file import SafetensorsError, read_header, read_safetensors
 from loraserve.model.spec import ModelSpec
-
-CONFIG_FILE = "adapter_config.json"
-SAFETENSORS_FILE = "adapter_model.safetensors"
-BIN_FILE = "adapter_model.bin"
 
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(?:self_attn|mlp)\."
@@ -64,68 +62,49 @@ class LoRAAdapter:
 def load_adapter(
     request: LoRARequest, spec: ModelSpec, max_rank: int
 ) -> LoRAAdapter:
-    """Read ``request.lora_path`` and return its weights, or raise LoRAAdapterError."""
+    """Read ``request.lora_path`` and return its weights, or raise LoRAAdapterError.
+
+    Names and shapes are checked against the base model and ``max_rank`` before the
+    weights are read, so a file cannot make the loader read more than such an adapter
+    needs; the weights must then be finite.
+    """
     name = request.lora_name
     path = Path(request.lora_path)
     if not path.is_dir():
         raise LoRAAdapterError(name, f"path {str(path)!r} does not exist or is not a directory")
-    config = _read_config(name, path)
-    _check_config(name, config)
-    modules = _collect_modules(name, _read_tensors(name, path))
-    _check_ranks(name, modules, max_rank)
-    return _assemble(name, str(path), config, modules, spec)
+    config = read_adapter_config(path / CONFIG_FILE, name)
+    check = functools.partial(_check_shapes, name, spec=spec, max_rank=max_rank)
+    pairs = _pairs(name, _read_tensors(name, path, check, _max_bytes(spec, max_rank)))
+    return _assemble(name, str(path), config, pairs)
 
 
-def _read_config(name: str, path: Path) -> dict[str, Any]:
-    file = path / CONFIG_FILE
-    if not file.is_file():
-        raise LoRAAdapterError(name, f"{CONFIG_FILE} is missing in {str(path)!r}")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoRAAdapterError(name, f"{CONFIG_FILE} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise LoRAAdapterError(name, f"{CONFIG_FILE} must hold a JSON object")
-    return config
-
-
-def _check_config(name: str, config: dict[str, Any]) -> None:
-    peft_type = config.get("peft_type")
-    if str(peft_type).upper() != "LORA":
-        raise LoRAAdapterError(name, f"peft_type is {peft_type!r}; only LORA adapters are supported")
-    if config.get("use_dora"):
-        raise LoRAAdapterError(name, "DoRA adapters (use_dora=true) are not supported")
-    if config.get("modules_to_save"):
-        raise LoRAAdapterError(
-            name, f"modules_to_save {config['modules_to_save']!r} is not supported"
-        )
-    if config.get("bias", "none") != "none":
-        raise LoRAAdapterError(name, f"bias={config['bias']!r} is not supported (only 'none')")
-    targets = config.get("target_modules")
-    if isinstance(targets, list):  # short names, or full paths ("all-linear" saves those)
-        unsupported = sorted({t for t in targets if t.split(".")[-1] not in SUPPORTED_MODULES})
-        if unsupported:
-            raise LoRAAdapterError(
-                name,
-                f"target modules {unsupported} are not supported; "
-                f"supported: {', '.join(SUPPORTED_MODULES)}",
-            )
-
-
-def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    name: str, path: Path, check_shapes: Callable[[dict[str, tuple[int, ...]]], None],
+    max_bytes: int,
+) -> dict[str, torch.Tensor]:
     safetensors_file, bin_file = path / SAFETENSORS_FILE, path / BIN_FILE
     if safetensors_file.is_file():
         try:
+            _, entries = read_header(safetensors_file)
+            check_shapes({key: tuple(e.shape) for key, e in entries.items()})
             return read_safetensors(safetensors_file)
         except SafetensorsError as exc:
             raise LoRAAdapterError(name, f"{SAFETENSORS_FILE} is corrupt: {exc}") from None
     if bin_file.is_file():
+        if (size := bin_file.stat().st_size) > max_bytes:  # a pickle has no header to check first
+            raise LoRAAdapterError(
+                name, f"{BIN_FILE} is {size} bytes, more than any adapter of rank <= "
+                f"--max-lora-rank for this base model needs ({max_bytes})"
+            )
         try:
             tensors = torch.load(bin_file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad pickle
             raise LoRAAdapterError(name, f"{BIN_FILE} could not be read ({exc})") from None
-        if not isinstance(tensors, dict):
-            raise LoRAAdapterError(name, f"{BIN_FILE} does not hold a state dict")
+        if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in tensors.items()
+        ):
+            raise LoRAAdapterError(name, f"{BIN_FILE} does not hold a state dict of tensors")
+        check_shapes({key: tuple(t.shape) for key, t in tensors.items()})
         return tensors
     raise LoRAAdapterError(name, f"no {SAFETENSORS_FILE} or {BIN_FILE} in {str(path)!r}")
 
@@ -133,11 +112,10 @@ def _read_tensors(name: str, path: Path) -> dict[str, torch.Tensor]:
 ModuleKey = tuple[int, str]  # (layer, module name)
 
 
-def _collect_modules(
-    name: str, tensors: dict[str, torch.Tensor]
-) -> dict[ModuleKey, dict[str, torch.Tensor]]:
-    modules: dict[ModuleKey, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
+def _pairs(name: str, weights: dict[str, Any]) -> dict[ModuleKey, dict[str, Any]]:
+    """Group LoRA weights (tensors or shapes) by (layer, module): {"A": ..., "B": ...} each."""
+    pairs: dict[ModuleKey, dict[str, Any]] = {}
+    for key, value in weights.items():
         match = _KEY.match(key)
         if match is None or match.group(2) not in SUPPORTED_MODULES:
             raise LoRAAdapterError(
@@ -146,23 +124,54 @@ def _collect_modules(
                 f"({', '.join(SUPPORTED_MODULES)})",
             )
         layer, module, which = int(match.group(1)), match.group(2), match.group(3)
-        modules.setdefault((layer, module), {})[which] = tensor
-    if not modules:
+        pairs.setdefault((layer, module), {})[which] = value
+    if not pairs:
         raise LoRAAdapterError(name, "the weights file holds no LoRA weights")
-    for (layer, module), pair in modules.items():
+    for (layer, module), pair in pairs.items():
         if set(pair) != {"A", "B"}:
             raise LoRAAdapterError(name, f"layer {layer} {module} has lora_A or lora_B missing")
-    return modules
+    return pairs
 
 
-def _check_ranks(name: str, modules: dict[ModuleKey, dict[str, torch.Tensor]], max_rank: int) -> None:
-    rank = max(pair["A"].shape[0] for pair in modules.values())
-    if rank > max_rank:
+def _check_shapes(
+    name: str, shapes: dict[str, tuple[int, ...]], spec: ModelSpec, max_rank: int
+) -> None:
+    """Every pair is [r, in] and [out, r] for the base model, with 1 <= r <= max_rank."""
+    dims = group_shapes(spec)
+    ranks = []
+    for (layer, module), pair in _pairs(name, shapes).items():
+        group, index = MODULE_GROUP[module]
+        in_features, out_features = dims[group].in_features, dims[group].out_features[index]
+        a, b = pair["A"], pair["B"]
+        if layer >= spec.num_layers:
+            raise LoRAAdapterError(
+                name, f"has weights for layer {layer}; the base model has {spec.num_layers}"
+            )
+        if len(a) != 2 or len(b) != 2 or a[1] != in_features or b != (out_features, a[0]):
+            raise LoRAAdapterError(
+                name,
+                f"layer {layer} {module} has lora_A {a} and lora_B {b}; the base model needs "
+                f"[r, {in_features}] and [{out_features}, r]: is it an adapter for another "
+                "base model?",
+            )
+        if a[0] < 1:
+            raise LoRAAdapterError(name, f"layer {layer} {module} has rank 0")
+        ranks.append(a[0])
+    if (rank := max(ranks)) > max_rank:
         raise LoRAAdapterError(
             name,
             f"rank {rank} exceeds --max-lora-rank {max_rank}; restart with --max-lora-rank {rank} "
             f"(or max_lora_rank={rank})",
         )
+
+
+def _max_bytes(spec: ModelSpec, max_rank: int) -> int:
+    """The most an adapter of rank <= ``max_rank`` needs, in float64, plus pickle overhead."""
+    per_layer = sum(
+        (shape.in_features + out) * max_rank
+        for shape in group_shapes(spec).values() for out in shape.out_features
+    )
+    return per_layer * spec.num_layers * 8 + (1 << 20)
 
 
 def _module_scale(config: dict[str, Any], layer: int, module: str, rank: int) -> float:
@@ -177,33 +186,17 @@ def _module_scale(config: dict[str, Any], layer: int, module: str, rank: int) ->
 
 
 def _assemble(
-    name: str,
-    path: str,
-    config: dict[str, Any],
-    modules: dict[ModuleKey, dict[str, torch.Tensor]],
-    spec: ModelSpec,
+    name: str, path: str, config: dict[str, Any], pairs: dict[ModuleKey, dict[str, torch.Tensor]]
 ) -> LoRAAdapter:
-    """Check every pair's shapes against the base model; keep the tensors as they are."""
-    shapes = group_shapes(spec)
+    """Keep the (shape-checked) tensors as they are, once they are finite floats."""
     checked: dict[ModuleKey, ModuleLoRA] = {}
-    for (layer, module), pair in modules.items():
-        group, index = MODULE_GROUP[module]
-        in_features, out_features = shapes[group].in_features, shapes[group].out_features[index]
+    for (layer, module), pair in pairs.items():
         lora_a, lora_b = pair["A"], pair["B"]  # [r, in], [out, r]
-        r = lora_a.shape[0]
-        if layer >= spec.num_layers:
-            raise LoRAAdapterError(
-                name, f"has weights for layer {layer}; the base model has {spec.num_layers}"
-            )
-        if lora_a.dim() != 2 or lora_b.shape != (out_features, r) or lora_a.shape[1] != in_features:
-            raise LoRAAdapterError(
-                name,
-                f"layer {layer} {module} has lora_A {tuple(lora_a.shape)} and lora_B "
-                f"{tuple(lora_b.shape)}; the base model needs [r, {in_features}] and "
-                f"[{out_features}, r]: is it an adapter for another base model?",
-            )
         if not (lora_a.is_floating_point() and lora_b.is_floating_point()):
             raise LoRAAdapterError(name, f"layer {layer} {module} weights are not floating point")
-        checked[(layer, module)] = ModuleLoRA(lora_a, lora_b, _module_scale(config, layer, module, r))
+        if not (torch.isfinite(lora_a).all() and torch.isfinite(lora_b).all()):
+            raise LoRAAdapterError(name, f"layer {layer} {module} weights hold NaN or infinity")
+        scale = _module_scale(config, layer, module, lora_a.shape[0])
+        checked[(layer, module)] = ModuleLoRA(lora_a, lora_b, scale)
     rank = max(m.a.shape[0] for m in checked.values())
     return LoRAAdapter(name=name, path=path, rank=rank, modules=checked)

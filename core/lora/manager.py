@@ -23,7 +23,12 @@ from typing import Protocol
 import torch
 
 from loraserve import metrics
-from loraserve.errors import InvalidRequestError, LoRAAdapterError, LoRANotFoundError
+from loraserve.errors import (
+    InvalidRequestError,
+    LoRAAdapterError,
+    LoRAAlreadyLoadedError,
+    LoRANotFoundError,
+)
 from loraserve.lora.adapter import LoRAAdapter, load_adapter
 from loraserve.lora.download.cache import register_adapter_owner
 from loraserve.lora.request import LoRARequest
@@ -70,28 +75,54 @@ class LoRAManager:
         self._slot_refs = [0] * max_loras
         self._slot_last_used = [0.0] * max_loras
         self._last_used: dict[str, float] = {}  # registered name -> monotonic time of last use
+        self._loading: dict[str, threading.Event] = {}  # names being parsed -> set when done
         register_adapter_owner(self)  # the download cache may unload idle adapters for room
 
     # ---- registry ------------------------------------------------------------------
-    def add(self, request: LoRARequest) -> LoRARequest:
-        """Parse, validate and register an adapter; raises LoRAAdapterError, changing nothing."""
-        with self._lock:
-            known = self._registered.get(request.lora_name)
-            if known is not None:
-                if known.lora_path != request.lora_path:
-                    raise InvalidRequestError(
-                        f"LoRA adapter '{request.lora_name}' is already loaded from "
-                        f"{known.lora_path!r}; unload it first to load it from {request.lora_path!r}"
-                    )
-                return known
-        adapter = self._parse(request)
-        with self._lock:
-            self._registered[request.lora_name] = request
-            self._last_used[request.lora_name] = time.monotonic()
-            self._put_host(_key(request), adapter)
+    def add(self, request: LoRARequest, exclusive: bool = False) -> LoRARequest:
+        """Parse, validate and register an adapter; raises LoRAAdapterError, changing nothing.
+
+        One load per name at a time: a concurrent ``add`` of the same name waits for the
+        first and gets its outcome. With ``exclusive`` (the load endpoint's rule) a name
+        that is registered or being loaded is a LoRAAlreadyLoadedError instead.
+        """
+        name = request.lora_name
+        while True:
+            with self._lock:
+                known, loading = self._registered.get(name), self._loading.get(name)
+                if exclusive and (known is not None or loading is not None):
+                    raise LoRAAlreadyLoadedError(name)
+                if known is not None:
+                    if known.lora_path != request.lora_path:
+                        raise InvalidRequestError(
+                            f"LoRA adapter {name!r} is already loaded from {known.lora_path!r}; "
+                            f"unload it first to load it from {request.lora_path!r}"
+                        )
+                    return known
+                if loading is None:
+                    self._loading[name] = threading.Event()
+                    break
+            loading.wait()
+        try:
+            adapter = self._parse(request)
+            with self._lock:
+                self._registered[name] = request
+                self._last_used[name] = time.monotonic()
+                self._put_host(_key(request), adapter)
+        finally:
+            with self._lock:
+                self._loading.pop(name).set()
         if self.events:
             self.events.notify_loaded(request)
         return request
+
+    def wait_loaded(self, name: str, timeout_s: float | None = None) -> LoRARequest | None:
+        """The registered request once any load of ``name`` in progress has finished."""
+        with self._lock:
+            loading = self._loading.get(name)
+        if loading is not None:
+            loading.wait(timeout_s)
+        return self.get(name)
 
     def remove(self, name: str) -> LoRARequest:
         """Forget an adapter; requests already using it keep their weights until they finish."""
@@ -147,7 +178,7 @@ class LoRAManager:
             if in_use or self._last_used.get(name, 0.0) >= unused_since:
                 return False
             self._forget(name)
-        logger.info("unloaded idle LoRA adapter '%s' to make room in the download cache", name)
+        logger.info("unloaded idle LoRA adapter %r to make room in the download cache", name)
         if self.events:
             self.events.notify_evicted(name)
         return True
@@ -159,19 +190,42 @@ class LoRAManager:
     # Host entries and slots are keyed by (name, id), not by name: after an unload and a
     # new load under the same name, requests still running keep the old weights and new
     # ones get the new weights, never a mix.
+    def pin(self, name: str) -> LoRARequest:
+        """The registered adapter ``name``, host-resident and pinned for one more request.
+
+        Lookup and pin are one step under the lock, so an idle adapter that is being
+        released (``release_idle``) is either pinned first or reported missing, never lost
+        between the two. Raises LoRANotFoundError.
+        """
+        with self._lock:
+            request = self._registered.get(name)
+            if request is None:
+                raise LoRANotFoundError(name)
+            self._host_refs[_key(request)] += 1
+        self._ensure_resident(request)
+        return request
+
     def ensure_host(self, request: LoRARequest) -> None:
         """Make the adapter host-resident and pin it there for one more request."""
+        with self._lock:
+            self._host_refs[_key(request)] += 1
+        self._ensure_resident(request)
+
+    def _ensure_resident(self, request: LoRARequest) -> None:
+        """With a pin already counted (so nothing releases it meanwhile), parse it if needed."""
         key = _key(request)
         with self._lock:
             self._mark_used(request)
             if key in self._host:
                 self._host.move_to_end(key)
-                self._host_refs[key] += 1
                 return
-        adapter = self._parse(request)  # evicted earlier: read it again, outside the lock
+        try:
+            adapter = self._parse(request)  # evicted earlier: read it again, outside the lock
+        except BaseException:
+            self.release_host(request)
+            raise
         with self._lock:
             self._put_host(key, adapter)
-            self._host_refs[key] += 1
 
     def release_host(self, request: LoRARequest) -> None:
         key = _key(request)
@@ -202,12 +256,15 @@ class LoRAManager:
         metrics.LORA_LOADS.labels(outcome="ok").inc()
         metrics.LORA_LOAD_SECONDS.observe(time.perf_counter() - start)
         logger.info(
-            "loaded LoRA adapter '%s' (rank %d, %d modules) from %s",
+            "loaded LoRA adapter %r (rank %d, %d modules) from %r",
             request.lora_name, adapter.rank, len(adapter.target_modules), request.lora_path,
         )
         return adapter
 
     def _put_host(self, key: AdapterKey, adapter: LoRAAdapter) -> None:
+        if key in self._host:  # another request of the same adapter parsed it meanwhile
+            self._host.move_to_end(key)
+            return
         self._host[key] = adapter
         self._host.move_to_end(key)
         self._shrink_host(keep=key)

@@ -134,3 +134,120 @@ def test_a_refused_prompt_leaves_none_of_its_call_queued(llm, adapter_dirs, copy
                      lora_request=[good, None, LoRARequest("bad", 4, str(path))])
     assert not llm.engine.has_unfinished_requests()
     assert llm.engine.lora_manager.num_pinned_host_adapters == 0
+
+
+def _with_config(copy_of, **changes):
+    path = copy_of("sql")
+    config = json.loads((path / "adapter_config.json").read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"target_modules": [1, 2]}, r"target_modules must be a list of module names"),
+        ({"target_modules": {"q_proj": 1}}, r"target_modules must be a list of module names"),
+        ({"lora_alpha": None}, r"lora_alpha=None .* must be a finite number"),
+        ({"lora_alpha": "16"}, r"lora_alpha='16' .* must be a finite number"),
+        ({"lora_alpha": float("nan")}, r"lora_alpha=nan .* must be a finite number"),
+        ({"alpha_pattern": ["q_proj"]}, r"alpha_pattern must be an object"),
+        ({"alpha_pattern": {"q_proj(": 4}}, r"alpha_pattern key 'q_proj\(' is not a valid regular"),
+        ({"alpha_pattern": {"q_proj": "4"}}, r"alpha_pattern values must be finite numbers"),
+        ({"rank_pattern": {"q_proj": 0}}, r"rank_pattern values must be positive integers"),
+        ({"r": 0}, r"rank r=0 .* must be a positive integer"),
+        ({"r": _DROP}, r"rank r=None .* must be a positive integer"),
+        ({"peft_type": None}, r"peft_type is None"),
+    ],
+)
+def test_malformed_configs_are_refused(llm, copy_of, changes, match):
+    refused(llm, _with_config(copy_of, **changes), match)
+
+
+def test_lowercase_peft_type_loads(llm, copy_of):
+    path = _with_config(copy_of, peft_type="lora")
+    out = llm.generate("hello", GREEDY, lora_request=LoRARequest("lower", 9, str(path)))
+    assert out[0].outputs[0].finish_reason == "length"
+
+
+def _rewrite_weights(path, change):
+    from safetensors.torch import load_file, save_file
+
+    file = path / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    change(tensors)
+    save_file(tensors, str(file))
+
+
+def _first(tensors, which):
+    return next(k for k in tensors if f"lora_{which}" in k)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda t: t.__setitem__(_first(t, "A"), t[_first(t, "A")][:0]), r"rank 0|needs \[r, 64\]"),
+        (lambda t: t.__setitem__(_first(t, "A"), t[_first(t, "A")][0, 0].clone()),
+         r"needs \[r, 64\]"),
+        (lambda t: t[_first(t, "B")].view(-1).__setitem__(0, float("nan")), r"NaN or infinity"),
+        (lambda t: t[_first(t, "A")].view(-1).__setitem__(3, float("inf")), r"NaN or infinity"),
+    ],
+    ids=["rank-0", "scalar", "nan", "inf"],
+)
+def test_malformed_weights_are_refused(llm, copy_of, change, match):
+    path = copy_of("sql")
+    _rewrite_weights(path, change)
+    refused(llm, path, match)
+
+
+def _sparse_safetensors(file, a_shape, b_shape):
+    """A valid header naming one huge F32 q_proj pair, the data left as a hole (sparse)."""
+    import struct
+
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    a_bytes, b_bytes = a_shape[0] * a_shape[1] * 4, b_shape[0] * b_shape[1] * 4
+    header = json.dumps({
+        f"{prefix}.lora_A.weight": {"dtype": "F32", "shape": list(a_shape),
+                                    "data_offsets": [0, a_bytes]},
+        f"{prefix}.lora_B.weight": {"dtype": "F32", "shape": list(b_shape),
+                                    "data_offsets": [a_bytes, a_bytes + b_bytes]},
+    })
+    with open(file, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header.encode())
+        f.truncate(8 + len(header) + a_bytes + b_bytes)
+
+
+def test_a_huge_weights_file_is_refused_before_its_data_is_read(llm, copy_of, monkeypatch):
+    from loraserve.lora import adapter
+
+    def never(*args):
+        raise AssertionError("the data was read before the header was checked")
+
+    monkeypatch.setattr(adapter, "read_safetensors", never)
+    path = copy_of("sql")
+    weights = path / "adapter_model.safetensors"
+    _sparse_safetensors(weights, (1 << 20, 512), (64, 1 << 20))  # 2.3 GiB, another base model
+    refused(llm, path, r"needs \[r, 64\]")
+    _sparse_safetensors(weights, (1 << 22, 64), (64, 1 << 22))  # 2 GiB, shapes fit, rank too big
+    refused(llm, path, r"rank 4194304 exceeds --max-lora-rank 8")
+
+
+def test_a_huge_bin_file_is_refused_before_it_is_unpickled(llm, copy_of, monkeypatch):
+    import torch
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load ran on a file larger than any adapter")
+
+    path = copy_of("bin")
+    with open(path / "adapter_model.bin", "r+b") as f:
+        f.truncate(2 << 30)
+    monkeypatch.setattr(torch, "load", never)
+    refused(llm, path, r"adapter_model.bin is \d+ bytes, more than any adapter")
