@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from loraserve.entrypoints.openai.server_config import (
     RUNTIME_LORA_ENV,
     LoRAModulePath,
+    RequestLimits,
     ServerConfig,
     runtime_lora_updating_from_env,
 )
@@ -76,6 +77,18 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
                         help="Logging verbosity (default: %(default)s).")
 
 
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """Bounds on one request, refused with a 400 naming the flag before any tokenizing."""
+    limits = parser.add_argument_group("request limits")
+    limits.add_argument("--max-prompts-per-request", type=_positive_int,
+                        default=RequestLimits.max_prompts_per_request, metavar="N",
+                        help="Most prompts in one /v1/completions request (default: %(default)s).")
+    limits.add_argument("--max-sequences-per-request", type=_positive_int,
+                        default=RequestLimits.max_sequences_per_request, metavar="N",
+                        help="Most sequences one request may start, prompts x n "
+                             "(default: %(default)s).")
+
+
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     """Model, batching and LoRA capacity flags (vLLM's names)."""
     parser.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
@@ -126,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Local Hugging Face-format model directory.")
     add_engine_flags(serve)
     add_server_flags(serve)
+    add_limit_flags(serve)
 
     demo = sub.add_parser(
         "demo", help="Build (first run) and serve a tiny demo model with adapters; no network.",
@@ -172,6 +186,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         lora_modules=list(args.lora_modules),
         allow_runtime_lora_updating=runtime,
         served_model_aliases=list(args.served_model_name or [])[1:],
+        limits=RequestLimits(args.max_prompts_per_request, args.max_sequences_per_request),
     )
     return engine, server
 

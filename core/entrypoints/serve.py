@@ -71,7 +71,7 @@ async def _serve(engine, config: ServerConfig,  # noqa: ANN001 - AsyncLLMEngine
         await engine.shutdown()
         raise
     url = base_url(config, bound_port(runner))
-    logger.info("Serving '%s' on %s", engine.served_model_name, url)
+    logger.info("Serving %r on %s", engine.served_model_name, url)
     print(f"loraserve is ready on {url} (Ctrl+C to stop)", flush=True)
     if on_ready is not None:
         on_ready(url)

@@ -104,7 +104,8 @@ def test_help_explains_flags(capsys):
         build_parser().parse_args(["serve", "--help"])
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--served-model-name", "--enable-lora", "--lora-modules",
-                 "--max-loras", "--max-lora-rank", "--max-cpu-loras", "--api-key"):
+                 "--max-loras", "--max-lora-rank", "--max-cpu-loras", "--api-key",
+                 "--max-prompts-per-request", "--max-sequences-per-request"):
         assert flag in out
 
 
@@ -155,3 +156,15 @@ def test_several_served_model_names_as_vllm():
     assert engine.served_model_name == "main" and server.served_model_aliases == ["alias1", "alias2"]
     engine, server = configs_from_args(parse("--served-model-name", "only"))
     assert engine.served_model_name == "only" and server.served_model_aliases == []
+
+
+def test_request_limit_flags():
+    from loraserve.entrypoints.openai.server_config import RequestLimits
+
+    _, server = configs_from_args(parse())
+    assert server.limits == RequestLimits(1024, 2048)
+    _, server = configs_from_args(parse("--max-prompts-per-request", "8",
+                                        "--max-sequences-per-request", "16"))
+    assert server.limits == RequestLimits(max_prompts_per_request=8, max_sequences_per_request=16)
+    with pytest.raises(SystemExit):
+        parse("--max-prompts-per-request", "0")

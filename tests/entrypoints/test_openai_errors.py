@@ -200,3 +200,25 @@ def test_huge_prompt_is_refused_without_tokenizing_it(server: RunningServer, mon
     status, error = post(server, route, {"model": BASE, **body})
     assert status == 400 and "characters, more than that many tokens can hold" in error["message"]
     assert "maximum context length is" in error["message"] and not calls
+
+
+@pytest.mark.parametrize("value", [b"Bearer \xff\xfe", "Bearer sékret".encode(), b"\xe9",
+                                   b"Bearer \xed\xa0\x80"])
+def test_non_ascii_authorization_header_is_401(strict_server: RunningServer, value: bytes):
+    """Header bytes that are not ASCII (or not UTF-8) are a wrong key, not an encoding error."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(strict_server.url)
+    body = json.dumps({"model": BASE, "prompt": "hi"}).encode()
+    request = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Authorization: " + value + b"\r\nContent-Length: " + str(len(body)).encode()
+               + b"\r\nConnection: close\r\n\r\n" + body)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert json.loads(payload)["error"]["type"] == "AuthenticationError"

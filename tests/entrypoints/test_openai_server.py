@@ -244,8 +244,9 @@ def _gauges_settle(server: RunningServer, expected: dict[str, float], timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, _, text = http("GET", f"{server.url}/metrics")
-        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                  if line and not line.startswith("#")}
+        samples = [line.rsplit(None, 1) for line in text.splitlines()
+                   if line and not line.startswith("#")]  # label values may hold spaces
+        values = {name: float(value) for name, value in samples}
         if all(values.get(name) == value for name, value in expected.items()):
             return True
         time.sleep(0.05)

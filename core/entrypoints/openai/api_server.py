@@ -6,9 +6,8 @@ binds the socket and returns a runner the caller cleans up.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
-import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import loraserve
 from loraserve import metrics
 from loraserve.entrypoints.openai.errors import HTTPError, error_response
-from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from loraserve.entrypoints.openai.protocol import (
+    LoadLoRAAdapterRequest,
+    UnloadLoRAAdapterRequest,
+    parse_json_body,
+)
 from loraserve.entrypoints.openai.server_config import ServerConfig
 from loraserve.entrypoints.openai.serving_chat import ServingChat
 from loraserve.entrypoints.openai.serving_completion import ServingCompletion
@@ -27,18 +30,17 @@ from loraserve.entrypoints.openai.serving_models import ServingModels
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
 
-logger = logging.getLogger(__name__)
-
 MAX_BODY_BYTES = 64 * 1024 * 1024  # long token-id prompts are legitimately large
+THREAD_PARSE_BYTES = 1024 * 1024  # larger bodies are decoded on a worker thread
 MODELS_KEY = web.AppKey("models", ServingModels)
 
 
 async def _json_body(request: web.Request) -> object:
+    """The decoded body; a large one off the event loop, so /health and streams keep going."""
     raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, f"Malformed JSON body: {exc}") from exc
+    if len(raw) > THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(parse_json_body, raw)
+    return parse_json_body(raw)
 
 
 def _error_middleware() -> web.middleware:
@@ -56,15 +58,25 @@ def _error_middleware() -> web.middleware:
     return errors
 
 
+def _header_bytes(request: web.Request, name: str) -> bytes:
+    try:
+        return request.headers.get(name, "").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not from the wire's bytes: cannot match the key either
+        return b""
+
+
 def _auth_middleware(api_key: str) -> web.middleware:
-    """Every ``/v1`` route needs ``Authorization: Bearer <key>``; /health and /metrics do not."""
+    """Every ``/v1`` route needs ``Authorization: Bearer <key>``; /health and /metrics do not.
+
+    Header bytes that are not UTF-8 arrive as surrogate escapes; they are compared as the
+    bytes they were, so any header at all is a 401 rather than an encoding error.
+    """
     expected = f"Bearer {api_key}".encode()
 
     @web.middleware
     async def auth(request: web.Request, handler):  # noqa: ANN001, ANN202
         if request.path.startswith("/v1") and request.method != "OPTIONS":
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not hmac.compare_digest(_header_bytes(request, "Authorization"), expected):
                 raise HTTPError(
                     HTTPStatus.UNAUTHORIZED,
                     "Unauthorized: send the server's API key as 'Authorization: Bearer <key>'",
@@ -81,8 +93,8 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> web.Application:
         middlewares.append(_auth_middleware(config.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     models = ServingModels(engine, config.allow_runtime_lora_updating, config.served_model_aliases)
-    completion = ServingCompletion(engine, models)
-    chat = ServingChat(engine, models)
+    completion = ServingCompletion(engine, models, config.limits)
+    chat = ServingChat(engine, models, config.limits)
     app[MODELS_KEY] = models
 
     async def health(_: web.Request) -> web.Response:

@@ -35,12 +35,18 @@ class NotFoundError(LoRAServeError):
     """A named thing (route, adapter) does not exist: 404 with vLLM's wording."""
 
 
+class GenerationError(LoRAServeError):
+    """A sequence of this request failed inside the engine (finish_reason "error"): a 500 for
+    this request alone; the engine has already logged the traceback."""
+
+
 _STATUS_OF: list[tuple[type[BaseException], HTTPStatus]] = [
     (LoRANotFoundError, HTTPStatus.NOT_FOUND),
     (NotFoundError, HTTPStatus.NOT_FOUND),
     (LoRAAdapterError, HTTPStatus.BAD_REQUEST),
     (InvalidRequestError, HTTPStatus.BAD_REQUEST),
     (AdapterDownloadError, HTTPStatus.SERVICE_UNAVAILABLE),
+    (GenerationError, HTTPStatus.INTERNAL_SERVER_ERROR),
 ]
 
 _TYPE_OF = {
@@ -79,16 +85,26 @@ def message_of(exc: BaseException) -> str:
     if isinstance(exc, web.HTTPException):
         return exc.reason
     text = str(exc)
+    if isinstance(exc, GenerationError):
+        return f"Internal server error: {text}"
     if status_of(exc) == HTTPStatus.INTERNAL_SERVER_ERROR:
         return f"Internal server error: {type(exc).__name__}: {text}"
     return text
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """A 5xx in the log: with its traceback, unless the engine logged it already."""
+    if isinstance(exc, GenerationError):
+        logger.error("%s: %r", what, str(exc))
+    else:
+        logger.error(what, exc_info=exc)
 
 
 def error_response(exc: BaseException) -> web.Response:
     """Map ``exc`` to a JSON response; 5xx are logged with their traceback."""
     status = status_of(exc)
     if status >= 500:
-        logger.error("request failed", exc_info=exc)
+        log_failure("request failed", exc)
     return web.json_response(
         error_body(status, message_of(exc)), status=int(status), dumps=json.dumps
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,17 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from loraserve.entrypoints.openai.errors import error_body, message_of, status_of
-from loraserve.entrypoints.openai.protocol import SamplingFields
+from loraserve.entrypoints.openai.errors import (
+    GenerationError,
+    error_body,
+    log_failure,
+    message_of,
+    status_of,
+)
+from loraserve.entrypoints.openai.protocol import SamplingFields, is_text
+from loraserve.entrypoints.openai.server_config import RequestLimits
 from loraserve.errors import InvalidRequestError
 from loraserve.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
     from loraserve.lora.request import LoRARequest
-    from loraserve.outputs import RequestOutput
-
-logger = logging.getLogger(__name__)
+    from loraserve.outputs import CompletionOutput, RequestOutput
 
 
 # One thread does all tokenizing and chat rendering: a multi-megabyte prompt never stalls the
@@ -38,12 +42,35 @@ async def on_tokenizer_thread(fn: Callable[..., Any], *args: Any) -> Any:
     )
 
 
+def check_request_size(limits: RequestLimits, prompts: int, n: int) -> None:
+    """Refuse a request larger than the server's limits, before any tokenizing."""
+    if prompts > limits.max_prompts_per_request:
+        raise InvalidRequestError(
+            f"This request has {prompts} prompts, more than the server's limit of "
+            f"{limits.max_prompts_per_request} per request (--max-prompts-per-request)"
+        )
+    if prompts * n > limits.max_sequences_per_request:
+        raise InvalidRequestError(
+            f"This request asks for {prompts * n} sequences ({prompts} prompts x n={n}), more "
+            f"than the server's limit of {limits.max_sequences_per_request} per request "
+            "(--max-sequences-per-request)"
+        )
+
+
+def raise_if_failed(comp: CompletionOutput, choice_index: int) -> None:
+    """A choice the engine ended with finish_reason "error" fails its request (a 500)."""
+    if comp.finish_reason == "error":
+        reason = getattr(comp, "error", None) or "unknown error"
+        raise GenerationError(f"choice {choice_index} failed during generation: {reason}")
+
+
 _NORMALIZATION_SLACK = 4  # a normalizer may fold a few characters into one (NFKC, say)
 
 
 def check_prompt_chars(text: str, tokenizer: Any, max_model_len: int) -> None:
     """Refuse a text too long for the context whatever it tokenizes to, before tokenizing it:
-    a multi-megabyte prompt would otherwise hold the tokenizer thread for seconds."""
+    a multi-megabyte prompt would otherwise hold the tokenizer thread for seconds. Also refuse
+    a lone surrogate (one a chat template rendered from its kwargs, say): tokenizers raise."""
     limit = max_model_len * tokenizer.max_token_chars * _NORMALIZATION_SLACK
     if len(text) > limit:
         raise InvalidRequestError(
@@ -51,6 +78,8 @@ def check_prompt_chars(text: str, tokenizer: Any, max_model_len: int) -> None:
             f"prompt has {len(text)} characters, more than that many tokens can hold. Please "
             "reduce the length of the prompt."
         )
+    if not is_text(text):
+        raise InvalidRequestError("The prompt must be valid Unicode text (it has a lone surrogate)")
 
 
 def random_id(prefix: str) -> str:
@@ -177,7 +206,7 @@ class SSEStream:
             raise
         except Exception as exc:  # noqa: BLE001 - reported to the client in-band
             if status_of(exc) >= 500:
-                logger.error("stream failed", exc_info=exc)
+                log_failure("stream failed", exc)
             await self._send(error_body(status_of(exc), message_of(exc)))
         await self.response.write(b"data: [DONE]\n\n")
         await self.response.write_eof()

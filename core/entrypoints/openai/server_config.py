@@ -23,6 +23,15 @@ class LoRAModulePath:
 
 
 @dataclass
+class RequestLimits:
+    """How much one request may ask for: checked right after its body is parsed, before any
+    tokenizing, so one client cannot hold the tokenizer or the engine for everyone."""
+
+    max_prompts_per_request: int = 1024  # --max-prompts-per-request
+    max_sequences_per_request: int = 2048  # --max-sequences-per-request: prompts x n
+
+
+@dataclass
 class ServerConfig:
     """Listening address, auth and LoRA policy of one server."""
 
@@ -33,3 +42,4 @@ class ServerConfig:
     allow_runtime_lora_updating: bool = False
     # further --served-model-name values: names that also mean the base model (as in vLLM)
     served_model_aliases: list[str] = field(default_factory=list)
+    limits: RequestLimits = field(default_factory=RequestLimits)

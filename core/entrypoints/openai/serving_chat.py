@@ -11,9 +11,11 @@ from loraserve.entrypoints.openai.generation import (
     SSEStream,
     Usage,
     check_prompt_chars,
+    check_request_size,
     merged,
     now,
     on_tokenizer_thread,
+    raise_if_failed,
     random_id,
     sampling_params,
     streamable,
@@ -24,6 +26,7 @@ from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
+    from loraserve.entrypoints.openai.server_config import RequestLimits
     from loraserve.entrypoints.openai.serving_models import ServingModels
     from loraserve.outputs import RequestOutput
 
@@ -39,9 +42,10 @@ NO_TEMPLATE = (
 class ServingChat:
     """Renders the conversation to token ids, then runs and shapes it like a completion."""
 
-    def __init__(self, engine: AsyncLLMEngine, models: ServingModels) -> None:
+    def __init__(self, engine: AsyncLLMEngine, models: ServingModels, limits: RequestLimits) -> None:
         self.engine = engine
         self.models = models
+        self.limits = limits
 
     def _render(self, req: ChatCompletionRequest) -> list[int]:
         tokenizer = self.engine.tokenizer
@@ -60,6 +64,7 @@ class ServingChat:
 
     async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
         req = ChatCompletionRequest.parse(body)
+        check_request_size(self.limits, 1, req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
         prompt = await on_tokenizer_thread(self._render, req)
@@ -81,6 +86,8 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) ->
     async for index, out in outputs:
         usage.observe(index, out)
         final = out
+        for comp in out.outputs:  # a failed choice ends the request now, aborting the rest
+            raise_if_failed(comp, comp.index)
     choices = [
         {"index": comp.index, "message": {"role": "assistant", "content": comp.text},
          "logprobs": None if top is None else chat_logprobs(comp.token_ids, comp.logprobs, top),
@@ -109,7 +116,9 @@ async def _chunks(
     logprobs of the tokens generated since the choice's previous chunk when asked for.
 
     The first engine output is awaited before the role chunks so that an engine error at
-    admission still reaches the client as an HTTP status rather than an in-band event.
+    admission still reaches the client as an HTTP status rather than an in-band event. A
+    choice that failed in the engine sends its last chunk (finish_reason "error") and ends
+    the stream with an error event.
     """
     first = await anext(outputs, None)
     for index in range(sampling.n):
@@ -135,6 +144,7 @@ async def _chunks(
                 finished.add(comp.index)
             yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason,
                          comp.stop_reason, logprobs)
+            raise_if_failed(comp, comp.index)
     if include_usage:
         yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.usage()}
 

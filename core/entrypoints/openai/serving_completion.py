@@ -12,9 +12,11 @@ from loraserve.entrypoints.openai.generation import (
     SSEStream,
     Usage,
     check_prompt_chars,
+    check_request_size,
     merged,
     now,
     on_tokenizer_thread,
+    raise_if_failed,
     random_id,
     sampling_params,
     streamable,
@@ -24,6 +26,7 @@ from loraserve.entrypoints.openai.protocol import CompletionRequest
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
+    from loraserve.entrypoints.openai.server_config import RequestLimits
     from loraserve.entrypoints.openai.serving_models import ServingModels
     from loraserve.outputs import CompletionOutput, RequestOutput
 
@@ -33,9 +36,10 @@ Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
 class ServingCompletion:
     """Tokenizes prompts, runs them as one engine request each, and shapes the answer."""
 
-    def __init__(self, engine: AsyncLLMEngine, models: ServingModels) -> None:
+    def __init__(self, engine: AsyncLLMEngine, models: ServingModels, limits: RequestLimits) -> None:
         self.engine = engine
         self.models = models
+        self.limits = limits
 
     def _tokenize(self, prompts: list[str | list[int]]) -> list[list[int]]:
         tokenizer = self.engine.tokenizer
@@ -45,6 +49,7 @@ class ServingCompletion:
 
     async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
         req = CompletionRequest.parse(body)
+        check_request_size(self.limits, len(req.prompts), req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
         prompts = await on_tokenizer_thread(self._tokenize, req.prompts)
@@ -57,9 +62,7 @@ class ServingCompletion:
         outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
         decode = self.engine.tokenizer.decode
-        echoes = None  # decoding token prompts costs time: only when echo asks for it
-        if req.echo:
-            echoes = [t if t is not None else decode(p) for t, p in zip(texts, prompts)]
+        echoes = _Echoes(texts, prompts, decode) if req.echo else None
         shape = _Shape(head, req.sampling.n, echoes, decode, req.echo_only)
         try:
             if req.stream:
@@ -69,13 +72,28 @@ class ServingCompletion:
             await outputs.aclose()
 
 
+class _Echoes:
+    """Each prompt's text for echo, a token prompt decoded on first use: by then the engine
+    has checked its ids against the vocabulary (the tokenizer raises on ids beyond it), and a
+    request refused before generating decodes nothing."""
+
+    def __init__(self, texts: list[str | None], prompts: list[list[int]],
+                 decode: Callable[[list[int]], str]) -> None:
+        self.texts, self.prompts, self.decode = list(texts), prompts, decode
+
+    def __getitem__(self, index: int) -> str:
+        if self.texts[index] is None:
+            self.texts[index] = self.decode(self.prompts[index])
+        return self.texts[index]
+
+
 @dataclass
 class _Shape:
     """How this request's choices are written: their ids, ``n``, and the echoed prompts."""
 
     head: dict[str, Any]
     n: int
-    echoes: list[str] | None  # each prompt's text, when echo is on
+    echoes: _Echoes | None  # each prompt's text, when echo is on
     decode: Callable[[list[int]], str]
     echo_only: bool = False  # the generated token is left out (echo with max_tokens 0)
 
@@ -112,6 +130,8 @@ async def _whole(outputs: Outputs, shape: _Shape, usage: Usage) -> web.Response:
     async for index, out in outputs:
         usage.observe(index, out)
         final[index] = out
+        for comp in out.outputs:  # a failed choice ends the request now, aborting the rest
+            raise_if_failed(comp, index * shape.n + comp.index)
     choices = [
         shape.choice(index, final[index], comp, comp.text)
         for index in sorted(final)
@@ -125,7 +145,9 @@ async def _chunks(
 ) -> AsyncIterator[dict[str, Any]]:
     """One chunk per new piece of text of one choice; the last carries its finish_reason.
 
-    A chunk's logprobs cover the tokens generated since the choice's previous chunk.
+    A chunk's logprobs cover the tokens generated since the choice's previous chunk. A choice
+    that failed in the engine sends its last chunk (finish_reason "error") and ends the
+    stream with an error event.
     """
     sent: dict[tuple[int, int], int] = {}  # characters of the choice's text already sent
     sent_tokens: dict[tuple[int, int], int] = {}
@@ -144,5 +166,6 @@ async def _chunks(
             if comp.finish_reason is not None:
                 finished.add(key)
             yield {**shape.head, "choices": [choice]}
+            raise_if_failed(comp, choice["index"])
     if include_usage:
         yield {**shape.head, "choices": [], "usage": usage.usage()}

@@ -17,6 +17,7 @@ from loraserve.lora.request import LoRARequest
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
 
+# user-given names and paths are logged with %r, so a newline in one cannot forge a log line
 logger = logging.getLogger(__name__)
 
 OWNED_BY = "loraserve"
@@ -94,14 +95,13 @@ class ServingModels:
         if base_model_name not in (None, self.base_model_name):
             # vLLM keeps the lineage only when it names a served model; say so instead of hiding it
             logger.warning(
-                "LoRA adapter '%s': base_model_name '%s' is not the served model '%s'; "
-                "listing it under '%s'", name, base_model_name, self.base_model_name,
-                self.base_model_name,
+                "LoRA adapter %r: base_model_name %r is not the served model %r; listing it "
+                "under %r", name, base_model_name, self.base_model_name, self.base_model_name,
             )
             base_model_name = None
         request = LoRARequest(name, next(self._ids), path, base_model_name=base_model_name)
         loaded = await self.engine.add_lora(request)
-        logger.info("Loaded LoRA adapter '%s' from '%s'", name, path)
+        logger.info("Loaded LoRA adapter %r from %r", name, path)
         return loaded if isinstance(loaded, LoRARequest) else request
 
     async def load_static(self, modules: list[LoRAModulePath]) -> None:
@@ -138,5 +138,5 @@ class ServingModels:
         if self._loaded(name) is None:
             raise NotFoundError(f"The lora adapter '{name}' cannot be found.")
         await self.engine.remove_lora(name)
-        logger.info("Removed LoRA adapter '%s'", name)
+        logger.info("Removed LoRA adapter %r", name)
         return f"Success: LoRA adapter '{name}' removed successfully"
