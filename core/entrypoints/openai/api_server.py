@@ -17,11 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import loraserve
 from loraserve import metrics
 from loraserve.entrypoints.openai.errors import HTTPError, error_response
-from loraserve.entrypoints.openai.protocol import (
-    LoadLoRAAdapterRequest,
-    UnloadLoRAAdapterRequest,
-    parse_json_body,
-)
+from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from loraserve.entrypoints.openai.request_values import parse_json_body
 from loraserve.entrypoints.openai.server_config import ServerConfig
 from loraserve.entrypoints.openai.serving_chat import ServingChat
 from loraserve.entrypoints.openai.serving_completion import ServingCompletion

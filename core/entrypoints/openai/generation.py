@@ -20,7 +20,8 @@ from loraserve.entrypoints.openai.errors import (
     message_of,
     status_of,
 )
-from loraserve.entrypoints.openai.protocol import SamplingFields, is_text
+from loraserve.entrypoints.openai.protocol import SamplingFields
+from loraserve.entrypoints.openai.request_values import is_text
 from loraserve.entrypoints.openai.server_config import RequestLimits
 from loraserve.errors import InvalidRequestError
 from loraserve.sampling_params import SamplingParams

@@ -1,87 +1,28 @@
 """Request bodies of the OpenAI routes, parsed and type-checked from decoded JSON.
 
 Unknown fields are ignored (as OpenAI and vLLM do); a present field of the wrong type is a
-400 that names the field. So is a number that is not finite, an integer outside int64 and a
-string that is not valid Unicode: whatever passes here can reach C code (torch, the tokenizer)
-without raising. Range checks of sampling values stay in ``SamplingParams``.
+400 that names the field, and so is a value ``request_values`` refuses (not finite, outside
+int64, not valid Unicode). Range checks of sampling values stay in ``SamplingParams``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraserve.entrypoints.openai.request_values import (
+    check_int64,
+    check_text,
+    check_token_ids,
+    is_finite,
+    show,
+)
 from loraserve.errors import InvalidRequestError
 from loraserve.logprobs import MAX_LOGPROBS
 
 _MISSING = object()
 MAX_N = 128  # OpenAI's bound on choices per prompt; beyond it a request is a denial of service
-INT64 = (-(2**63), 2**63 - 1)  # every integer field must fit (vLLM's bound for seed)
-
-_SHOW = reprlib.Repr()
-_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 60, 60, 40
-_SHOW.maxlist = _SHOW.maxdict = _SHOW.maxtuple = 6
-
-
-def show(value: Any) -> str:
-    """A request value as error messages quote it: bounded in length and depth, so a 29 MB
-    prompt or a 900-deep list is never echoed whole (nor overflows the stack)."""
-    try:
-        return _SHOW.repr(value)
-    except (ValueError, RecursionError):  # an int too long to print, say
-        return f"<{type(value).__name__}>"
-
-
-class _NonFiniteConstant(ValueError):
-    pass
-
-
-def _refuse_constant(token: str) -> float:
-    raise _NonFiniteConstant(token)
-
-
-def parse_json_body(raw: bytes) -> Any:
-    """Decode a request body. ``NaN``/``Infinity`` tokens, nesting deeper than the parser's
-    recursion limit (about 900 levels) and integers over 4300 digits are a 400."""
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except _NonFiniteConstant as exc:
-        raise InvalidRequestError(
-            f"The JSON body has {exc}: non-finite numbers (NaN, Infinity) are not allowed"
-        ) from None
-    except RecursionError:
-        raise InvalidRequestError("The JSON body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise InvalidRequestError(f"Malformed JSON body: {exc}") from None
-
-
-def is_text(value: str) -> bool:
-    """Valid Unicode: a lone surrogate (JSON's ``"\\ud800"``) cannot reach the tokenizer."""
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text(name: str, value: str) -> str:
-    if not is_text(value):
-        raise InvalidRequestError(f"'{name}' must be valid Unicode text (it has a lone surrogate)")
-    return value
-
-
-def _is_finite(value: int | float) -> bool:
-    """Finite as a float: an integer too large for a double counts as infinite."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _field(body: dict[str, Any], name: str, kind: str, default: Any = None) -> Any:
@@ -101,20 +42,13 @@ def _field(body: dict[str, Any], name: str, kind: str, default: Any = None) -> A
         kind_name = {"str": "a string", "dict": "an object", "list": "an array",
                      "int": "an integer", "bool": "a boolean", "number": "a number"}[kind]
         raise InvalidRequestError(f"'{name}' must be {kind_name}, got {show(value)}")
-    if kind == "number" and not _is_finite(value):
+    if kind == "number" and not is_finite(value):
         raise InvalidRequestError(f"'{name}' must be a finite number, got {show(value)}")
     if kind == "int":
-        _check_int64(name, value)
+        check_int64(name, value)
     if kind == "str":
-        _text(name, value)
+        check_text(name, value)
     return value
-
-
-def _check_int64(name: str, value: int) -> None:
-    if not INT64[0] <= value <= INT64[1]:
-        raise InvalidRequestError(
-            f"'{name}' must be an integer in [{INT64[0]}, {INT64[1]}], got {show(value)}"
-        )
 
 
 def _require_object(body: Any) -> dict[str, Any]:
@@ -128,9 +62,9 @@ def _stop_list(body: dict[str, Any]) -> list[str] | None:
     if stop is None:
         return None
     if isinstance(stop, str):
-        return [_text("stop", stop)]
+        return [check_text("stop", stop)]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return [_text("stop", s) for s in stop]
+        return [check_text("stop", s) for s in stop]
     raise InvalidRequestError(f"'stop' must be a string or an array of strings, got {show(stop)}")
 
 
@@ -175,7 +109,7 @@ class SamplingFields:
             raise InvalidRequestError(
                 f"'stop_token_ids' must be an array of integers, got {show(stop_token_ids)}"
             )
-        _check_token_ids("stop_token_ids", stop_token_ids)
+        check_token_ids("stop_token_ids", stop_token_ids)
         top_k = _field(body, "top_k", "int", 0)
         return cls(
             max_tokens=max_tokens,
@@ -207,10 +141,10 @@ def _logit_bias(body: dict[str, Any]) -> dict[int, float] | None:
     for key, value in bias.items():
         if not _TOKEN_ID_KEY.fullmatch(key):
             raise InvalidRequestError(f"'logit_bias' keys must be token ids, got {show(key)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _is_finite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
             raise InvalidRequestError(f"'logit_bias' values must be finite numbers, got {show(value)}")
         token = int(key)
-        _check_int64("logit_bias", token)
+        check_int64("logit_bias", token)
         parsed[token] = min(100.0, max(-100.0, float(value)))
     return parsed
 
@@ -294,25 +228,19 @@ def _is_token_ids(value: Any) -> bool:
     )
 
 
-def _check_token_ids(name: str, ids: list[int]) -> None:
-    """Int64 at most; the engine checks them against the vocabulary."""
-    if any(not INT64[0] <= t <= INT64[1] for t in ids):
-        raise InvalidRequestError(f"'{name}' has token ids outside the int64 range")
-
-
 def _parse_prompts(prompt: Any) -> list[str | list[int]]:
     """OpenAI's four prompt shapes: str, [str], [int], [[int]]."""
     if isinstance(prompt, str):
-        return [_text("prompt", prompt)]
+        return [check_text("prompt", prompt)]
     if isinstance(prompt, list) and prompt:
         if _is_token_ids(prompt):
-            _check_token_ids("prompt", prompt)
+            check_token_ids("prompt", prompt)
             return [list(prompt)]
         if all(isinstance(p, str) for p in prompt):
-            return [_text("prompt", p) for p in prompt]
+            return [check_text("prompt", p) for p in prompt]
         if all(_is_token_ids(p) and p for p in prompt):
             for p in prompt:
-                _check_token_ids("prompt", p)
+                check_token_ids("prompt", p)
             return [list(p) for p in prompt]
     raise InvalidRequestError(
         "'prompt' must be a non-empty string, array of strings, array of token ids, "
@@ -369,7 +297,7 @@ def _parse_message(index: int, message: Any) -> dict[str, str]:
     role = message.get("role")
     if not isinstance(role, str) or not role:
         raise InvalidRequestError(f"'messages[{index}].role' must be a non-empty string")
-    _text(f"messages[{index}].role", role)
+    check_text(f"messages[{index}].role", role)
     content = message.get("content")
     if content is None:
         content = ""
@@ -387,7 +315,7 @@ def _parse_message(index: int, message: Any) -> dict[str, str]:
         raise InvalidRequestError(
             f"'messages[{index}].content' must be a string or an array of text parts"
         )
-    return {"role": role, "content": _text(f"messages[{index}].content", content)}
+    return {"role": role, "content": check_text(f"messages[{index}].content", content)}
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Decoding request bodies, and the checks every value passes before it can reach C code
+(torch, the tokenizer): finite numbers, integers within int64, valid Unicode. Messages quote
+values through ``show``, which bounds them however large or deep they are."""
+
+from __future__ import annotations
+
+import json
+import math
+import reprlib
+from typing import Any
+
+from loraserve.errors import InvalidRequestError
+
+INT64 = (-(2**63), 2**63 - 1)  # every integer field must fit (vLLM's bound for seed)
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 60, 60, 40
+_SHOW.maxlist = _SHOW.maxdict = _SHOW.maxtuple = 6
+
+
+def show(value: Any) -> str:
+    """A request value as error messages quote it: bounded in length and depth, so a 29 MB
+    prompt or a 900-deep list is never echoed whole (nor overflows the stack)."""
+    try:
+        return _SHOW.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, say
+        return f"<{type(value).__name__}>"
+
+
+class _NonFiniteConstant(ValueError):
+    pass
+
+
+def _refuse_constant(token: str) -> float:
+    raise _NonFiniteConstant(token)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a request body. ``NaN``/``Infinity`` tokens, nesting deeper than the parser's
+    recursion limit (about 900 levels) and integers over 4300 digits are a 400."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except _NonFiniteConstant as exc:
+        raise InvalidRequestError(
+            f"The JSON body has {exc}: non-finite numbers (NaN, Infinity) are not allowed"
+        ) from None
+    except RecursionError:
+        raise InvalidRequestError("The JSON body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise InvalidRequestError(f"Malformed JSON body: {exc}") from None
+
+
+def is_text(value: str) -> bool:
+    """Valid Unicode: a lone surrogate (JSON's ``"\\ud800"``) cannot reach the tokenizer."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(name: str, value: str) -> str:
+    if not is_text(value):
+        raise InvalidRequestError(f"'{name}' must be valid Unicode text (it has a lone surrogate)")
+    return value
+
+
+def is_finite(value: int | float) -> bool:
+    """Finite as a float: an integer too large for a double counts as infinite."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def check_int64(name: str, value: int) -> None:
+    if not INT64[0] <= value <= INT64[1]:
+        raise InvalidRequestError(
+            f"'{name}' must be an integer in [{INT64[0]}, {INT64[1]}], got {show(value)}"
+        )
+
+
+def check_token_ids(name: str, ids: list[int]) -> None:
+    """Int64 at most; the engine checks them against the vocabulary."""
+    if any(not INT64[0] <= t <= INT64[1] for t in ids):
+        raise InvalidRequestError(f"'{name}' has token ids outside the int64 range")
