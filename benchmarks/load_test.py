@@ -7,6 +7,11 @@ aiohttp client, and checks each stream's text against the offline answer for its
 
     python benchmarks/load_test.py                 # 200 streams, 50 adapters, max_loras 8
     python benchmarks/load_test.py --markdown docs/benchmarks.md   # also append the figures
+    python benchmarks/load_test.py --soak 10000 --adapters 200 --concurrency 64
+
+``--soak N`` sends N requests at a bounded concurrency, each for a random adapter and one
+of a few prompts, half of them streamed, and prints completed requests, errors by status,
+outputs that differ from the offline ``LLM``'s and the server's RSS at start, middle and end.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -59,20 +66,23 @@ def prompts_for(num_requests: int) -> list[str]:
 
 
 def offline_answers(model: Path, adapters: Path, names: list[str], prompts: list[str],
-                    max_tokens: int, max_loras: int) -> list[str]:
+                    max_tokens: int, max_loras: int, per_prompt: list[str] | None = None) -> list[str]:
+    """Greedy answers from the offline ``LLM``: prompt i with adapter ``per_prompt[i]`` (or
+    the adapters in turn)."""
     from loraserve import LLM, SamplingParams
     from loraserve.lora.request import LoRARequest
 
     llm = LLM(str(model), enable_lora=True, max_loras=max_loras, max_cpu_loras=len(names),
               served_model_name=SERVED)
-    loras = [LoRARequest(n, i + 1, str(adapters / n)) for i, n in enumerate(names)]
+    loras = {n: LoRARequest(n, i + 1, str(adapters / n)) for i, n in enumerate(names)}
+    order = per_prompt or [names[i % len(names)] for i in range(len(prompts))]
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    outs = llm.generate(prompts, params, lora_request=[loras[i % len(loras)] for i in range(len(prompts))])
+    outs = llm.generate(prompts, params, lora_request=[loras[n] for n in order], use_tqdm=True)
     return [o.outputs[0].text for o in outs]
 
 
 def start_server(model: Path, adapters: Path, max_loras: int, max_num_seqs: int,
-                 log: Path) -> tuple[subprocess.Popen, str]:
+                 log: Path, max_cpu_loras: int | None = None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
            "VLLM_PLUGINS": "lora_filesystem_resolver",
            "VLLM_LORA_RESOLVER_CACHE_DIR": str(adapters)}
@@ -81,7 +91,8 @@ def start_server(model: Path, adapters: Path, max_loras: int, max_num_seqs: int,
     proc = subprocess.Popen(
         [*cmd, "serve", str(model), "--served-model-name", SERVED, "--port", "0",
          "--enable-lora", "--max-loras", str(max_loras), "--max-num-seqs", str(max_num_seqs),
-         "--log-level", "warning"],
+         "--log-level", "warning",
+         *(["--max-cpu-loras", str(max_cpu_loras)] if max_cpu_loras else [])],
         env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
         stderr=log.open("w"), text=True,
     )
@@ -132,6 +143,66 @@ async def fire(url: str, names: list[str], prompts: list[str], max_tokens: int,
     return [r if isinstance(r, dict) else {"status": None, "error": repr(r)} for r in results], wall
 
 
+async def one_whole(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
+                    max_tokens: int) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True}
+    async with session.post(f"{url}/v1/completions", json=body) as response:
+        data = await response.json(content_type=None)
+        text = data["choices"][0]["text"] if response.status == 200 else ""
+        return {"status": response.status, "text": text}
+
+
+def rss_mib(pid: int) -> float:
+    """The resident set size of process ``pid`` (Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+async def soak(url: str, pid: int, names: list[str], prompts: list[str],
+               expected: dict[tuple[str, str], str], total: int, concurrency: int,
+               max_tokens: int, timeout_s: float) -> dict:
+    """``total`` requests, ``concurrency`` at a time, random adapter and prompt, half streamed."""
+    from tqdm import tqdm
+
+    rng = random.Random(0)
+    plan = [(rng.choice(names), rng.choice(prompts), i % 2 == 0) for i in range(total)]
+    statuses: Counter[str] = Counter()
+    wrong: list[tuple[str, str]] = []
+    rss = {"start": rss_mib(pid)}
+    gate = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=total, desc="soak", unit="req")
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(name: str, prompt: str, stream: bool) -> None:
+            async with gate:
+                call = one_stream if stream else one_whole
+                try:
+                    result = await call(session, url, name, prompt, max_tokens)
+                except Exception as exc:  # noqa: BLE001 - counted, the soak goes on
+                    statuses[type(exc).__name__] += 1
+                else:
+                    statuses[str(result["status"])] += 1
+                    if result["status"] == 200 and result["text"] != expected[(name, prompt)]:
+                        wrong.append((name, prompt))
+            bar.update()
+            if bar.n == total // 2:
+                rss["middle"] = rss_mib(pid)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(*item) for item in plan))
+        wall = time.perf_counter() - start
+    bar.close()
+    rss["end"] = rss_mib(pid)
+    return {"requests": total, "adapters": len(names), "concurrency": concurrency,
+            "completed": statuses.get("200", 0), "statuses": dict(statuses),
+            "wrong_outputs": len(wrong), "wall_s": round(wall, 1),
+            "requests_per_s": round(total / wall, 1), "rss_mib": rss}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -146,7 +217,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on the whole run")
     parser.add_argument("--markdown", type=Path, help="append a 'Load test' section here")
+    parser.add_argument("--soak", type=int, metavar="N", help="soak mode: N requests in all")
+    parser.add_argument("--concurrency", type=int, default=64, help="soak: requests in flight")
+    parser.add_argument("--max-cpu-loras", type=int, default=32, help="soak: host-cached adapters")
     args = parser.parse_args()
+    if args.soak:
+        return run_soak(args)
 
     with tempfile.TemporaryDirectory(prefix="loraserve-load-") as tmp:
         root = Path(tmp)
@@ -186,6 +262,32 @@ def main() -> int:
     if args.markdown:
         append_markdown(args.markdown, report)
     return 0 if correct == args.requests else 1
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="loraserve-soak-") as tmp:
+        root = Path(tmp)
+        model, names = build_fixtures(root, args.adapters)
+        prompts = prompts_for(4)
+        pairs = [(n, p) for n in names for p in prompts]
+        answers = offline_answers(model, root / "adapters", names, [p for _, p in pairs],
+                                  args.max_tokens, args.max_loras, [n for n, _ in pairs])
+        expected = dict(zip(pairs, answers))
+        proc, url = start_server(model, root / "adapters", args.max_loras, args.max_num_seqs,
+                                 root / "server.log", max_cpu_loras=args.max_cpu_loras)
+        try:
+            report = asyncio.run(soak(url, proc.pid, names, prompts, expected, args.soak,
+                                      args.concurrency, args.max_tokens, args.timeout))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    report.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
+                  machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor()}")
+    print(json.dumps(report, indent=2))
+    return 0 if report["completed"] == args.soak and not report["wrong_outputs"] else 1
 
 
 def append_markdown(path: Path, r: dict) -> None:

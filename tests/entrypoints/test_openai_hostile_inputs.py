@@ -53,14 +53,16 @@ def assert_400(server: RunningServer, path: str, body: str, *fragments: str) -> 
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("route, body", [
-    ("/v1/completions", completion('"temperature": @')),
-    ("/v1/chat/completions", chat('"top_p": @')),
-    ("/v1/completions", completion('"logit_bias": {"3": @}')),
-    ("/v1/load_lora_adapter", '{"lora_name": "x", "lora_path": @}'),
+@pytest.mark.parametrize("route, body, field", [
+    ("/v1/completions", completion('"temperature": @'), "'temperature'"),
+    ("/v1/chat/completions", chat('"top_p": @'), "'top_p'"),
+    ("/v1/completions", completion('"logit_bias": {"3": @}'), "'logit_bias'"),
+    ("/v1/load_lora_adapter", '{"lora_name": "x", "lora_path": @}', "'lora_path'"),
 ])
-def test_json_nan_and_infinity_tokens_are_400(server: RunningServer, route, body, token):
-    assert_400(server, route, body.replace("@", token), token, "non-finite numbers")
+def test_json_nan_and_infinity_tokens_are_400_naming_the_field(
+    server: RunningServer, route, body, field, token
+):
+    assert_400(server, route, body.replace("@", token), field)
 
 
 @pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty",
