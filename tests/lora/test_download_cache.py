@@ -1,5 +1,9 @@
 """The shared download cache, driven by an in-memory source: single flight, revalidation,
-atomic install, cleanup after failures, size limits, LRU eviction."""
+atomic install, cleanup after failures, size limits, LRU eviction.
+
+A folder the cache hands out is leased until the caller releases it (tests/lora/
+test_download_lease.py); tests of what eviction deletes release theirs, as a finished load.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from loraserve.lora.download import (
     DownloadCacheConfig,
     RemoteFile,
     RemoteListing,
+    SourceUnreachableError,
     TransientSourceError,
+    release_lease,
 )
 from loraserve.lora.download.testing import (
     etag_of,
@@ -36,14 +42,20 @@ class MemorySource:
         self.archive = archive
         self.lists = 0
         self.fetches: Counter[str] = Counter()
-        self.fail: str | None = None  # "transient", "stall", "unreachable"
+        # "transient", "stall", "endless" (ignores the byte limit): fetches fail so;
+        # "unreachable" (a 5xx-like error), "refused", "hang": listings fail so
+        self.fail: str | None = None
         self.delay = 0.0
         self.lie_about_size = False
 
     async def list_files(self) -> RemoteListing | None:
         self.lists += 1
         if self.fail == "unreachable":
-            raise TransientSourceError("connection refused")
+            raise TransientSourceError("HTTP 503")
+        if self.fail == "refused":
+            raise SourceUnreachableError("connection refused")
+        if self.fail == "hang":
+            await asyncio.sleep(3600)
         if self.files is None:
             return None
         files = tuple(
@@ -62,20 +74,35 @@ class MemorySource:
         await asyncio.sleep(self.delay)
         data = self.files[file.name]
         with dest.open("wb") as f:
-            f.write(data[: len(data) // 2])
             progress(len(data) // 2)
+            f.write(data[: len(data) // 2])
             if self.fail == "transient":
                 raise TransientSourceError("connection reset")
             if self.fail == "stall":
                 await asyncio.sleep(3600)
-            f.write(data[len(data) // 2 :])
+            while self.fail == "endless" and file.name == "adapter_model.safetensors":
+                try:
+                    progress(64 * 1024)
+                except Exception:  # a careless source: goes on past the limit
+                    pass
+                f.write(b"\0" * 64 * 1024)
+                await asyncio.sleep(0.01)
             progress(len(data) - len(data) // 2)
+            f.write(data[len(data) // 2 :])
 
 
 def make_cache(tmp_path: Path, **overrides) -> DownloadCache:
-    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=5.0)
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=5.0, list_deadline_s=60.0)
     settings.update(overrides)
     return DownloadCache(DownloadCacheConfig(**settings))
+
+
+async def get_loaded(cache: DownloadCache, source, lora_name: str = "sql") -> Path | None:
+    """``cache.get``, then release the folder as a caller does once its load finished."""
+    path = await cache.get(source, lora_name=lora_name, base_model_name=BASE)
+    if path is not None:
+        release_lease(path)
+    return path
 
 
 def leftovers(cache: DownloadCache) -> list[Path]:
@@ -126,7 +153,7 @@ async def test_two_caches_on_one_dir_download_once(tmp_path, files):
 
 async def test_changed_remote_is_fetched_again(tmp_path, files):
     cache, source = make_cache(tmp_path), MemorySource(dict(files))
-    first = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    first = await get_loaded(cache, source)
     source.files = lora_adapter_files(BASE, seed=2)
     second = await cache.get(source, lora_name="sql", base_model_name=BASE)
     assert second != first and not first.exists()  # the old version is gone
@@ -138,7 +165,7 @@ async def test_changed_remote_is_fetched_again(tmp_path, files):
 
 async def test_remote_gone_returns_none_and_forgets(tmp_path, files):
     cache, source = make_cache(tmp_path), MemorySource(dict(files))
-    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    path = await get_loaded(cache, source)
     source.files = None
     assert await cache.get(source, lora_name="sql", base_model_name=BASE) is None
     assert not path.exists()
@@ -151,8 +178,52 @@ async def test_unreachable_remote_serves_cached_copy(tmp_path, files):
     assert await cache.get(source, lora_name="sql", base_model_name=BASE) == path
     cold = MemorySource(files, location="mem://other")
     cold.fail = "unreachable"
+    with pytest.raises(AdapterDownloadError, match="503"):
+        await cache.get(cold, lora_name="other", base_model_name=BASE)
+
+
+async def test_a_refused_connection_is_not_retried(tmp_path, files):
+    """Refused is known at once: the cached copy is served (or a 503 given) without retries."""
+    cache, source = make_cache(tmp_path, retries=3), MemorySource(files)
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    source.fail, source.lists = "refused", 0
+    assert await cache.get(source, lora_name="sql", base_model_name=BASE) == path
+    cold = MemorySource(files, location="mem://other")
+    cold.fail = "refused"
     with pytest.raises(AdapterDownloadError, match="connection refused"):
         await cache.get(cold, lora_name="other", base_model_name=BASE)
+    assert source.lists == 1 and cold.lists == 1
+    source.fail, source.lists = "unreachable", 0  # other transient failures are retried
+    assert await cache.get(source, lora_name="sql", base_model_name=BASE) == path
+    assert source.lists == 4
+
+
+async def test_a_hanging_listing_ends_at_the_deadline(tmp_path, files):
+    """The listing deadline, not the (longer) transfer timeout, bounds a silent remote."""
+    cache = make_cache(tmp_path, timeout_s=3600.0, retries=3, list_deadline_s=0.5)
+    source = MemorySource(files)
+    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    source.fail = "hang"
+    hang_guard = 30  # seconds; only a broken deadline comes near it
+    get = cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert await asyncio.wait_for(get, hang_guard) == path
+    cold = MemorySource(files, location="mem://other")
+    cold.fail = "hang"
+    with pytest.raises(AdapterDownloadError, match="VLLM_LORA_RESOLVER_LIST_DEADLINE"):
+        get = cache.get(cold, lora_name="other", base_model_name=BASE)
+        await asyncio.wait_for(get, hang_guard)
+
+
+def test_the_listing_deadline_is_read_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_DOWNLOAD_DIR", str(tmp_path))
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_LIST_DEADLINE", "2.5")
+    assert DownloadCacheConfig.from_env().list_deadline_s == 2.5
+    monkeypatch.delenv("VLLM_LORA_RESOLVER_LIST_DEADLINE")
+    assert DownloadCacheConfig.from_env().list_deadline_s == 5.0
+    for bad in ("soon", "0", "-1", "nan"):
+        monkeypatch.setenv("VLLM_LORA_RESOLVER_LIST_DEADLINE", bad)
+        with pytest.raises(ValueError, match="VLLM_LORA_RESOLVER_LIST_DEADLINE"):
+            DownloadCacheConfig.from_env()
 
 
 @pytest.mark.parametrize("fault", ["transient", "stall"])
@@ -163,7 +234,8 @@ async def test_failed_download_leaves_nothing_and_next_succeeds(tmp_path, files,
         await cache.get(source, lora_name="sql", base_model_name=BASE)
     assert leftovers(cache) == [] and cache.store.lru_entries() == []
     source.fail = None
-    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    patient = make_cache(tmp_path)  # the same folder, without the 0.3 s stall limit
+    path = await patient.get(source, lora_name="sql", base_model_name=BASE)
     assert (path / "adapter_config.json").is_file()
 
 
@@ -204,11 +276,27 @@ async def test_oversize_adapter_refused_before_download(tmp_path, files):
 
 
 async def test_adapter_larger_than_listed_is_cut_off(tmp_path, files):
-    cache = make_cache(tmp_path, max_adapter_bytes=len(files["adapter_model.safetensors"]) // 2)
+    """Past its listed size a fetch is retried (the file may have changed); past the
+    adapter limit the adapter is refused."""
     source = MemorySource(files)
     source.lie_about_size = True
-    with pytest.raises(LoRAAdapterError, match="exceeds"):
+    cache = make_cache(tmp_path)
+    with pytest.raises(AdapterDownloadError, match="more than the 10 bytes it listed"):
         await cache.get(source, lora_name="sql", base_model_name=BASE)
+    assert leftovers(cache) == []
+    small = make_cache(tmp_path, max_adapter_bytes=len(files["adapter_model.safetensors"]) // 2)
+    with pytest.raises(LoRAAdapterError, match="exceeds"):
+        await small.get(source, lora_name="sql", base_model_name=BASE)
+    assert leftovers(small) == []
+
+
+async def test_a_source_ignoring_the_limit_is_stopped(tmp_path, files):
+    """The watchdog also checks the file on disk, for a source that swallows the error."""
+    cache, source = make_cache(tmp_path), MemorySource(files)
+    source.fail = "endless"
+    get = cache.get(source, lora_name="sql", base_model_name=BASE)
+    with pytest.raises(AdapterDownloadError, match="more than the .* bytes it listed"):
+        await asyncio.wait_for(get, 60)  # a hang guard: the watchdog ends it in ~0.5 s
     assert leftovers(cache) == []
 
 
@@ -256,11 +344,11 @@ async def test_lru_eviction_keeps_cache_within_bound(tmp_path):
     cache = make_cache(tmp_path, max_cache_bytes=int(size * 2.5))
     paths = {}
     for name in "ab":
-        paths[name] = await cache.get(sources[name], lora_name=name, base_model_name=BASE)
+        paths[name] = await get_loaded(cache, sources[name], name)
         await asyncio.sleep(0.02)  # distinct mtimes
-    await cache.get(sources["a"], lora_name="a", base_model_name=BASE)  # a is now most recent
+    await get_loaded(cache, sources["a"], "a")  # a is now most recent
     await asyncio.sleep(0.02)
-    paths["c"] = await cache.get(sources["c"], lora_name="c", base_model_name=BASE)
+    paths["c"] = await get_loaded(cache, sources["c"], "c")
     assert paths["a"].exists() and paths["c"].exists() and not paths["b"].exists()
     assert [e.lora_name for _, _, e in cache.store.lru_entries()] == ["a", "c"]
 
@@ -275,7 +363,7 @@ async def test_archive_source_is_unpacked(tmp_path, files):
 async def test_crash_between_rename_and_entry_leaves_nothing_loadable(tmp_path, files):
     """A version folder that no entry.json names is never handed out."""
     cache, source = make_cache(tmp_path), MemorySource(files)
-    path = await cache.get(source, lora_name="sql", base_model_name=BASE)
+    path = await get_loaded(cache, source)
     (path.parent / "entry.json").unlink()
     assert cache.store.lru_entries() == []
     source.files = lora_adapter_files(BASE, seed=5)
@@ -318,8 +406,11 @@ def lock_files(cache: DownloadCache) -> list[str]:
 
 
 async def test_no_lock_files_left_for_missing_refused_or_failed_names(tmp_path, files):
-    cache = make_cache(tmp_path, timeout_s=0.3)
-    assert await cache.get(MemorySource(None, "mem://nope"), lora_name="nope", base_model_name=BASE) is None
+    cache = make_cache(tmp_path)
+    assert (
+        await cache.get(MemorySource(None, "mem://nope"), lora_name="nope", base_model_name=BASE)
+        is None
+    )
     with pytest.raises(LoRAAdapterError):
         await cache.get(
             MemorySource({"adapter_config.json": files["adapter_config.json"]}, "mem://half"),
@@ -344,7 +435,7 @@ async def test_evicted_entries_take_their_lock_files(tmp_path):
     size = sum(len(d) for d in sources[0].files.values())
     cache = make_cache(tmp_path, max_cache_bytes=int(size * 1.5))
     for i, source in enumerate(sources):
-        await cache.get(source, lora_name=f"a{i}", base_model_name=BASE)
+        await get_loaded(cache, source, f"a{i}")
     assert [e.lora_name for _, _, e in cache.store.lru_entries()] == ["a3"]
     assert lock_files(cache) == [f"{cache.store.lru_entries()[0][1]}.lock"]
 

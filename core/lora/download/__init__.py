@@ -2,18 +2,21 @@
 
 A resolver describes where an adapter lives by implementing ``RemoteAdapterSource`` (list
 files, fetch one) and calls ``get_download_cache().get(source, ...)``; the cache does the
-rest: single flight, revalidation, validation, atomic install and LRU eviction.
+rest: single flight, revalidation, validation, atomic install and LRU eviction. The caller
+ends the lease on the folder it got with ``release_lease(path)`` once its load finished or
+failed; until then eviction keeps the folder.
 """
 
 from __future__ import annotations
 
-from loraserve.lora.download.cache import (
-    DownloadCache,
-    get_download_cache,
+from loraserve.lora.download.cache import DownloadCache, get_download_cache
+from loraserve.lora.download.config import DownloadCacheConfig, parse_bytes
+from loraserve.lora.download.eviction import (
     pin_loaded_adapter,
+    register_adapter_owner,
     unpin_adapter,
 )
-from loraserve.lora.download.config import DownloadCacheConfig, parse_bytes
+from loraserve.lora.download.lease import release_lease
 from loraserve.lora.download.naming import fill_location_template, is_safe_name
 from loraserve.lora.download.source import (
     ADAPTER_CONFIG,
@@ -24,6 +27,7 @@ from loraserve.lora.download.source import (
     RemoteAdapterSource,
     RemoteFile,
     RemoteListing,
+    SourceUnreachableError,
     TransientSourceError,
     is_archive_name,
 )
@@ -39,6 +43,7 @@ __all__ = [
     "RemoteAdapterSource",
     "RemoteFile",
     "RemoteListing",
+    "SourceUnreachableError",
     "TransientSourceError",
     "fill_location_template",
     "get_download_cache",
@@ -46,5 +51,7 @@ __all__ = [
     "is_safe_name",
     "parse_bytes",
     "pin_loaded_adapter",
+    "register_adapter_owner",
+    "release_lease",
     "unpin_adapter",
 ]

@@ -5,7 +5,8 @@ when the source has no such adapter. It revalidates against the remote's version
 every call (one cheap listing), downloads into a temp dir beside the cache, validates, and
 renames into place; it keeps the folder within ``max_cache_bytes`` by evicting the least
 recently used adapters, unloading idle ones from the engine when that is the only way to
-fit. One download per key, however many requests ask at once.
+fit. One download per key, however many requests ask at once. A folder it returns is
+leased to the caller (see ``lease.py``) and is not deleted before the caller's load ends.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import threading
 import time
-import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Protocol
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRAServeError
 from loraserve.lora.download.archive import extract_adapter_archive
 from loraserve.lora.download.config import DownloadCacheConfig
-from loraserve.lora.download.flight import SingleFlight, interprocess_lock, try_lock
+from loraserve.lora.download.eviction import (  # noqa: F401 (LoRAManager imports it from here)
+    Eviction,
+    register_adapter_owner,
+)
+from loraserve.lora.download.flight import SingleFlight, interprocess_lock
+from loraserve.lora.download.lease import leases
 from loraserve.lora.download.source import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -34,7 +37,12 @@ from loraserve.lora.download.source import (
     is_archive_name,
 )
 from loraserve.lora.download.store import AdapterStore, CacheEntry
-from loraserve.lora.download.transfer import TRANSIENT, fetch_file, with_retries
+from loraserve.lora.download.transfer import (
+    TRANSIENT,
+    ByteLimit,
+    fetch_file,
+    list_within_deadline,
+)
 from loraserve.lora.download.validation import check_adapter_config, validate_adapter_dir
 
 logger = logging.getLogger(__name__)
@@ -50,13 +58,22 @@ class DownloadCache:
         self.store = AdapterStore(config.download_dir)
         self.stats: Counter[str] = Counter()  # hit / download / stale / missing
         self._flight = SingleFlight()
+        self._eviction = Eviction(self.store, config, self.stats)
 
     async def get(self, source: AnySource, *, lora_name: str, base_model_name: str) -> Path | None:
-        """The local folder of ``lora_name`` at ``source`` (downloaded if needed), or ``None``."""
+        """The local folder of ``lora_name`` at ``source`` (downloaded if needed), or ``None``.
+
+        The folder is leased to the caller: it is not deleted until ``release_lease(path)``
+        (call it once its load finished or failed) or ``lease_timeout_s`` passed.
+        """
         key = f"{base_model_name}\n{source.location}"
-        return await self._flight.run(
-            key, lambda: self._get(key, source, lora_name, base_model_name)
-        )
+        with leases.handing_out(key):  # from before the download until the lease is held
+            path = await self._flight.run(
+                key, lambda: self._get(key, source, lora_name, base_model_name)
+            )
+            if path is not None:
+                leases.take(path, self.config.lease_timeout_s, self._eviction.released)
+        return path
 
     async def _get(
         self, key: str, source: AnySource, lora_name: str, base_model_name: str
@@ -71,7 +88,7 @@ class DownloadCache:
                 if not self.store.has_entry(slug):  # missing, refused or failed: no lock file
                     lock.unlink()
         if path is not None:
-            await asyncio.to_thread(self._evict, slug, started)
+            await asyncio.to_thread(self._eviction.evict, started)
         return path
 
     async def _refresh(
@@ -79,18 +96,21 @@ class DownloadCache:
     ) -> Path | None:
         """With the key's lock held: revalidate the cached copy, download if it changed."""
         await asyncio.to_thread(self.store.clear_tmp, slug)
+        await asyncio.to_thread(self._eviction.prune, slug)
         cached = await asyncio.to_thread(self.store.read, slug)
         try:
-            listing = await with_retries(
-                lambda: asyncio.wait_for(source.list_files(), self.config.timeout_s),
-                what=f"listing LoRA adapter '{lora_name}' at {source.location}",
+            listing = await list_within_deadline(
+                source,
+                lora_name=lora_name,
+                deadline_s=self.config.list_deadline_s,
+                timeout_s=self.config.timeout_s,
                 retries=self.config.retries,
             )
         except TRANSIENT as exc:
             if cached is None:
                 raise _download_error(lora_name, source, exc) from exc
             logger.warning(
-                "LoRA adapter '%s': %s is unreachable (%s); serving the cached copy",
+                "LoRA adapter %r: %s is unreachable (%s); serving the cached copy",
                 lora_name,
                 source.location,
                 exc,
@@ -103,7 +123,7 @@ class DownloadCache:
             raise _download_error(lora_name, source, exc) from exc
         if listing is None:
             if cached is not None:  # gone remotely: forget our copy too
-                await asyncio.to_thread(self.store.remove, slug)
+                await asyncio.to_thread(self._eviction.remove, slug)
             self.stats["missing"] += 1
             return None
         self._check_listing(listing, lora_name)
@@ -130,7 +150,7 @@ class DownloadCache:
         )
         started = time.perf_counter()
         logger.info(
-            "LoRA adapter '%s': downloading %d file(s), %d bytes, from %s",
+            "LoRA adapter %r: downloading %d file(s), %d bytes, from %s",
             lora_name,
             len(listing.files),
             listing.total_size,
@@ -142,7 +162,7 @@ class DownloadCache:
             path = await self._download(slug, source, listing, entry)
         self.stats["download"] += 1
         logger.info(
-            "LoRA adapter '%s': %d bytes ready at %s in %.2fs",
+            "LoRA adapter %r: %d bytes ready at %s in %.2fs",
             lora_name,
             entry.size_bytes,
             path,
@@ -236,7 +256,9 @@ class DownloadCache:
                 config.max_adapter_bytes,
             )
             entry.folder = f"v-{(entry.version or f'{time.time_ns():x}')[:16]}"
-            return await asyncio.to_thread(self.store.install, slug, adapter_dir, entry)
+            path = await asyncio.to_thread(self.store.install, slug, adapter_dir, entry)
+            await asyncio.to_thread(self._eviction.prune, slug)
+            return path
         except LoRAServeError:
             raise
         except Exception as exc:  # network, disk and source errors alike
@@ -249,12 +271,21 @@ class DownloadCache:
         self, slug: str, source: MirroredAdapterSource, listing: RemoteListing, entry: CacheEntry
     ) -> Path:
         """Let the source fill its own cache, then validate what it hands back."""
+        known = all(f.size is not None for f in listing.files)
+        limit = ByteLimit(
+            entry.lora_name,
+            "the download",
+            listing.total_size if known else None,
+            self.config.max_adapter_bytes,
+        )
         try:
-            path = await source.materialize(listing)
+            path = await source.materialize(listing, limit)
         except LoRAServeError:
             raise
         except Exception as exc:
-            raise _download_error(entry.lora_name, source, exc) from exc
+            if isinstance(limit.error, LoRAServeError):  # however the source wrapped it
+                raise limit.error from exc
+            raise _download_error(entry.lora_name, source, limit.error or exc) from exc
         entry.size_bytes = await asyncio.to_thread(
             validate_adapter_dir,
             path,
@@ -266,135 +297,12 @@ class DownloadCache:
         await asyncio.to_thread(self.store.write, slug, entry)
         return path
 
-    def _evict(self, keep: str, started: float) -> None:
-        """Delete least recently used adapters until the cache fits ``max_cache_bytes``.
-
-        Entries no engine has loaded go first, oldest ``entry.json`` first. If that is not
-        enough, adapters an engine has loaded but no request holds are unloaded and deleted,
-        least recently used first by the engine's clock (it serves a registered adapter
-        without touching the cache). One used since ``started`` stays: it was resolved or
-        looked up during this download, and its request is about to hold it.
-        """
-        entries = self.store.lru_entries()
-        total = sum(e.size_bytes for _, _, e in entries if not e.external)
-        if total <= self.config.max_cache_bytes:
-            return
-        unloaded, loaded = [], []
-        for _, slug, entry in entries:
-            if slug == keep or entry.external:
-                continue
-            path = str(self.store.adapter_path(slug, entry))
-            used = _loaded_last_used(path)
-            if used is not None:
-                loaded.append((used, slug, entry))
-            elif path not in _pinned_paths.values():  # pinned with no engine to ask: kept
-                unloaded.append((slug, entry))
-        loaded.sort(key=lambda item: item[0])
-        plan = [(slug, e, False) for slug, e in unloaded]
-        plan += [(slug, e, True) for _, slug, e in loaded]
-        for slug, entry, unload in plan:
-            if total <= self.config.max_cache_bytes:
-                break
-            if self._delete(slug, started, unload):
-                total -= entry.size_bytes
-        if total > self.config.max_cache_bytes:
-            logger.warning(
-                "LoRA download cache holds %d bytes, over VLLM_LORA_RESOLVER_MAX_CACHE_BYTES=%d",
-                total,
-                self.config.max_cache_bytes,
-            )
-
-    def _delete(self, slug: str, started: float, unload: bool) -> bool:
-        """Remove one entry and its lock file, unloading it first if ``unload``; False if kept."""
-        lock = try_lock(self.store.lock_path(slug))
-        if lock is None:  # being downloaded or revalidated right now
-            return False
-        try:
-            entry = self.store.read(slug)  # again, under the lock: another process may have won
-            if entry is None or entry.external:
-                return False
-            path = str(self.store.adapter_path(slug, entry))
-            loaded = _is_loaded(path)
-            if loaded and not (unload and _unload_idle(path, started)):
-                return False
-            self.store.remove(slug)
-        finally:
-            if not self.store.has_entry(slug):
-                lock.unlink()
-            lock.release()
-        self.stats["evicted"] += 1
-        self.stats["unloaded"] += loaded
-        logger.info(
-            "LoRA download cache: evicted '%s' (%d bytes%s)",
-            entry.lora_name,
-            entry.size_bytes,
-            ", unloaded from the engine while idle" if loaded else "",
-        )
-        return True
-
 
 def _download_error(lora_name: str, source: AnySource, exc: BaseException) -> AdapterDownloadError:
     return AdapterDownloadError(lora_name, source.location, str(exc) or type(exc).__name__)
 
 
-class AdapterOwner(Protocol):
-    """An engine's adapter registry (``LoRAManager``): asked before a loaded folder goes."""
-
-    def last_used(self, lora_path: str) -> float | None: ...
-
-    def release_idle(self, lora_path: str, unused_since: float) -> bool: ...
-
-
 _caches: dict[DownloadCacheConfig, DownloadCache] = {}
-_pinned_paths: dict[str, str] = {}  # adapter name -> folder the engine has loaded
-_owners: weakref.WeakSet[AdapterOwner] = weakref.WeakSet()
-_owners_lock = threading.Lock()  # eviction reads the set from a worker thread
-
-
-def register_adapter_owner(owner: AdapterOwner) -> None:
-    """Let the cache unload ``owner``'s idle adapters when the disk bound needs their room.
-
-    Held weakly, so an engine that is garbage collected simply stops being asked.
-    """
-    with _owners_lock:
-        _owners.add(owner)
-
-
-def _holders(lora_path: str) -> list[AdapterOwner]:
-    with _owners_lock:
-        owners = list(_owners)
-    return [owner for owner in owners if owner.last_used(lora_path) is not None]
-
-
-def _is_loaded(lora_path: str) -> bool:
-    return lora_path in _pinned_paths.values() or bool(_holders(lora_path))
-
-
-def _loaded_last_used(lora_path: str) -> float | None:
-    """When an engine last used the adapter at ``lora_path`` (monotonic), None if none has it."""
-    times = [t for owner in _holders(lora_path) if (t := owner.last_used(lora_path)) is not None]
-    return max(times, default=None)
-
-
-def _unload_idle(lora_path: str, unused_since: float) -> bool:
-    """Unload the adapter from every engine holding it; False if any is using it."""
-    holders = _holders(lora_path)
-    return bool(holders) and all(owner.release_idle(lora_path, unused_since) for owner in holders)
-
-
-def pin_loaded_adapter(lora_name: str, lora_path: str) -> None:
-    """The engine loaded ``lora_path``: never evict it while the adapter is registered.
-
-    The engine may read an adapter's files again later (after dropping its host copy), so
-    a folder it loaded must survive LRU eviction. Remote resolver plugins get this called
-    from the ``lora_adapter_loaded`` hook by importing ``loraserve.lora.download.hooks``.
-    """
-    _pinned_paths[lora_name] = lora_path
-
-
-def unpin_adapter(lora_name: str) -> None:
-    """The adapter is unknown to the engine again; its folder may be evicted."""
-    _pinned_paths.pop(lora_name, None)
 
 
 def get_download_cache(config: DownloadCacheConfig | None = None) -> DownloadCache:

@@ -30,6 +30,17 @@ def parse_bytes(text: str, variable: str) -> int:
     return int(float(number) * _UNITS[(unit or "").lower()])
 
 
+def parse_seconds(text: str, variable: str) -> float:
+    """``"5"``, ``"0.5"`` -> seconds (positive); a clear error names the variable."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{variable}={text!r} is not a positive number of seconds")
+    return seconds
+
+
 def default_download_dir() -> Path:
     """A folder under the user's cache dir, so nothing lands in the working directory."""
     import platformdirs
@@ -46,6 +57,8 @@ class DownloadCacheConfig:
     max_adapter_bytes: int = 4 * 1024**3
     timeout_s: float = 30.0  # connect / no-progress limit for one transfer
     retries: int = 3  # extra attempts after a transient failure (5xx, reset, stall)
+    list_deadline_s: float = 5.0  # one listing of the remote, its retries included
+    lease_timeout_s: float = 300.0  # a handed-out folder is kept at least this long unreleased
     max_archive_members: int = 64
 
     @classmethod
@@ -59,8 +72,12 @@ class DownloadCacheConfig:
         ):
             if env.get(name):
                 kwargs[field] = parse_bytes(env[name], name)
-        if env.get("VLLM_LORA_RESOLVER_TIMEOUT"):
-            kwargs["timeout_s"] = float(env["VLLM_LORA_RESOLVER_TIMEOUT"])
+        for name, field in (
+            ("VLLM_LORA_RESOLVER_TIMEOUT", "timeout_s"),
+            ("VLLM_LORA_RESOLVER_LIST_DEADLINE", "list_deadline_s"),
+        ):
+            if env.get(name):
+                kwargs[field] = parse_seconds(env[name], name)
         if env.get("VLLM_LORA_RESOLVER_RETRIES"):
             kwargs["retries"] = int(env["VLLM_LORA_RESOLVER_RETRIES"])
         download_dir = env.get("VLLM_LORA_RESOLVER_DOWNLOAD_DIR")

@@ -18,11 +18,19 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
-ProgressCallback = Callable[[int], None]  # called with the number of new bytes written
+ProgressCallback = Callable[[int], None]  # called with the number of bytes about to be written
 
 
 class TransientSourceError(ConnectionError):
     """A failure worth retrying (5xx, reset connection, stalled transfer)."""
+
+
+class SourceUnreachableError(TransientSourceError):
+    """No connection could be made (refused, unknown host, connect timeout).
+
+    Known at once, so a listing is not retried: the cache serves its copy straight away,
+    or answers 503 for an adapter it never fetched.
+    """
 
 
 def is_archive_name(name: str) -> bool:
@@ -74,7 +82,11 @@ class RemoteAdapterSource(Protocol):
         ...
 
     async def fetch(self, file: RemoteFile, dest: Path, progress: ProgressCallback) -> None:
-        """Write ``file`` to ``dest``, reporting bytes; raise ``TransientSourceError`` to retry."""
+        """Write ``file`` to ``dest``; raise ``TransientSourceError`` to retry.
+
+        Call ``progress(n)`` before writing each ``n``-byte chunk: it raises once the file
+        passes its listed size or the adapter limit, and nothing more may be written.
+        """
         ...
 
 
@@ -88,6 +100,10 @@ class MirroredAdapterSource(Protocol):
         """As for ``RemoteAdapterSource``."""
         ...
 
-    async def materialize(self, listing: RemoteListing) -> Path:
-        """Make the listed files present locally (reusing its cache) and return their folder."""
+    async def materialize(self, listing: RemoteListing, progress: ProgressCallback) -> Path:
+        """Make the listed files present locally (reusing its cache) and return their folder.
+
+        Call ``progress(n)`` before writing ``n`` new bytes: it raises once the download
+        passes the listed size or the adapter limit, and the source must then stop.
+        """
         ...

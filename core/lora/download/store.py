@@ -6,7 +6,8 @@
     <root>/locks/<slug>.lock              cross-process lock of one key (gone with its entry)
 
 An adapter folder becomes loadable only when ``entry.json`` names it, and that file is
-replaced atomically, so a crash at any point leaves either the old adapter or none.
+replaced atomically, so a crash at any point leaves either the old adapter or none. A
+version folder no entry names is deleted by ``prune``, unless a caller still loads it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,7 +83,10 @@ class AdapterStore:
         return Path(tempfile.mkdtemp(prefix=f"{slug}.", dir=self.tmp))
 
     def install(self, slug: str, staged: Path, entry: CacheEntry) -> Path:
-        """Rename a validated folder into place, then point ``entry.json`` at it atomically."""
+        """Rename a validated folder into place, then point ``entry.json`` at it atomically.
+
+        The version it replaces stays until ``prune``.
+        """
         home = self.entries / slug
         home.mkdir(parents=True, exist_ok=True)
         final = home / entry.folder
@@ -89,7 +94,6 @@ class AdapterStore:
             shutil.rmtree(final)
         os.rename(staged, final)
         self.write(slug, entry)
-        self.remove_other_versions(slug, keep=entry.folder)
         return final
 
     def write(self, slug: str, entry: CacheEntry) -> None:
@@ -107,18 +111,31 @@ class AdapterStore:
         except OSError:
             pass
 
-    def remove_other_versions(self, slug: str, keep: str | None) -> None:
-        for child in (self.entries / slug).iterdir():
-            if child.is_dir() and child.name != keep:
-                shutil.rmtree(child, ignore_errors=True)
+    def prune(self, slug: str, spare: Collection[str] = ()) -> list[Path]:
+        """Delete the version folders ``entry.json`` does not name, except those in ``spare``
+        (paths); return the spared ones, still to delete later."""
+        home = self.entries / slug
+        if not home.is_dir():
+            return []
+        entry = self.read(slug)
+        spared = []
+        for child in home.iterdir():
+            if child.is_dir() and (entry is None or child.name != entry.folder):
+                if str(child) in spare:
+                    spared.append(child)
+                else:
+                    shutil.rmtree(child, ignore_errors=True)
             elif child.name.startswith(".entry."):
                 child.unlink(missing_ok=True)
+        if entry is None and not spared:
+            shutil.rmtree(home, ignore_errors=True)
+        return spared
 
-    def remove(self, slug: str) -> None:
-        """Forget first (entry.json), then delete, so a half-deleted folder is never named."""
-        home = self.entries / slug
-        (home / ENTRY_FILE).unlink(missing_ok=True)
-        shutil.rmtree(home, ignore_errors=True)
+    def remove(self, slug: str, spare: Collection[str] = ()) -> list[Path]:
+        """Forget first (entry.json), then delete, so a half-deleted folder is never named;
+        folders in ``spare`` stay (and are returned) until a later ``prune``."""
+        (self.entries / slug / ENTRY_FILE).unlink(missing_ok=True)
+        return self.prune(slug, spare)
 
     def clear_tmp(self, slug: str) -> None:
         """Drop leftovers of interrupted downloads of ``slug`` (call with its lock held)."""

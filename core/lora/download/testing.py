@@ -7,6 +7,7 @@ a resolver plugin's tests can check downloads, stalls and dropped connections qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -116,9 +117,10 @@ def etag_of(data: bytes) -> str:
 @dataclass
 class Faults:
     """Misbehaviour for the next ``times`` file bodies: ``stall`` or ``drop`` after ``after``
-    bytes, a ``status`` error, or ``slow``: ``chunk``-byte pieces ``delay`` seconds apart."""
+    bytes, a ``status`` error, ``slow``: ``chunk``-byte pieces ``delay`` seconds apart, or
+    ``inflate``: the body, then ``after`` bytes more than HEAD or the listing announced."""
 
-    mode: str | None = None  # None, "stall", "drop", "status" or "slow"
+    mode: str | None = None  # None, "stall", "drop", "status", "slow" or "inflate"
     after: int = 0
     times: int = 10**9
     status: int = 500
@@ -161,6 +163,8 @@ async def serve_bytes(request, data: bytes, faults: Faults, headers: dict[str, s
     if mode == "status":
         return web.Response(status=faults.status, text="injected failure")
     response = web.StreamResponse(status=status, headers=headers)
+    if mode == "inflate":
+        return await write_inflated(request, response, body, faults.after)
     response.content_length = len(body)
     await response.prepare(request)
     if mode == "slow":
@@ -247,6 +251,8 @@ class S3Proxy:
         if mode is None:
             return web.Response(status=status, body=body, headers=out)
         response = web.StreamResponse(status=status, headers=out)
+        if mode == "inflate":
+            return await write_inflated(request, response, body, self.faults.after)
         response.content_length = len(body)
         await response.prepare(request)
         if mode == "slow":
@@ -264,6 +270,16 @@ class S3Proxy:
             await self._session.close()
 
 
+async def write_inflated(request, response, body: bytes, extra: int):
+    """Send ``body`` and ``extra`` bytes more, chunked: no length the client could check."""
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):  # the client hangs up past the listed size
+        await response.write(body + b"\0" * extra)
+        await response.write_eof()
+    return response
+
+
 async def write_slowly(response, body: bytes, chunk: int, delay: float) -> None:
     """Write ``body`` in ``chunk``-byte pieces ``delay`` seconds apart (a slow link)."""
     for start in range(0, len(body), chunk):
@@ -277,6 +293,7 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, bytes]] = {}
+        self.listed_sizes: dict[str, int] = {}  # path -> size the revision API claims instead
         self.log = RequestLog()
         self.faults = Faults()
 
@@ -302,7 +319,7 @@ class FakeHub:
         self.log.counts[(request.method, request.path)] += 1
         repo_id = self._repo(request)
         siblings = [
-            {"rfilename": p, "size": len(d), "blobId": etag_of(d).strip('"')}
+            {"rfilename": p, "size": self.listed_sizes.get(p, len(d)), "blobId": etag_of(d)[1:-1]}
             for p, d in self.repos[repo_id].items()
         ]
         return web.json_response({"id": repo_id, "sha": self.commit(repo_id), "siblings": siblings})

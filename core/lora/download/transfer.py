@@ -1,26 +1,129 @@
-"""Fetching one file: progress reporting, a no-progress watchdog, retries with backoff.
+"""Talking to a source: the listing deadline, byte limits, a no-progress watchdog, retries.
 
-The watchdog makes every source stall-safe the same way: if no byte arrives for
-``timeout_s`` the fetch is cancelled and counts as a transient failure.
+Every source is bounded the same way: a listing (with its retries) ends by one deadline; a
+fetch stops at the file's listed size or the adapter's remaining budget, whichever is lower;
+and if no byte arrives for ``timeout_s`` the fetch is cancelled as a transient failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.lora.download.source import RemoteAdapterSource, RemoteFile, TransientSourceError
+from loraserve.lora.download.source import (
+    RemoteAdapterSource,
+    RemoteFile,
+    RemoteListing,
+    SourceUnreachableError,
+    TransientSourceError,
+)
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Sources map their library's errors to TransientSourceError; anything else is final.
 TRANSIENT = (TransientSourceError, TimeoutError, asyncio.TimeoutError)
+WATCH_INTERVAL_S = 0.5
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt + 1``: 0.25, 0.5, 1, ... at most 8."""
+    return min(0.25 * 2**attempt, 8.0)
+
+
+class ByteLimit:
+    """The progress callback a source calls before writing: raises once ``what`` passes
+    ``listed`` bytes (the source sent more than it announced; worth a retry) or ``budget``
+    (the adapter is too big; final). Thread-safe: some sources report from their own thread."""
+
+    def __init__(
+        self,
+        lora_name: str,
+        what: str,
+        listed: int | None,
+        budget: int,
+        on_bytes: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.lora_name = lora_name
+        self.what = what
+        self.listed = listed
+        self.budget = budget
+        self.on_bytes = on_bytes
+        self.total = 0
+        self.last = time.monotonic()  # when bytes last arrived, for the stall watchdog
+        self.error: Exception | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+            self.last = time.monotonic()
+            error = self.over(self.total)
+        if error is not None:
+            raise error
+        self.on_bytes(n)
+
+    def over(self, size: int) -> Exception | None:
+        """The error for ``size`` bytes if it passes a bound (remembered), else ``None``."""
+        if self.error is None and size > self.budget:
+            self.error = LoRAAdapterError(
+                self.lora_name,
+                f"{self.what} exceeds the {self.budget}-byte budget left for this adapter "
+                "(raise VLLM_LORA_RESOLVER_MAX_ADAPTER_BYTES to allow it)",
+            )
+        elif self.error is None and self.listed is not None and size > self.listed:
+            self.error = TransientSourceError(
+                f"{self.what}: the server sent more than the {self.listed} bytes it listed"
+            )
+        return self.error
+
+
+async def list_within_deadline(
+    source: RemoteAdapterSource,
+    *,
+    lora_name: str,
+    deadline_s: float,
+    timeout_s: float,
+    retries: int,
+) -> RemoteListing | None:
+    """``source.list_files()``, retried after transient failures, all within ``deadline_s``.
+
+    A source known to be unreachable (``SourceUnreachableError``) is not retried; running
+    out of time raises ``TransientSourceError``, so the cache can serve its copy.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    what = f"listing LoRA adapter {lora_name!r} at {source.location}"
+    for attempt in range(retries + 1):
+        left = end - loop.time()
+        try:
+            if left <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(source.list_files(), min(timeout_s, left))
+        except SourceUnreachableError:
+            raise
+        except TRANSIENT as exc:
+            if end - loop.time() <= 0:
+                raise TransientSourceError(
+                    f"no listing within {deadline_s:g}s (VLLM_LORA_RESOLVER_LIST_DEADLINE)"
+                ) from exc
+            delay = backoff(attempt)
+            if attempt == retries or loop.time() + delay >= end:
+                raise
+            logger.warning(
+                "%s failed (%s); retry %d/%d in %.2fs",
+                what,
+                exc or type(exc).__name__,
+                attempt + 1,
+                retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 async def fetch_file(
@@ -36,15 +139,16 @@ async def fetch_file(
 ) -> int:
     """Fetch ``file`` into ``dest`` (retrying transient failures); return its size."""
     for attempt in range(retries + 1):
+        limit = ByteLimit(lora_name, file.name, file.size, budget, on_bytes)
         try:
-            return await _fetch_watched(source, file, dest, lora_name, budget, timeout_s, on_bytes)
+            return await _fetch_watched(source, file, dest, limit, timeout_s)
         except TRANSIENT as exc:
             dest.unlink(missing_ok=True)
             if attempt == retries:
                 raise
-            delay = min(0.25 * 2**attempt, 8.0)
+            delay = backoff(attempt)
             logger.warning(
-                "LoRA adapter '%s': fetching %s failed (%s); retry %d/%d in %.2fs",
+                "LoRA adapter %r: fetching %s failed (%s); retry %d/%d in %.2fs",
                 lora_name,
                 file.name,
                 exc or type(exc).__name__,
@@ -56,60 +160,35 @@ async def fetch_file(
     raise AssertionError("unreachable")
 
 
-async def with_retries(call: Callable[[], Awaitable[T]], *, what: str, retries: int) -> T:
-    """Await ``call()`` again after transient failures, backing off 0.25s, 0.5s, 1s, ..."""
-    for attempt in range(retries + 1):
-        try:
-            return await call()
-        except TRANSIENT as exc:
-            if attempt == retries:
-                raise
-            delay = min(0.25 * 2**attempt, 8.0)
-            logger.warning(
-                "%s failed (%s); retry %d/%d in %.2fs", what, exc, attempt + 1, retries, delay
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 async def _fetch_watched(
-    source: RemoteAdapterSource,
-    file: RemoteFile,
-    dest: Path,
-    lora_name: str,
-    budget: int,
-    timeout_s: float,
-    on_bytes: Callable[[int], None],
+    source: RemoteAdapterSource, file: RemoteFile, dest: Path, limit: ByteLimit, timeout_s: float
 ) -> int:
-    state = {"last": time.monotonic(), "bytes": 0}
-
-    def progress(n: int) -> None:
-        state["last"] = time.monotonic()
-        state["bytes"] += n
-        if state["bytes"] > budget:
-            raise LoRAAdapterError(
-                lora_name,
-                f"{file.name} exceeds the {budget}-byte budget left for this adapter "
-                "(raise VLLM_LORA_RESOLVER_MAX_ADAPTER_BYTES to allow it)",
-            )
-        on_bytes(n)
-
-    task = asyncio.ensure_future(source.fetch(file, dest, progress))
+    """Run one fetch; cancel it on a stall or once it passed a bound (a source stops when
+    ``limit`` raises; the file's size on disk is watched too, for one that does not)."""
+    task = asyncio.ensure_future(source.fetch(file, dest, limit))
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=min(timeout_s, 0.5))
+            done, _ = await asyncio.wait({task}, timeout=min(timeout_s, WATCH_INTERVAL_S))
             if done:
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None and limit.error not in (None, exc):  # the source wrapped it
+                    raise limit.error from exc
                 task.result()
                 break
-            if time.monotonic() - state["last"] > timeout_s:
+            if limit.error is None and dest.exists():
+                limit.over(dest.stat().st_size)
+            if limit.error is not None:
+                raise limit.error
+            if time.monotonic() - limit.last > timeout_s:
                 raise TransientSourceError(f"no data for {timeout_s:g}s while fetching {file.name}")
     finally:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     size = dest.stat().st_size
-    if size > budget:
-        raise LoRAAdapterError(lora_name, f"{file.name} exceeds the adapter size limit")
+    error = limit.over(size)
+    if error is not None:
+        raise error
     if file.size is not None and size != file.size:
         raise TransientSourceError(f"{file.name} is {size} bytes, expected {file.size} (truncated)")
     return size

@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 
 from loraserve.lora.download import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     DownloadCache,
+    ProgressCallback,
     RemoteFile,
     RemoteListing,
+    SourceUnreachableError,
     TransientSourceError,
     get_download_cache,
     is_safe_name,
@@ -118,12 +121,12 @@ class HubSource:
         except Exception as exc:
             raise _classify(exc) from exc
 
-    async def materialize(self, listing: RemoteListing) -> Path:
+    async def materialize(self, listing: RemoteListing, progress: ProgressCallback) -> Path:
         """``snapshot_download`` of just the adapter files at the listed commit."""
-        folder = await asyncio.to_thread(self._snapshot, listing)
+        folder = await asyncio.to_thread(self._snapshot, listing, progress)
         return Path(folder) / self.subpath if self.subpath else Path(folder)
 
-    def _snapshot(self, listing: RemoteListing) -> str:
+    def _snapshot(self, listing: RemoteListing, progress: ProgressCallback) -> str:
         from huggingface_hub import snapshot_download
 
         try:
@@ -135,9 +138,43 @@ class HubSource:
                 endpoint=self.endpoint,
                 token=self.token,
                 etag_timeout=self.timeout_s,
+                tqdm_class=_byte_meter(progress),
             )
         except Exception as exc:
-            raise _classify(exc) from exc
+            mapped = _classify(exc)
+            if mapped is exc:  # final, or the cache's own size check
+                raise
+            raise mapped from exc
+
+
+def _byte_meter(progress: ProgressCallback) -> type:
+    """A silent tqdm class for ``snapshot_download`` that reports its bytes to ``progress``.
+
+    huggingface_hub updates its byte bars before it writes each chunk, so ``progress``
+    raising stops the download with nothing more written. Two bars count the same bytes
+    (network and disk): only the furthest one's advance is reported.
+    """
+    from tqdm.auto import tqdm
+
+    lock = threading.Lock()
+    furthest = [0]
+
+    class ByteMeter(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            self.counted, self.counts_bytes = 0, kwargs.get("unit") == "B"
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+        def update(self, n: int | float | None = 1) -> bool | None:
+            if self.counts_bytes and n:
+                with lock:
+                    self.counted += int(n)
+                    ahead = self.counted - furthest[0]
+                    furthest[0] = max(furthest[0], self.counted)
+                if ahead > 0:
+                    progress(ahead)
+            return super().update(n)
+
+    return ByteMeter
 
 
 def _hub_cache_dir() -> str | None:
@@ -150,9 +187,17 @@ def _hub_cache_dir() -> str | None:
 
 
 def _classify(exc: Exception) -> Exception:
-    """Connection trouble and 5xx/429 are retried; 401/403 say to check HF_TOKEN."""
+    """Connection trouble and 5xx/429 are retried (no connection at all is
+    ``SourceUnreachableError``); 401/403 say to check HF_TOKEN."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    if isinstance(exc, TransientSourceError):  # the cache's size check, from the byte meter
+        return exc
+    if type(exc).__module__.startswith("httpx") and type(exc).__name__ in (
+        "ConnectError",
+        "ConnectTimeout",
+    ):
+        return SourceUnreachableError(f"{type(exc).__name__}: {exc}")
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, HfHubHTTPError) and status in (401, 403):
         return PermissionError(f"Hub answered {status}; check HF_TOKEN ({exc})")

@@ -3,7 +3,8 @@
 
 The URL is a directory holding ``adapter_config.json`` and ``adapter_model.safetensors``
 (fetched by name), or one ``.tar``/``.tar.gz``/``.tgz``/``.zip`` archive. A 404 means "not
-here"; 5xx, 429 and dropped connections are retried with backoff by the shared cache.
+here"; 5xx, 429 and dropped connections are retried with backoff by the shared cache; a
+refused connection is not (the cache serves its copy at once).
 ``VLLM_LORA_RESOLVER_HTTP_TOKEN`` is sent as a bearer token (aiohttp drops it on redirects
 to another host). aiohttp's client is imported only when the first adapter is looked up.
 """
@@ -25,6 +26,7 @@ from loraserve.lora.download import (
     ProgressCallback,
     RemoteFile,
     RemoteListing,
+    SourceUnreachableError,
     TransientSourceError,
     fill_location_template,
     get_download_cache,
@@ -111,8 +113,8 @@ class HttpSource:
                 _raise_for_status(response.status, file.remote_path, missing_is_error=True)
                 with dest.open("wb") as out:
                     async for chunk in response.content.iter_chunked(CHUNK):
+                        progress(len(chunk))  # raises past the listed size: nothing written
                         out.write(chunk)
-                        progress(len(chunk))
         except (LoRAServeError, PermissionError, TransientSourceError):
             raise
         except Exception as exc:
@@ -130,9 +132,12 @@ def _raise_for_status(status: int, url: str, missing_is_error: bool = False) -> 
 
 
 def _as_transient(exc: Exception) -> Exception:
-    """aiohttp's connection, payload and timeout errors are worth a retry."""
+    """aiohttp's payload and timeout errors are worth a retry; no connection at all is
+    ``SourceUnreachableError`` (refused, unknown host, connect timeout)."""
     import aiohttp
 
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return SourceUnreachableError(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
         return TransientSourceError(f"{type(exc).__name__}: {exc}")
     return exc

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from loraserve_http_resolver import HttpResolver, register_lora_resolvers
+from loraserve_http_resolver import CHUNK, HttpResolver, HttpSource, register_lora_resolvers
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
@@ -39,11 +39,14 @@ class FileServer:
         self.log = RequestLog()
         self.faults = Faults()
         self.token: str | None = None
+        self.silent = False  # accept connections but never answer (a blackholed origin)
 
     async def handle(self, request):
         from aiohttp import web
 
         self.log.counts[(request.method, request.path)] += 1
+        if self.silent:
+            await asyncio.sleep(3600)
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.Response(status=401)
         data = self.files.get(request.path)
@@ -70,7 +73,8 @@ def publish(server: FileServer, prefix: str, files: dict[str, bytes]) -> None:
 
 
 def make_resolver(tmp_path: Path, server: FileServer, path: str, token=None, **config):
-    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=1.0) | config
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=30.0) | config
+    settings.setdefault("list_deadline_s", 60.0)
     cache = DownloadCache(DownloadCacheConfig(**settings))
     return HttpResolver(server.url + path, token=token, cache=cache)
 
@@ -131,15 +135,69 @@ async def test_32_concurrent_requests_download_once(tmp_path, server):
 @pytest.mark.parametrize("mode", ["drop", "stall", "status"])
 async def test_server_dying_or_stalling_mid_download(tmp_path, server, mode):
     publish(server, "/a/sql", lora_adapter_files(BASE))
-    resolver = make_resolver(tmp_path, server, "/a/{lora_name}")
+    resolver = make_resolver(tmp_path, server, "/a/{lora_name}", timeout_s=1.0)
     server.faults = Faults(mode=mode, after=1000, only=WEIGHTS)
-    started = time.monotonic()
-    with pytest.raises(AdapterDownloadError):
-        await resolver.resolve_lora(BASE, "sql")
-    assert time.monotonic() - started < 10
+    why = {
+        "drop": "Payload|Disconnected|closed",
+        "stall": "no data for 1s|Timeout on reading",
+        "status": "HTTP 500",
+    }
+    with pytest.raises(AdapterDownloadError, match=why[mode]):
+        await asyncio.wait_for(resolver.resolve_lora(BASE, "sql"), 60)  # a hang guard
     assert_clean(resolver)
     server.faults = Faults()
-    assert (Path((await resolver.resolve_lora(BASE, "sql")).lora_path) / WEIGHTS).is_file()
+    patient = make_resolver(tmp_path, server, "/a/{lora_name}")  # same cache, no 1 s limit
+    assert (Path((await patient.resolve_lora(BASE, "sql")).lora_path) / WEIGHTS).is_file()
+
+
+DEADLINE = 2.0
+SLACK = 4.0  # seconds on top of the deadline for local work on a busy machine
+
+
+async def timed(call) -> tuple[object, float]:
+    """(result or raised exception, seconds); the limit only guards against a hang."""
+    started = time.monotonic()
+    try:
+        result = await asyncio.wait_for(call, 60)
+    except Exception as exc:
+        result = exc
+    return result, time.monotonic() - started
+
+
+async def test_a_silent_origin_serves_the_cached_copy_at_the_deadline(tmp_path, server):
+    """Listing retries and the 30 s connect/read timeout all end at the listing deadline."""
+    publish(server, "/a/sql", lora_adapter_files(BASE))
+    resolver = make_resolver(
+        tmp_path, server, "/a/{lora_name}", retries=3, list_deadline_s=DEADLINE
+    )
+    cached = await resolver.resolve_lora(BASE, "sql")
+    server.silent = True
+    again, served_in = await timed(resolver.resolve_lora(BASE, "sql"))
+    assert again.lora_path == cached.lora_path
+    failed, failed_in = await timed(resolver.resolve_lora(BASE, "never-cached"))
+    assert isinstance(failed, AdapterDownloadError)
+    assert "VLLM_LORA_RESOLVER_LIST_DEADLINE" in str(failed)
+    assert served_in < DEADLINE + SLACK and failed_in < DEADLINE + SLACK
+
+
+async def test_a_refused_connection_serves_the_cached_copy_at_once(tmp_path):
+    """Nothing listens any more: that is known at once, and no retry waits for it."""
+    from aiohttp import web
+
+    files = FileServer()
+    publish(files, "/a/sql", lora_adapter_files(BASE))
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", files.handle)
+    runner, files.url = await start_app(app)
+    deadline = 30.0  # long: backoff of 8 retries alone would take 20 s of it
+    resolver = make_resolver(tmp_path, files, "/a/{lora_name}", retries=8, list_deadline_s=deadline)
+    cached = await resolver.resolve_lora(BASE, "sql")
+    await runner.cleanup()
+    again, served_in = await timed(resolver.resolve_lora(BASE, "sql"))
+    assert again.lora_path == cached.lora_path
+    failed, failed_in = await timed(resolver.resolve_lora(BASE, "never-cached"))
+    assert isinstance(failed, AdapterDownloadError) and "Cannot connect" in str(failed)
+    assert served_in < deadline / 3 and failed_in < deadline / 3
 
 
 async def test_retries_with_backoff_recover(tmp_path, server):
@@ -158,6 +216,36 @@ async def test_bearer_token(tmp_path, server):
         await anonymous.resolve_lora(BASE, "sql")
     authorised = make_resolver(tmp_path / "b", server, "/a/{lora_name}", token="s3cret")
     assert await authorised.resolve_lora(BASE, "sql") is not None
+
+
+@pytest.fixture
+def written(monkeypatch) -> dict[str, int]:
+    """The most bytes any fetch of each file left on disk, however it ended."""
+    sizes: dict[str, int] = {}
+    fetch = HttpSource.fetch
+
+    async def measured(self, file, dest, progress):
+        try:
+            await fetch(self, file, dest, progress)
+        finally:
+            size = dest.stat().st_size if dest.exists() else 0
+            sizes[file.name] = max(sizes.get(file.name, 0), size)
+
+    monkeypatch.setattr(HttpSource, "fetch", measured)
+    return sizes
+
+
+async def test_a_body_longer_than_announced_is_cut_off(tmp_path, server, written):
+    """HEAD announces the real size; the GET goes on for 32 MiB more (chunked)."""
+    files = lora_adapter_files(BASE)
+    publish(server, "/a/sql", files)
+    server.faults = Faults(mode="inflate", after=32 * 1024 * 1024, only=WEIGHTS)
+    resolver = make_resolver(tmp_path, server, "/a/{lora_name}", retries=1)
+    with pytest.raises(AdapterDownloadError, match="more than the .* bytes it listed"):
+        await resolver.resolve_lora(BASE, "sql")
+    assert server.log.gets(WEIGHTS) == 2  # retried once; each try stopped at the size
+    assert written[WEIGHTS] <= len(files[WEIGHTS]) + CHUNK
+    assert_clean(resolver)
 
 
 async def test_oversize_and_malformed_refused(tmp_path, server):

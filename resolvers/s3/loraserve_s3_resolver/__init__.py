@@ -5,6 +5,10 @@ The prefix holds ``adapter_config.json`` and ``adapter_model.safetensors`` (or t
 ends in ``.tar``/``.tar.gz``/``.tgz``/``.zip`` and names one archive). Credentials, region and
 endpoint come from the usual AWS variables and profiles (``AWS_ENDPOINT_URL`` for MinIO and
 friends). s3fs is imported only when the first adapter is looked up.
+
+The client makes one attempt per call (botocore's and s3fs's own retries are off): the
+shared cache retries, within its listing deadline, and a refused connection serves the
+cached copy at once.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import posixpath
 import threading
 from pathlib import Path
 
-from loraserve.errors import LoRAServeError, PluginError
+from loraserve.errors import AdapterDownloadError, LoRAServeError, PluginError
 from loraserve.lora.download import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -24,6 +28,7 @@ from loraserve.lora.download import (
     ProgressCallback,
     RemoteFile,
     RemoteListing,
+    SourceUnreachableError,
     TransientSourceError,
     fill_location_template,
     get_download_cache,
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 URI_ENV = "VLLM_LORA_RESOLVER_S3_URI"
 RESOLVER_NAME = "lora_s3_resolver"
+CHUNK = 1024 * 1024
 
 
 _filesystems: dict[tuple, object] = {}
@@ -54,7 +60,8 @@ def s3_filesystem(timeout_s: float):
     the server's event loop for every resolution, it stalled all streaming requests that
     long. Made once on fsspec's own loop and kept (s3fs's own instance cache does the same:
     collecting one while another loop runs makes s3fs close it on the wrong loop), the
-    server's loop only awaits futures. Blocking: s3fs is imported on first use.
+    server's loop only awaits futures. Blocking: s3fs is imported and the botocore client
+    made on first use, so no timed call ever includes that work.
     """
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
@@ -63,16 +70,19 @@ def s3_filesystem(timeout_s: float):
         if key not in _filesystems:
             import s3fs
 
-            _filesystems[key] = s3fs.S3FileSystem(
+            fs = s3fs.S3FileSystem(
                 skip_instance_cache=True,
                 use_listings_cache=False,
                 client_kwargs={"endpoint_url": endpoint} if endpoint else {},
                 config_kwargs={
                     "connect_timeout": timeout_s,
                     "read_timeout": timeout_s,
-                    "retries": {"max_attempts": 2, "mode": "standard"},
+                    "retries": {"max_attempts": 1, "mode": "standard"},
                 },
             )
+            fs.retries = 1  # one attempt per call: the cache's retries are the only ones
+            fs.connect()  # the botocore client, built on fsspec's loop
+            _filesystems[key] = fs
         return _filesystems[key]
 
 
@@ -112,17 +122,22 @@ class S3Source:
         return RemoteListing(tuple(_remote_file(n, files[n]) for n in ADAPTER_FILES if n in files))
 
     async def fetch(self, file: RemoteFile, dest: Path, progress: ProgressCallback) -> None:
-        from fsspec.callbacks import Callback
+        bucket, _, key = file.remote_path.partition("/")
 
-        class _Report(Callback):
-            def relative_update(self, inc: int = 1) -> None:
-                progress(inc)
+        async def download(fs) -> None:
+            response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+            body = response["Body"]
+            try:
+                with dest.open("wb") as out:
+                    while chunk := await body.read(CHUNK):
+                        progress(len(chunk))  # raises past the listed size: nothing written
+                        out.write(chunk)
+            finally:
+                body.close()
 
         try:
-            await self._run(
-                lambda fs: fs._get_file(file.remote_path, str(dest), callback=_Report())
-            )
-        except LoRAServeError:  # the cache's own size check, raised from the callback
+            await self._run(download)
+        except (LoRAServeError, TransientSourceError):  # the cache's own size checks
             raise
         except FileNotFoundError as exc:
             raise TransientSourceError(f"{file.remote_path} disappeared during download") from exc
@@ -141,11 +156,17 @@ def _remote_file(name: str, info: dict) -> RemoteFile:
 
 
 def _as_transient(exc: Exception) -> Exception:
-    """Network and server trouble is retried; access denied is final and says what to check."""
+    """Network and server trouble is retried; no connection at all (refused, unknown host,
+    connect timeout) is ``SourceUnreachableError``; access denied is final and says what to
+    check."""
+    from botocore.exceptions import ConnectionError as NoConnection
+
     if isinstance(exc, PermissionError):
         return PermissionError(
             f"access denied ({exc}); check the AWS credentials and bucket policy"
         )
+    if isinstance(exc, NoConnection):
+        return SourceUnreachableError(f"S3: {type(exc).__name__}: {exc}")
     return TransientSourceError(f"S3: {type(exc).__name__}: {exc}")
 
 
@@ -169,6 +190,10 @@ class S3Resolver(LoRAResolver):
             logger.info("%s: refused adapter name %r", RESOLVER_NAME, lora_name)
             return None
         cache = self._cache or get_download_cache()
+        try:  # made before the listing's deadline starts: local work, once per process
+            await asyncio.to_thread(s3_filesystem, cache.config.timeout_s)
+        except Exception as exc:
+            raise AdapterDownloadError(lora_name, uri, f"no S3 client: {exc}") from exc
         source = S3Source(uri, cache.config.timeout_s)
         path = await cache.get(source, lora_name=lora_name, base_model_name=base_model_name)
         return None if path is None else LoRARequest(lora_name, 1, str(path), base_model_name)

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from loraserve_s3_resolver import S3Resolver, register_lora_resolvers
+from loraserve_s3_resolver import CHUNK, S3Resolver, S3Source, register_lora_resolvers
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
 from loraserve.lora.download import DownloadCache, DownloadCacheConfig
@@ -86,7 +86,9 @@ def upload(moto_url: str, key_prefix: str, files: dict[str, bytes]) -> None:
 
 
 def make_resolver(tmp_path: Path, prefix: str, suffix: str = "", **config) -> S3Resolver:
-    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=2.0) | config
+    """Generous timeouts unless a test is about them: moto is slow on a busy machine."""
+    settings = dict(download_dir=tmp_path / "cache", retries=0, timeout_s=30.0) | config
+    settings.setdefault("list_deadline_s", 60.0)
     template = f"s3://{BUCKET}/{prefix}/{{base_model_name}}/{{lora_name}}{suffix}"
     return S3Resolver(template, cache=DownloadCache(DownloadCacheConfig(**settings)))
 
@@ -131,14 +133,40 @@ async def test_server_dying_or_stalling_mid_download(tmp_path, moto_url, proxy, 
     upload(moto_url, f"{prefix}/{BASE}/sql", lora_adapter_files(BASE))
     resolver = make_resolver(tmp_path, prefix, timeout_s=1.0)
     proxy.faults.mode = mode
-    started = time.monotonic()
     with pytest.raises(AdapterDownloadError):
-        await resolver.resolve_lora(BASE, "sql")
-    assert time.monotonic() - started < 20
+        await asyncio.wait_for(resolver.resolve_lora(BASE, "sql"), 60)  # a hang guard
     assert_clean(resolver)
     proxy.faults.mode = None
-    found = await resolver.resolve_lora(BASE, "sql")
+    patient = make_resolver(tmp_path, prefix)  # same cache; no 1 s limit on a busy machine
+    found = await patient.resolve_lora(BASE, "sql")
     assert (Path(found.lora_path) / WEIGHTS).is_file()
+
+
+async def test_s3_down_serves_the_cached_copy_within_the_deadline(tmp_path, monkeypatch, prefix):
+    """moto stops: the cached copy is served, and a never-cached adapter is a download
+    error, each within the listing deadline (plus slack for a busy machine), retries and
+    all; connection refused is not retried at all."""
+    deadline, slack = 2.0, 4.0
+    with moto_server() as url:  # this test's own server, stopped below
+        boto3_client(url).create_bucket(Bucket=BUCKET)
+        upload(url, f"{prefix}/{BASE}/sql", lora_adapter_files(BASE))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        resolver = make_resolver(tmp_path, prefix, retries=5, list_deadline_s=deadline)
+        cached = await resolver.resolve_lora(BASE, "sql")
+
+    async def timed(call):
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(call, 120)  # a hang guard
+        except Exception as exc:
+            result = exc
+        return result, time.monotonic() - started
+
+    again, served_in = await timed(resolver.resolve_lora(BASE, "sql"))
+    failed, failed_in = await timed(resolver.resolve_lora(BASE, "never-cached"))
+    assert again.lora_path == cached.lora_path
+    assert isinstance(failed, AdapterDownloadError), failed
+    assert served_in < deadline + slack and failed_in < deadline + slack
 
 
 async def test_oversize_and_malformed_adapters_refused(tmp_path, moto_url, proxy, prefix):
@@ -152,6 +180,36 @@ async def test_oversize_and_malformed_adapters_refused(tmp_path, moto_url, proxy
     resolver = make_resolver(tmp_path / "b", prefix)
     with pytest.raises(LoRAAdapterError):
         await resolver.resolve_lora(BASE, "bad")
+    assert_clean(resolver)
+
+
+@pytest.fixture
+def written(monkeypatch) -> dict[str, int]:
+    """The most bytes any fetch of each file left on disk, however it ended."""
+    sizes: dict[str, int] = {}
+    fetch = S3Source.fetch
+
+    async def measured(self, file, dest, progress):
+        try:
+            await fetch(self, file, dest, progress)
+        finally:
+            size = dest.stat().st_size if dest.exists() else 0
+            sizes[file.name] = max(sizes.get(file.name, 0), size)
+
+    monkeypatch.setattr(S3Source, "fetch", measured)
+    return sizes
+
+
+async def test_a_body_longer_than_listed_is_cut_off(tmp_path, moto_url, proxy, prefix, written):
+    """The listing gives the real size; the GET goes on for 32 MiB more (chunked)."""
+    files = lora_adapter_files(BASE)
+    upload(moto_url, f"{prefix}/{BASE}/sql", files)
+    proxy.faults.mode, proxy.faults.after = "inflate", 32 * 1024 * 1024
+    resolver = make_resolver(tmp_path, prefix, retries=1)
+    with pytest.raises(AdapterDownloadError, match="more than the .* bytes it listed"):
+        await resolver.resolve_lora(BASE, "sql")
+    assert proxy.log.gets(WEIGHTS) == 2  # retried once; each try stopped at the size
+    assert written[WEIGHTS] <= len(files[WEIGHTS]) + CHUNK
     assert_clean(resolver)
 
 
