@@ -30,7 +30,7 @@ from loraserve.errors import (
     LoRANotFoundError,
 )
 from loraserve.lora.adapter import LoRAAdapter, load_adapter
-from loraserve.lora.download.cache import register_adapter_owner
+from loraserve.lora.download import register_adapter_owner
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.spec import ModelSpec

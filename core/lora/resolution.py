@@ -21,6 +21,7 @@ from loraserve.errors import (
     LoRANotFoundError,
     LoRAServeError,
 )
+from loraserve.lora.download.lease import release_lease
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver
 
@@ -99,7 +100,7 @@ class LoRAResolutionService:
             if found is None:
                 continue
             try:
-                loaded = await self._load(found)
+                loaded = await self._load_leased(found)
             except LoRAAdapterError as exc:
                 logger.warning(
                     "Resolver '%s' found %r but it failed to load: %s", resolver_name, lora_name, exc
@@ -124,6 +125,14 @@ class LoRAResolutionService:
         error = outcome.error_factory(lora_name)
         self._remember_failure(lora_name, error)
         raise error()
+
+    async def _load_leased(self, found: LoRARequest) -> LoRARequest:
+        """Load a resolver's answer, then end the download cache's lease on its folder
+        (loaded or not): until then eviction keeps the folder the load reads."""
+        try:
+            return await self._load(found)
+        finally:
+            release_lease(found.lora_path)
 
     async def _ask(
         self, resolver_name: str, resolver: LoRAResolver, lora_name: str, outcome: _Outcome
