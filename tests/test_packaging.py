@@ -34,3 +34,30 @@ def test_no_top_level_source_folder_is_importable(tmp_path):
     code = "import importlib.util as u; print([n for n in ('core', 'kernels', 'plugins') if u.find_spec(n)])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_version_is_defined_once_and_reported(tmp_path):
+    import subprocess
+    import sys
+
+    import loraserve
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in config["project"] and "version" in config["project"]["dynamic"]
+    out = subprocess.run([sys.executable, "-m", "loraserve", "--version"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"loraserve {loraserve.__version__}"
+
+
+def test_every_distribution_ships_license_and_py_typed_and_pins_loraserve():
+    dists = [ROOT, *sorted((ROOT / "resolvers").iterdir())]
+    for dist in (d for d in dists if (d / "pyproject.toml").is_file()):
+        config = tomllib.loads((dist / "pyproject.toml").read_text())["project"]
+        assert config["license"] == "Apache-2.0" and (dist / "LICENSE").is_file(), dist
+        assert "Apache License" in (dist / "LICENSE").read_text()
+        packages = [p.parent for p in dist.glob("*/__init__.py")] if dist != ROOT else [
+            ROOT / folder for folder in PACKAGE_DIRS.values()]
+        assert packages and all((p / "py.typed").is_file() for p in packages), dist
+        if dist != ROOT:
+            assert "loraserve>=0.1,<0.2" in config["dependencies"], dist
