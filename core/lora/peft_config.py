@@ -36,6 +36,12 @@ def read_adapter_config(path: Path, lora_name: str) -> dict[str, Any]:
     return config
 
 
+def is_lora_config(config: Any) -> bool:
+    """Whether a parsed config says LoRA (PEFT writes "LORA"; any case is accepted)."""
+    peft_type = config.get("peft_type") if isinstance(config, dict) else None
+    return isinstance(peft_type, str) and peft_type.upper() == "LORA"
+
+
 def check_adapter_config(config: Any, lora_name: str) -> None:
     """Refuse anything but a plain LoRA of supported modules with well-formed numbers."""
     def refuse(reason: str) -> LoRAAdapterError:
@@ -43,9 +49,8 @@ def check_adapter_config(config: Any, lora_name: str) -> None:
 
     if not isinstance(config, dict):
         raise refuse(f"{CONFIG_FILE} must hold a JSON object")
-    peft_type = config.get("peft_type")
-    if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
-        raise refuse(f"peft_type is {peft_type!r}; only LORA adapters are supported")
+    if not is_lora_config(config):
+        raise refuse(f"peft_type is {config.get('peft_type')!r}; only LORA adapters are supported")
     if config.get("use_dora"):
         raise refuse("DoRA adapters (use_dora=true) are not supported")
     if config.get("modules_to_save"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loraserve.errors import LoRAAdapterError
 from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS
+from loraserve.lora.peft_config import is_lora_config
 from loraserve.lora.safetensors_file import SafetensorsError, read_header
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -34,7 +35,7 @@ def check_adapter_config(path: Path, lora_name: str, base_model_name: str) -> di
         raise LoRAAdapterError(lora_name, f"{ADAPTER_CONFIG} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise LoRAAdapterError(lora_name, f"{ADAPTER_CONFIG} is not a JSON object")
-    if str(config.get("peft_type", "")).upper() != "LORA":
+    if not is_lora_config(config):
         raise LoRAAdapterError(
             lora_name, f"peft_type is {config.get('peft_type')!r}, only LORA adapters are served"
         )

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from loraserve.errors import PluginError
+from loraserve.lora.peft_config import is_lora_config
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver
 from loraserve.plugins import hookimpl
@@ -69,7 +70,7 @@ def _is_lora_for(adapter_dir: Path, base_model_name: str) -> bool:
     except (OSError, ValueError) as exc:
         logger.info("lora_filesystem_resolver: no usable %s: %s", config_path, exc)
         return False
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+    if not is_lora_config(config):
         logger.info(
             "lora_filesystem_resolver: %s is not a LoRA adapter (peft_type %r)",
             adapter_dir,

@@ -80,6 +80,13 @@ async def test_wrong_peft_type_is_none(cache):
     assert await FilesystemResolver(cache).resolve_lora(BASE, "ia3") is None
 
 
+async def test_peft_type_in_any_case_is_found_as_the_loader_accepts_it(cache):
+    """One rule (loraserve.lora.peft_config): what --lora-modules loads, the resolver finds."""
+    write_adapter(cache / "lower", peft_type="lora")
+    found = await FilesystemResolver(cache).resolve_lora(BASE, "lower")
+    assert found is not None and found.lora_path == str((cache / "lower").resolve())
+
+
 async def test_missing_or_broken_config_is_none(cache):
     (cache / "empty").mkdir()
     (cache / "broken").mkdir()
