@@ -36,9 +36,6 @@ class SingleFlight:
             task.add_done_callback(lambda done: self._finished(slot, done))
         return await asyncio.shield(task)
 
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     def _finished(self, slot: tuple[int, str], task: asyncio.Task) -> None:
         if self._tasks.get(slot) is task:
             del self._tasks[slot]

@@ -14,9 +14,9 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_NAME_CHARS = 256
 
 
-def is_safe_name(name: str, allow_slash: bool = True) -> bool:
+def is_safe_name(name: str) -> bool:
     """True when every segment of ``name`` is a plain file name (see module docstring)."""
-    if not name or len(name) > MAX_NAME_CHARS or (not allow_slash and "/" in name):
+    if not name or len(name) > MAX_NAME_CHARS:
         return False
     return all(_SEGMENT.match(part) for part in name.split("/"))
 

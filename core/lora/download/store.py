@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,7 +154,3 @@ class AdapterStore:
                 found.append((mtime, home.name, entry))
         found.sort(key=lambda item: item[0])
         return found
-
-    @staticmethod
-    def now() -> float:
-        return time.time()
