@@ -108,6 +108,15 @@ def start_server(model: Path, adapters: Path, max_loras: int, max_num_seqs: int,
     raise SystemExit(f"server did not start; see {log}")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Ctrl-C the server, as an operator would; kill it if it has not exited in 30 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
                      max_tokens: int) -> dict:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
@@ -237,11 +246,7 @@ def main() -> int:
         try:
             results, wall = asyncio.run(fire(url, names, prompts, args.max_tokens, args.timeout))
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
 
     ok = [r for r in results if r.get("status") == 200]
     correct = sum(1 for r, e in zip(results, expected) if r.get("status") == 200 and r["text"] == e)
@@ -279,11 +284,7 @@ def run_soak(args: argparse.Namespace) -> int:
             report = asyncio.run(soak(url, proc.pid, names, prompts, expected, args.soak,
                                       args.concurrency, args.max_tokens, args.timeout))
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     report.update(max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
                   machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor()}")
     print(json.dumps(report, indent=2))
