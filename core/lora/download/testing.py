@@ -110,6 +110,23 @@ def registered_hook_functions(plugin: object, hook: str) -> set:
     return {impl.function for impl in getattr(manager.hook, hook).get_hookimpls()}
 
 
+def record_written_sizes(monkeypatch, source_class: type) -> dict[str, int]:  # noqa: ANN001
+    """Patch ``source_class.fetch`` to record the most bytes any fetch of each file left on
+    disk, however it ended (for tests that a source stops at the listed size)."""
+    sizes: dict[str, int] = {}
+    fetch = source_class.fetch
+
+    async def measured(self, file, dest, progress):  # noqa: ANN001, ANN202
+        try:
+            await fetch(self, file, dest, progress)
+        finally:
+            size = dest.stat().st_size if dest.exists() else 0
+            sizes[file.name] = max(sizes.get(file.name, 0), size)
+
+    monkeypatch.setattr(source_class, "fetch", measured)
+    return sizes
+
+
 def etag_of(data: bytes) -> str:
     return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 

@@ -20,6 +20,7 @@ from loraserve.lora.download.testing import (
     Faults,
     RequestLog,
     lora_adapter_files,
+    record_written_sizes,
     serve_bytes,
     start_app,
     tar_bytes,
@@ -221,18 +222,7 @@ async def test_bearer_token(tmp_path, server):
 @pytest.fixture
 def written(monkeypatch) -> dict[str, int]:
     """The most bytes any fetch of each file left on disk, however it ended."""
-    sizes: dict[str, int] = {}
-    fetch = HttpSource.fetch
-
-    async def measured(self, file, dest, progress):
-        try:
-            await fetch(self, file, dest, progress)
-        finally:
-            size = dest.stat().st_size if dest.exists() else 0
-            sizes[file.name] = max(sizes.get(file.name, 0), size)
-
-    monkeypatch.setattr(HttpSource, "fetch", measured)
-    return sizes
+    return record_written_sizes(monkeypatch, HttpSource)
 
 
 async def test_a_body_longer_than_announced_is_cut_off(tmp_path, server, written):

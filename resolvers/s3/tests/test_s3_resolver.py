@@ -20,6 +20,7 @@ from loraserve.lora.download.testing import (
     S3Proxy,
     lora_adapter_files,
     moto_server,
+    record_written_sizes,
     start_app,
     tar_bytes,
 )
@@ -186,18 +187,7 @@ async def test_oversize_and_malformed_adapters_refused(tmp_path, moto_url, proxy
 @pytest.fixture
 def written(monkeypatch) -> dict[str, int]:
     """The most bytes any fetch of each file left on disk, however it ended."""
-    sizes: dict[str, int] = {}
-    fetch = S3Source.fetch
-
-    async def measured(self, file, dest, progress):
-        try:
-            await fetch(self, file, dest, progress)
-        finally:
-            size = dest.stat().st_size if dest.exists() else 0
-            sizes[file.name] = max(sizes.get(file.name, 0), size)
-
-    monkeypatch.setattr(S3Source, "fetch", measured)
-    return sizes
+    return record_written_sizes(monkeypatch, S3Source)
 
 
 async def test_a_body_longer_than_listed_is_cut_off(tmp_path, moto_url, proxy, prefix, written):
