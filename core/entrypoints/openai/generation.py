@@ -21,7 +21,6 @@ from loraserve.entrypoints.openai.errors import (
     status_of,
 )
 from loraserve.entrypoints.openai.protocol import SamplingFields
-from loraserve.entrypoints.openai.request_values import is_text
 from loraserve.entrypoints.openai.server_config import RequestLimits
 from loraserve.errors import InvalidRequestError
 from loraserve.sampling_params import SamplingParams
@@ -61,7 +60,7 @@ def check_request_size(limits: RequestLimits, prompts: int, n: int) -> None:
 def raise_if_failed(comp: CompletionOutput, choice_index: int) -> None:
     """A choice the engine ended with finish_reason "error" fails its request (a 500)."""
     if comp.finish_reason == "error":
-        reason = getattr(comp, "error", None) or "unknown error"
+        reason = comp.error or "unknown error"
         raise GenerationError(f"choice {choice_index} failed during generation: {reason}")
 
 
@@ -70,8 +69,7 @@ _NORMALIZATION_SLACK = 4  # a normalizer may fold a few characters into one (NFK
 
 def check_prompt_chars(text: str, tokenizer: Any, max_model_len: int) -> None:
     """Refuse a text too long for the context whatever it tokenizes to, before tokenizing it:
-    a multi-megabyte prompt would otherwise hold the tokenizer thread for seconds. Also refuse
-    a lone surrogate (one a chat template rendered from its kwargs, say): tokenizers raise."""
+    a multi-megabyte prompt would otherwise hold the tokenizer thread for seconds."""
     limit = max_model_len * tokenizer.max_token_chars * _NORMALIZATION_SLACK
     if len(text) > limit:
         raise InvalidRequestError(
@@ -79,8 +77,6 @@ def check_prompt_chars(text: str, tokenizer: Any, max_model_len: int) -> None:
             f"prompt has {len(text)} characters, more than that many tokens can hold. Please "
             "reduce the length of the prompt."
         )
-    if not is_text(text):
-        raise InvalidRequestError("The prompt must be valid Unicode text (it has a lone surrogate)")
 
 
 def random_id(prefix: str) -> str:

@@ -22,6 +22,7 @@ from loraserve.entrypoints.openai.generation import (
 )
 from loraserve.entrypoints.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
 from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
+from loraserve.entrypoints.openai.request_values import is_text
 from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ class ServingChat:
         except Exception as exc:  # a template that rejects these messages is the caller's 400
             raise InvalidRequestError(f"The chat template could not render the messages: {exc}") from exc
         check_prompt_chars(text, tokenizer, self.engine.max_model_len)
+        # the request's strings were checked when parsed; kwargs may still render a lone
+        # surrogate, on which the tokenizer raises
+        if not is_text(text):
+            raise InvalidRequestError(
+                "The prompt must be valid Unicode text (it has a lone surrogate)"
+            )
         # the template writes any special tokens itself, as in vLLM
         return list(tokenizer.encode(text, add_special_tokens=False))
 
