@@ -34,8 +34,10 @@ import torch
 
 from loraserve.config import EngineConfig
 from loraserve.engine.async_engine import AsyncLLMEngine
-from loraserve.lora.download import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from loraserve.lora.download.testing import (
+from loraserve.lora.request import LoRARequest
+from loraserve.plugins import get_plugin_manager, reset_plugin_manager
+from loraserve.resolution.download import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from loraserve.resolution.download.testing import (
     AppThread,
     FakeHub,
     Faults,
@@ -44,8 +46,6 @@ from loraserve.lora.download.testing import (
     moto_server,
     serve_bytes,
 )
-from loraserve.lora.request import LoRARequest
-from loraserve.plugins import get_plugin_manager, reset_plugin_manager
 from loraserve.sampling_params import SamplingParams
 from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model

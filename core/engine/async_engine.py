@@ -22,9 +22,9 @@ from loraserve.engine.llm_engine import LLMEngine
 from loraserve.errors import LoRAAlreadyLoadedError, LoRANotFoundError
 from loraserve.lora.manager import LoRAEvents
 from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolution import LoRAResolutionService
 from loraserve.outputs import RequestOutput
 from loraserve.plugins import get_plugin_manager
+from loraserve.resolution.service import LoRAResolutionService
 from loraserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)

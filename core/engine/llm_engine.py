@@ -34,6 +34,7 @@ from loraserve.model.decoder import DecoderModel
 from loraserve.model.loader import load_weights
 from loraserve.model.spec import load_spec, resolve_dtype
 from loraserve.outputs import CompletionOutput, RequestOutput
+from loraserve.resolution.download import register_adapter_owner
 from loraserve.sampling_params import SamplingParams
 from loraserve.tokenizer import Tokenizer
 
@@ -77,6 +78,7 @@ class LLMEngine:
                 self.spec, config.max_loras, config.max_lora_rank, config.max_cpu_loras,
                 self.dtype, self.device, lora_events,
             )
+            register_adapter_owner(self.lora_manager)  # the download cache may unload idle ones
             self.model.lora_slots = self.lora_manager.slots
             logger.info(
                 "LoRA slots: %d of rank %d (%.1f MiB)",

@@ -15,9 +15,9 @@ from loraserve.config import EngineConfig
 from loraserve.engine.llm_engine import LLMEngine
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
 from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolution import LoRAResolutionService
 from loraserve.outputs import RequestOutput
 from loraserve.plugins import get_plugin_manager
+from loraserve.resolution.service import LoRAResolutionService
 from loraserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from loraserve.errors import (
     LoRANotFoundError,
 )
 from loraserve.lora.adapter import LoRAAdapter, load_adapter
-from loraserve.lora.download import register_adapter_owner
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.spec import ModelSpec
@@ -76,7 +75,6 @@ class LoRAManager:
         self._slot_last_used = [0.0] * max_loras
         self._last_used: dict[str, float] = {}  # registered name -> monotonic time of last use
         self._loading: dict[str, threading.Event] = {}  # names being parsed -> set when done
-        register_adapter_owner(self)  # the download cache may unload idle adapters for room
 
     # ---- registry ------------------------------------------------------------------
     def add(self, request: LoRARequest, exclusive: bool = False) -> LoRARequest:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.lora.download import fill_location_template, is_safe_name
-from loraserve.lora.download.archive import extract_adapter_archive
-from loraserve.lora.download.testing import (
+from loraserve.resolution.download import fill_location_template, is_safe_name
+from loraserve.resolution.download.archive import extract_adapter_archive
+from loraserve.resolution.download.testing import (
     lora_adapter_files,
     tar_bytes,
     tar_member,
@@ -126,7 +126,7 @@ def test_template_fills_and_quotes():
 
 
 def test_safetensors_checks(tmp_path):
-    from loraserve.lora.download.validation import check_safetensors
+    from loraserve.resolution.download.validation import check_safetensors
 
     good = lora_adapter_files("m")["adapter_model.safetensors"]
     path = tmp_path / "w.safetensors"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError
-from loraserve.lora.download import (
+from loraserve.resolution.download import (
     DownloadCache,
     DownloadCacheConfig,
     RemoteFile,
@@ -23,7 +23,7 @@ from loraserve.lora.download import (
     TransientSourceError,
     release_lease,
 )
-from loraserve.lora.download.testing import (
+from loraserve.resolution.download.testing import (
     etag_of,
     lora_adapter_files,
     registered_hook_functions,
@@ -372,8 +372,8 @@ async def test_crash_between_rename_and_entry_leaves_nothing_loadable(tmp_path, 
 
 
 async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
-    from loraserve.lora.download.hooks import lora_adapter_evicted, lora_adapter_loaded
     from loraserve.lora.request import LoRARequest
+    from loraserve.resolution.download.hooks import lora_adapter_evicted, lora_adapter_loaded
 
     sources = {
         n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("ab")
@@ -394,7 +394,7 @@ async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
 @pytest.mark.parametrize("plugin", ["loraserve_s3_resolver", "loraserve_http_resolver"])
 def test_download_cache_plugins_register_the_pin_hooks(plugin):
     """Each plugin resolving through the cache keeps what the engine loaded out of eviction."""
-    from loraserve.lora.download import hooks
+    from loraserve.resolution.download import hooks
 
     module = pytest.importorskip(plugin)
     for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
@@ -443,7 +443,7 @@ async def test_evicted_entries_take_their_lock_files(tmp_path):
 LOCKER = """
 import sys, time
 from pathlib import Path
-from loraserve.lora.download.flight import try_lock
+from loraserve.resolution.download.flight import try_lock
 
 lock_path, counter, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 for _ in range(rounds):
@@ -476,7 +476,7 @@ def test_a_lock_won_on_an_unlinked_file_is_not_the_lock(tmp_path, monkeypatch):
     flock; it must notice and lock the path's current file instead (here held: so None)."""
     import os
 
-    from loraserve.lora.download.flight import try_lock
+    from loraserve.resolution.download.flight import try_lock
 
     path = tmp_path / "k.lock"
     first = try_lock(path)
@@ -578,8 +578,8 @@ class Engine:
 def test_loaded_idle_adapters_are_unloaded_to_keep_the_cache_bound(tmp_path, monkeypatch):
     """Room for two adapters; four are resolved. LRU is by use, in-use ones stay, the evicted
     one is unregistered and comes back from the origin with the same output."""
-    from loraserve.lora.download import get_download_cache
     from loraserve.lora.request import LoRARequest
+    from loraserve.resolution.download import get_download_cache
 
     engine = Engine(tmp_path, monkeypatch, count=4, cache_adapters=2.5)
     try:

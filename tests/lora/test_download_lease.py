@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from loraserve.lora.download import DownloadCache, DownloadCacheConfig, release_lease
-from loraserve.lora.download.testing import Faults, lora_adapter_files, serve_bytes, start_app
+from loraserve.resolution.download import DownloadCache, DownloadCacheConfig, release_lease
+from loraserve.resolution.download.testing import Faults, lora_adapter_files, serve_bytes, start_app
 
 pytest.importorskip("loraserve_http_resolver")
 from loraserve_http_resolver import HttpResolver  # noqa: E402
@@ -152,7 +152,7 @@ async def test_a_lease_never_released_lapses(tmp_path, origin, caplog):
     resolver = make_resolver(tmp_path, origin, adapters=1.5, lease_timeout_s=0.2)
     a = await resolve(resolver, "a")  # never released
     await asyncio.sleep(0.3)
-    with caplog.at_level(logging.WARNING, logger="loraserve.lora.download.lease"):
+    with caplog.at_level(logging.WARNING, logger="loraserve.resolution.download.lease"):
         b = await resolve(resolver, "b")
     assert not a.exists() and b.is_dir()
     assert "lapsed without release_lease()" in caplog.text
@@ -185,8 +185,8 @@ async def test_an_adapter_gone_remotely_stays_until_released(tmp_path, origin):
 async def test_the_engine_loading_an_adapter_ends_its_lease(tmp_path, origin):
     """Once the engine loaded a folder its pin keeps it; when unpinned it may be evicted
     even though the caller never called release_lease."""
-    from loraserve.lora.download.hooks import lora_adapter_evicted, lora_adapter_loaded
     from loraserve.lora.request import LoRARequest
+    from loraserve.resolution.download.hooks import lora_adapter_evicted, lora_adapter_loaded
 
     for seed, name in enumerate("ab"):
         origin.publish(name, seed)

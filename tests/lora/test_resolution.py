@@ -10,9 +10,9 @@ import pytest
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRANotFoundError, PluginError
 from loraserve.lora.ids import LoRAIdAllocator
 from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolution import LoRAResolutionService
 from loraserve.lora.resolver import LoRAResolver, LoRAResolverRegistry
 from loraserve.plugins import reset_plugin_manager
+from loraserve.resolution.service import LoRAResolutionService
 
 BASE = "tiny-base"
 

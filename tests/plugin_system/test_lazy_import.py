@@ -32,7 +32,7 @@ def snapshot():
 
 START_AND_RESOLVE = """
 import loraserve
-from loraserve.lora.resolution import LoRAResolutionService
+from loraserve.resolution.service import LoRAResolutionService
 from loraserve.plugins import get_plugin_manager
 
 enabled = get_plugin_manager().check()

@@ -19,7 +19,7 @@ FILE_BLOCK = re.compile(r'^```\w+ title="(?P<path>[^"]+)"\n(?P<body>.*?)^```$', 
 
 RESOLVE_SCRIPT = """
 import asyncio, sys
-from loraserve.lora.resolution import LoRAResolutionService
+from loraserve.resolution.service import LoRAResolutionService
 
 async def load(request):
     return request

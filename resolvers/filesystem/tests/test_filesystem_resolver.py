@@ -12,9 +12,9 @@ from loraserve_filesystem_resolver import FilesystemResolver
 
 from loraserve.errors import LoRANotFoundError, PluginError
 from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolution import LoRAResolutionService
 from loraserve.lora.resolver import _LoRAResolverRegistry
 from loraserve.plugins import PluginManager
+from loraserve.resolution.service import LoRAResolutionService
 
 BASE = "tiny-base"
 

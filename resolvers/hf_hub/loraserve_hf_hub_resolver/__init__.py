@@ -17,7 +17,10 @@ import os
 import threading
 from pathlib import Path
 
-from loraserve.lora.download import (
+from loraserve.lora.request import LoRARequest
+from loraserve.lora.resolver import LoRAResolver
+from loraserve.plugins import hookimpl
+from loraserve.resolution.download import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     DownloadCache,
@@ -29,9 +32,6 @@ from loraserve.lora.download import (
     get_download_cache,
     is_safe_name,
 )
-from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolver import LoRAResolver
-from loraserve.plugins import hookimpl
 
 logger = logging.getLogger(__name__)
 

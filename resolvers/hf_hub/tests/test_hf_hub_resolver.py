@@ -17,8 +17,8 @@ from loraserve_hf_hub_resolver import (
 )
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError
-from loraserve.lora.download import DownloadCache, DownloadCacheConfig
-from loraserve.lora.download.testing import (
+from loraserve.resolution.download import DownloadCache, DownloadCacheConfig
+from loraserve.resolution.download.testing import (
     FakeHub,
     Faults,
     hub_app,
@@ -227,9 +227,9 @@ def test_plugin_module_imports_no_huggingface_hub():
 
 def test_served_through_engine_like_a_local_adapter(tmp_path, monkeypatch):
     """VLLM_PLUGINS=lora_hf_hub_resolver; model "org/adapters/sql" -> Hub -> same tokens."""
-    from loraserve.lora.download import ADAPTER_FILES
-    from loraserve.lora.download.testing import AppThread, engine_greedy_tokens
     from loraserve.lora.request import LoRARequest
+    from loraserve.resolution.download import ADAPTER_FILES
+    from loraserve.resolution.download.testing import AppThread, engine_greedy_tokens
     from loraserve.testing import make_adapter, make_tiny_model
 
     model_dir = make_tiny_model(tmp_path / "model", seed=3)

@@ -19,7 +19,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from loraserve.errors import LoRAServeError, PluginError
-from loraserve.lora.download import (
+from loraserve.lora.request import LoRARequest
+from loraserve.lora.resolver import LoRAResolver
+from loraserve.plugins import hookimpl
+from loraserve.resolution.download import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     DownloadCache,
@@ -32,13 +35,10 @@ from loraserve.lora.download import (
     get_download_cache,
     is_archive_name,
 )
-from loraserve.lora.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
+from loraserve.resolution.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
     lora_adapter_evicted,
     lora_adapter_loaded,
 )
-from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolver import LoRAResolver
-from loraserve.plugins import hookimpl
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import pytest
 from loraserve_http_resolver import CHUNK, HttpResolver, HttpSource, register_lora_resolvers
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
-from loraserve.lora.download import DownloadCache, DownloadCacheConfig
-from loraserve.lora.download.testing import (
+from loraserve.resolution.download import DownloadCache, DownloadCacheConfig
+from loraserve.resolution.download.testing import (
     Faults,
     RequestLog,
     lora_adapter_files,
@@ -307,8 +307,8 @@ def test_served_through_engine_like_a_local_adapter(tmp_path, monkeypatch):
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from loraserve.lora.download.testing import engine_greedy_tokens
     from loraserve.lora.request import LoRARequest
+    from loraserve.resolution.download.testing import engine_greedy_tokens
     from loraserve.testing import make_adapter, make_tiny_model
 
     model_dir = make_tiny_model(tmp_path / "model", seed=3)

@@ -21,7 +21,10 @@ import threading
 from pathlib import Path
 
 from loraserve.errors import AdapterDownloadError, LoRAServeError, PluginError
-from loraserve.lora.download import (
+from loraserve.lora.request import LoRARequest
+from loraserve.lora.resolver import LoRAResolver
+from loraserve.plugins import hookimpl
+from loraserve.resolution.download import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     DownloadCache,
@@ -34,13 +37,10 @@ from loraserve.lora.download import (
     get_download_cache,
     is_archive_name,
 )
-from loraserve.lora.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
+from loraserve.resolution.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
     lora_adapter_evicted,
     lora_adapter_loaded,
 )
-from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolver import LoRAResolver
-from loraserve.plugins import hookimpl
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import pytest
 from loraserve_s3_resolver import CHUNK, S3Resolver, S3Source, register_lora_resolvers
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, PluginError
-from loraserve.lora.download import DownloadCache, DownloadCacheConfig
-from loraserve.lora.download.testing import (
+from loraserve.resolution.download import DownloadCache, DownloadCacheConfig
+from loraserve.resolution.download.testing import (
     Faults,
     S3Proxy,
     lora_adapter_files,
@@ -232,9 +232,9 @@ def test_plugin_module_imports_no_s3fs():
 
 def test_served_through_engine_like_a_local_adapter(tmp_path, moto_url, monkeypatch, prefix):
     """VLLM_PLUGINS=lora_s3_resolver; model "sql" unknown -> S3 -> same greedy tokens as local."""
-    from loraserve.lora.download import ADAPTER_FILES
-    from loraserve.lora.download.testing import engine_greedy_tokens
     from loraserve.lora.request import LoRARequest
+    from loraserve.resolution.download import ADAPTER_FILES
+    from loraserve.resolution.download.testing import engine_greedy_tokens
     from loraserve.testing import make_adapter, make_tiny_model
 
     model_dir = make_tiny_model(tmp_path / "model", seed=3)
@@ -258,8 +258,8 @@ def test_served_through_engine_like_a_local_adapter(tmp_path, moto_url, monkeypa
 async def test_unknown_falls_through_to_next_resolver_then_404(tmp_path, proxy, prefix):
     from loraserve.errors import LoRANotFoundError
     from loraserve.lora.request import LoRARequest
-    from loraserve.lora.resolution import LoRAResolutionService
     from loraserve.lora.resolver import LoRAResolver
+    from loraserve.resolution.service import LoRAResolutionService
 
     class Fallback(LoRAResolver):
         async def resolve_lora(self, base_model_name, lora_name):

@@ -21,9 +21,9 @@ from loraserve.errors import (
     LoRANotFoundError,
     LoRAServeError,
 )
-from loraserve.lora.download.lease import release_lease
 from loraserve.lora.request import LoRARequest
 from loraserve.lora.resolver import LoRAResolver
+from loraserve.resolution.download.lease import release_lease
 
 logger = logging.getLogger(__name__)
 

@@ -9,16 +9,16 @@ failed; until then eviction keeps the folder.
 
 from __future__ import annotations
 
-from loraserve.lora.download.cache import DownloadCache, get_download_cache
-from loraserve.lora.download.config import DownloadCacheConfig, parse_bytes
-from loraserve.lora.download.eviction import (
+from loraserve.resolution.download.cache import DownloadCache, get_download_cache
+from loraserve.resolution.download.config import DownloadCacheConfig, parse_bytes
+from loraserve.resolution.download.eviction import (
     pin_loaded_adapter,
     register_adapter_owner,
     unpin_adapter,
 )
-from loraserve.lora.download.lease import release_lease
-from loraserve.lora.download.naming import fill_location_template, is_safe_name
-from loraserve.lora.download.source import (
+from loraserve.resolution.download.lease import release_lease
+from loraserve.resolution.download.naming import fill_location_template, is_safe_name
+from loraserve.resolution.download.source import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     ADAPTER_WEIGHTS,

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS
 from loraserve.lora.peft_config import read_adapter_config
 from loraserve.lora.safetensors_file import SafetensorsError, read_header
+from loraserve.resolution.download.source import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS
 
 
 def same_base_model(declared: str | None, served: str) -> bool:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraserve.lora.download.source import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from loraserve.resolution.download.source import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 
 def lora_adapter_files(

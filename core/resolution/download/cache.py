@@ -19,15 +19,15 @@ from collections import Counter
 from pathlib import Path
 
 from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRAServeError
-from loraserve.lora.download.archive import extract_adapter_archive
-from loraserve.lora.download.config import DownloadCacheConfig
-from loraserve.lora.download.eviction import (  # noqa: F401 (LoRAManager imports it from here)
+from loraserve.resolution.download.archive import extract_adapter_archive
+from loraserve.resolution.download.config import DownloadCacheConfig
+from loraserve.resolution.download.eviction import (  # noqa: F401 (LoRAManager imports it from here)
     Eviction,
     register_adapter_owner,
 )
-from loraserve.lora.download.flight import SingleFlight, interprocess_lock
-from loraserve.lora.download.lease import leases
-from loraserve.lora.download.source import (
+from loraserve.resolution.download.flight import SingleFlight, interprocess_lock
+from loraserve.resolution.download.lease import leases
+from loraserve.resolution.download.source import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
     ADAPTER_WEIGHTS,
@@ -36,14 +36,14 @@ from loraserve.lora.download.source import (
     RemoteListing,
     is_archive_name,
 )
-from loraserve.lora.download.store import AdapterStore, CacheEntry
-from loraserve.lora.download.transfer import (
+from loraserve.resolution.download.store import AdapterStore, CacheEntry
+from loraserve.resolution.download.transfer import (
     TRANSIENT,
     ByteLimit,
     fetch_file,
     list_within_deadline,
 )
-from loraserve.lora.download.validation import check_adapter_config, validate_adapter_dir
+from loraserve.resolution.download.validation import check_adapter_config, validate_adapter_dir
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.lora.download.source import (
+from loraserve.resolution.download.source import (
     RemoteAdapterSource,
     RemoteFile,
     RemoteListing,

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from loraserve.lora.download.config import DownloadCacheConfig
-from loraserve.lora.download.flight import try_lock
-from loraserve.lora.download.lease import leases
-from loraserve.lora.download.store import AdapterStore
+from loraserve.resolution.download.config import DownloadCacheConfig
+from loraserve.resolution.download.flight import try_lock
+from loraserve.resolution.download.lease import leases
+from loraserve.resolution.download.store import AdapterStore
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def pin_loaded_adapter(lora_name: str, lora_path: str) -> None:
     The engine may read an adapter's files again later (after dropping its host copy), so
     a folder it loaded must survive LRU eviction. The pin replaces the leases of callers
     loading it. Remote resolver plugins get this called from the ``lora_adapter_loaded``
-    hook by importing ``loraserve.lora.download.hooks``.
+    hook by importing ``loraserve.resolution.download.hooks``.
     """
     _pinned_paths[lora_name] = lora_path
     leases.release(lora_path, every=True)

@@ -7,9 +7,9 @@ them among the module's attributes and registers them with that plugin.
 
 from __future__ import annotations
 
-from loraserve.lora.download.eviction import pin_loaded_adapter, unpin_adapter
 from loraserve.lora.request import LoRARequest
 from loraserve.plugins.hookspecs import hookimpl
+from loraserve.resolution.download.eviction import pin_loaded_adapter, unpin_adapter
 
 
 @hookimpl

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.lora.download.source import ADAPTER_FILES
+from loraserve.resolution.download.source import ADAPTER_FILES
 
 CHUNK = 1024 * 1024
 
