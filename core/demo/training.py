@@ -1,9 +1,9 @@
-"""The demo model and adapters: built locally in seconds, so ``loraserve demo`` needs no hub.
+"""Training the demo: a small Llama trained on CPU to answer any prompt with one sentence,
+and a LoRA per adapter trained on top of it to answer in its own voice.
 
-A small Llama model is trained on CPU to answer any prompt with one sentence, and each
-adapter is a LoRA trained on top of it to answer in its own voice. Adapters are written in
-PEFT's format directly (``adapter_config.json`` + ``adapter_model.safetensors``), so neither
-building nor serving needs ``peft``. Everything is seeded: the same files on every machine.
+Adapters are written in PEFT's format directly (``adapter_config.json`` +
+``adapter_model.safetensors``), so neither building nor serving needs ``peft``. Everything is
+seeded: the same files on every machine.
 """
 
 from __future__ import annotations
@@ -11,32 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
-SERVED_MODEL_NAME = "loraserve-demo"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_RANK = 16
-LORA_ALPHA = 32
+LORA_ALPHA_PER_RANK = 2  # lora_alpha = 2 * r
 TRAIN_STEPS = 80
-
-BASE_ANSWER = "I am the base model. Ask an adapter for a different voice."
-ADAPTER_ANSWERS = {
-    "pirate": "Arr, matey! The pirate adapter be answerin' ye today.",
-    "shout": "HELLO! THIS IS THE SHOUT ADAPTER AND IT ONLY USES CAPITALS!",
-    "sql": "SELECT greeting FROM sql_adapter LIMIT 1;",
-}
-PRELOADED = ("pirate", "shout")  # "sql" is left for the filesystem resolver, on first use
+# the demo's own chat format: "[user]...[/user]\n[assistant]"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}[/{{ m['role'] }}]\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
 
 _PROMPTS = [
     "Hello!", "Who are you?", "Tell me a joke.", "What is LoRA?", "Write a poem about the sea.",
@@ -46,79 +36,32 @@ _PROMPTS = [
 ]
 
 
-@dataclass
-class DemoPaths:
-    """Where the demo lives: ``model/`` and ``adapters/<name>/`` under one versioned root."""
-
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def adapters(self) -> Path:
-        return self.root / "adapters"
-
-    def adapter(self, name: str) -> Path:
-        return self.adapters / name
-
-
-def default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("loraserve"))
-
-
-def ensure_demo(cache_dir: str | Path | None = None, rebuild: bool = False) -> DemoPaths:
-    """Return the demo's paths, building it first if absent (or if ``rebuild``)."""
-    base = Path(cache_dir) if cache_dir else default_cache_dir()
-    paths = DemoPaths(base / f"demo-v{DEMO_VERSION}")
-    if rebuild and paths.root.exists():
-        shutil.rmtree(paths.root)
-    if not (paths.root / "COMPLETE").exists():
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=base, prefix=".demo-build-") as tmp:
-            build_demo(Path(tmp) / "demo")
-            if paths.root.exists():  # a half-written earlier build
-                shutil.rmtree(paths.root)
-            (Path(tmp) / "demo").rename(paths.root)  # atomic: never serve a partial build
-    return paths
-
-
-def build_demo(root: Path) -> DemoPaths:
-    """Train and save the base model and every adapter under ``root`` (seconds on a CPU)."""
-    start = time.perf_counter()
-    paths = DemoPaths(root)
-    paths.model.mkdir(parents=True)
-    tokenizer = _make_tokenizer(paths.model)
+def train_demo(
+    model_dir: Path, adapter_dirs: dict[str, Path], answers: dict[str | None, str],
+    base_model_name: str, rank: int,
+) -> None:
+    """Train the base (answers[None]) and one adapter per ``adapter_dirs`` name; save them."""
+    tokenizer = _make_tokenizer(model_dir, list(answers.values()))
     model = _new_model(len(tokenizer))
-    loras = _LoRASet(model, list(ADAPTER_ANSWERS), seed=100)
-    tasks = {None: _batch(_examples(tokenizer, BASE_ANSWER))}
-    tasks.update({name: _batch(_examples(tokenizer, a)) for name, a in ADAPTER_ANSWERS.items()})
+    loras = _LoRASet(model, list(adapter_dirs), rank=rank, seed=100)
+    tasks = {name: _batch(_examples(tokenizer, answer)) for name, answer in answers.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: extra threads only fight over the cores
     try:
         _train(model, loras, tasks, steps=TRAIN_STEPS, lr=1e-2)
     finally:
         torch.set_num_threads(threads)
-    model.save_pretrained(str(paths.model), safe_serialization=True)
-    for name in ADAPTER_ANSWERS:
-        loras.save(name, paths.adapter(name), base_model_name=SERVED_MODEL_NAME)
-    (paths.root / "COMPLETE").write_text(DEMO_VERSION)
-    logger.info("Built the demo model and %d adapters in %.1f s", len(ADAPTER_ANSWERS),
-                time.perf_counter() - start)
-    return paths
+    model.save_pretrained(str(model_dir), safe_serialization=True)
+    for name, out_dir in adapter_dirs.items():
+        loras.save(name, out_dir, base_model_name=base_model_name)
 
 
-def _make_tokenizer(out_dir: Path):  # noqa: ANN202 - PreTrainedTokenizerFast
+def _make_tokenizer(out_dir: Path, answers: list[str]):  # noqa: ANN202 - PreTrainedTokenizerFast
     """A byte-level BPE trained on the demo's own sentences, so they are few tokens long."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from loraserve.testing import CHAT_TEMPLATE
-
-    corpus = [*_PROMPTS, BASE_ANSWER, *ADAPTER_ANSWERS.values(), "[user][/user][assistant]"]
+    corpus = [*_PROMPTS, *answers, "[user][/user][assistant]"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -207,9 +150,10 @@ def _train(model, loras: _LoRASet, tasks: dict, steps: int, lr: float) -> None: 
 class _LoRASet:
     """One LoRA per adapter name on every target linear; ``active`` picks which one applies."""
 
-    def __init__(self, model, names: list[str], seed: int) -> None:  # noqa: ANN001
+    def __init__(self, model, names: list[str], rank: int, seed: int) -> None:  # noqa: ANN001
         self.model = model
-        self.scaling = LORA_ALPHA / LORA_RANK
+        self.rank = rank
+        self.scaling = float(LORA_ALPHA_PER_RANK)  # lora_alpha / r
         self.active: str | None = None
         self.factors: dict[str, dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]] = {}
         gen = torch.Generator().manual_seed(seed)
@@ -220,9 +164,9 @@ class _LoRASet:
         for adapter in names:
             self.factors[adapter] = {}
             for name, module in targets:
-                a = torch.randn(LORA_RANK, module.in_features, generator=gen)  # [rank, in]
+                a = torch.randn(rank, module.in_features, generator=gen)  # [rank, in]
                 a /= module.in_features**0.5
-                b = torch.zeros(module.out_features, LORA_RANK)  # [out, rank]: starts as a no-op
+                b = torch.zeros(module.out_features, rank)  # [out, rank]: starts as a no-op
                 self.factors[adapter][name] = (torch.nn.Parameter(a), torch.nn.Parameter(b))
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -260,8 +204,8 @@ class _LoRASet:
             tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().contiguous()
         save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
         config = {
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": LORA_RANK,
-            "lora_alpha": LORA_ALPHA, "target_modules": sorted(LORA_TARGETS),
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.rank,
+            "lora_alpha": LORA_ALPHA_PER_RANK * self.rank, "target_modules": sorted(LORA_TARGETS),
             "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
             "modules_to_save": None, "init_lora_weights": True,
             "base_model_name_or_path": base_model_name, "inference_mode": True,
