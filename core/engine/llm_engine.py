@@ -28,7 +28,6 @@ from loraserve.errors import InvalidRequestError, LoRAAlreadyLoadedError
 from loraserve.logprobs import Logprob
 from loraserve.lora.ids import next_lora_id
 from loraserve.lora.manager import LoRAEvents, LoRAManager
-from loraserve.lora.merge import adapter_merger_for
 from loraserve.lora.request import LoRARequest
 from loraserve.model.decoder import DecoderModel
 from loraserve.model.loader import load_weights
@@ -79,16 +78,14 @@ class LLMEngine:
                 self.dtype, self.device, lora_events,
             )
             register_adapter_owner(self.lora_manager)  # the download cache may unload idle ones
-            self.model.lora_slots = self.lora_manager.slots
             logger.info(
                 "LoRA slots: %d of rank %d (%.1f MiB)",
                 config.max_loras, config.max_lora_rank, self.lora_manager.slots.nbytes / 2**20,
             )
-            if config.lora_merge:
-                self.model.lora_merger = adapter_merger_for(self.model, self.lora_manager.slots)
 
         num_blocks = self._num_kv_blocks()
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
+        slots = None if self.lora_manager is None else self.lora_manager.slots
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, slots, config.lora_merge)
         self.scheduler = Scheduler(
             BlockManager(num_blocks, config.block_size),
             config.max_num_seqs,

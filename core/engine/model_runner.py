@@ -1,4 +1,8 @@
-"""Owns the model and the KV cache; turns a scheduled step into tensors and logits."""
+"""Owns the model and the KV cache; turns a scheduled step into tensors and logits.
+
+It also picks the weights each step runs on: the base layers, plus the adapter slots' LoRA
+operands when a token uses an adapter, or a merged copy for steps one adapter owns alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import torch
 
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.kernels import NO_ADAPTER, LoRABatch
-from loraserve.model.decoder import DecoderModel
+from loraserve.lora.merge import AdapterMerger, adapter_merger_for
+from loraserve.lora.slots import AdapterSlots
+from loraserve.model.decoder import DecoderModel, LayerLoRA, LayerWeights
 from loraserve.model.forward_batch import ForwardBatch
 
 
@@ -25,10 +31,23 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderModel, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        model: DecoderModel,
+        num_blocks: int,
+        block_size: int,
+        lora_slots: AdapterSlots | None = None,
+        merge_adapters: bool = False,
+    ) -> None:
+        """``merge_adapters``: run steps one adapter owns alone on merged weights, where that
+        suits the model (``adapter_merger_for``)."""
         spec = model.spec
         weights = model.weights
         self.model = model
+        self.lora_slots = lora_slots
+        self.merger: AdapterMerger | None = None
+        if lora_slots is not None and merge_adapters:
+            self.merger = adapter_merger_for(model, lora_slots)
         self.block_size = block_size
         self.device = weights.embed.device
         # [K/V, layers, blocks, block_size, kv_heads, head_dim]
@@ -57,7 +76,8 @@ class ModelRunner:
             for row, start in scored.items()
         ]
         batch = self._prepare(step, prompt_rows)
-        logits = self.model.forward(batch, self.kv_cache)  # [B + prompt rows, vocab]
+        layers, lora = self._weights_for(batch.lora)
+        logits = self.model.forward(batch, self.kv_cache, layers, lora)  # [B + prompt rows, vocab]
         for seq in step.seqs:
             seq.num_cached_tokens = seq.num_tokens
         result = StepLogits(logits[: len(step.seqs)])
@@ -66,6 +86,17 @@ class ModelRunner:
             result.prompt[row] = logits[offset : offset + len(rows)]
             offset += len(rows)
         return result
+
+    def _weights_for(
+        self, lora_batch: LoRABatch | None
+    ) -> tuple[list[LayerWeights], list[LayerLoRA | None] | None]:
+        """The layers this step runs on and each one's LoRA operands (None: no LoRA)."""
+        use_lora = self.lora_slots is not None and lora_batch is not None
+        if self.merger is not None:  # called every step: a step without the adapter ends its run
+            merged = self.merger.weights_for(lora_batch if use_lora else None)
+            if merged is not None:
+                return merged
+        return self.model.weights.layers, self.lora_slots.layers if use_lora else None
 
     def _prepare(self, step: ScheduledStep, extra_logits_rows: list[torch.Tensor]) -> ForwardBatch:
         """Flatten the step's tokens and build positions, cache slots, masks and the LoRA map.

@@ -27,18 +27,14 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from loraserve import metrics
-from loraserve.kernels import LoRABatch
-from loraserve.lora.layout import GROUP_MODULES
-from loraserve.lora.slots import AdapterSlots, LayerLoRA
+from loraserve.kernels import LoRABatch, LoRAOperands
+from loraserve.lora.slots import AdapterSlots
+from loraserve.model.decoder import DecoderModel, LayerLoRA, LayerWeights
 from loraserve.model.linear import Projection
-
-if TYPE_CHECKING:
-    from loraserve.model.decoder import DecoderModel, LayerWeights
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +51,11 @@ class _Merge:
 
     slot: int
     version: int  # the slot's version the copy is built from
-    layers: list[LayerWeights | None]  # None: not merged yet
+    layers: list[LayerWeights]  # merged where built (the first ``built``), the base elsewhere
+    lora: list[LayerLoRA | None]  # None where merged: those layers skip the LoRA path
     scratch: torch.Tensor | None  # holds each B·A in turn while building; None once built
+    built: int = 0
     seconds: float = 0.0  # building time so far
-
-    @property
-    def built(self) -> int:
-        return sum(layer is not None for layer in self.layers)
 
 
 class AdapterMerger:
@@ -93,11 +87,13 @@ class AdapterMerger:
             self._merge = None
         return self._merge
 
-    def layers_for(self, batch: LoRABatch | None) -> list[LayerWeights | None] | None:
-        """The weights each layer runs this step on, or None when no layer is merged.
+    def weights_for(
+        self, batch: LoRABatch | None
+    ) -> tuple[list[LayerWeights], list[LayerLoRA | None] | None] | None:
+        """The layers this step runs on and each one's LoRA operands, or None: no layer merged.
 
-        Entry i is layer i merged with the step's only adapter, or None where that layer
-        runs on the base weights plus the LoRA path (not merged yet).
+        While the copy is being built, layers not merged yet keep the base weights and the
+        LoRA path; once it is built, no layer has LoRA operands (None).
         """
         slot = None if batch is None else batch.sole_slot
         owner = None if slot is None else (slot, self._slots.version(slot))
@@ -112,18 +108,21 @@ class AdapterMerger:
                 return None
             self._merge = None  # free the old copy before building the next
             scratch = torch.empty(self._largest, dtype=self._slots.dtype, device=self._slots.device)
-            self._merge = merge = _Merge(slot, owner[1], [None] * len(self._base_layers), scratch)
+            layers, lora = list(self._base_layers), list(self._slots.layers)
+            self._merge = merge = _Merge(slot, owner[1], layers, lora, scratch)
         if merge.scratch is not None:
             self._build_next_layer(merge)
         metrics.LORA_MERGED_STEPS.inc()
-        return merge.layers
+        return merge.layers, None if merge.scratch is None else merge.lora
 
     def _build_next_layer(self, merge: _Merge) -> None:
         start = time.perf_counter()
         index = merge.built
         merge.layers[index] = _merge_layer(
-            self._base_layers[index], self._slots.layer(index), merge.slot, merge.scratch
+            self._base_layers[index], self._slots.layers[index], merge.slot, merge.scratch
         )
+        merge.lora[index] = None
+        merge.built += 1
         merge.seconds += time.perf_counter() - start
         if merge.built < len(merge.layers):
             return
@@ -144,31 +143,39 @@ class AdapterMerger:
 def _merge_layer(
     layer: LayerWeights, lora: LayerLoRA, slot: int, scratch: torch.Tensor
 ) -> LayerWeights:
-    """One layer's weights with the adapter's W + B·A in every projection it targets.
+    """One layer's weights with the adapter's W + B·A in every projection it targets."""
+    return dataclasses.replace(
+        layer,
+        qkv=_merge_projection(layer.qkv, lora.qkv, slot, scratch),
+        o=_merge_projection(layer.o, lora.o, slot, scratch),
+        gate_up=_merge_projection(layer.gate_up, lora.gate_up, slot, scratch),
+        down=_merge_projection(layer.down, lora.down, slot, scratch),
+    )
+
+
+def _merge_projection(
+    base: Projection, lora: LoRAOperands, slot: int, scratch: torch.Tensor
+) -> Projection:
+    """W + B·A of the slot's adapter, or ``base`` itself where the adapter leaves it alone.
 
     ``scratch`` holds each B·A in turn: reusing it spares a fresh allocation (and its page
     faults) per projection.
     """
-    merged = {}
-    for group in GROUP_MODULES:
-        a = getattr(lora, f"{group}_a")[slot]  # [in, n_slices * R]
-        stacks = getattr(lora, f"{group}_b")  # [slots, k, R, w] each
-        slices = [b for stack in stacks for b in stack[slot]]  # each [R, out_i], scaled
-        if not any(bool(b.any()) for b in slices):
-            continue  # not targeted (or a zero B): share the base projection
-        base: Projection = getattr(layer, group)
-        delta = scratch[: base.out_features * base.in_features].view(base.out_features, -1)
-        rank, row = slices[0].shape[0], 0
-        for i, b in enumerate(slices):  # rows of slice i: B_i^T A_i, [out_i, R] @ [R, in]
-            torch.mm(b.t(), a[:, i * rank : (i + 1) * rank].t(), out=delta[row : row + b.shape[1]])
-            row += b.shape[1]
-        merged[group] = base.merged_with(delta)
-    return dataclasses.replace(layer, **merged)
+    a = lora.a[slot]  # [in, n_slices * R]
+    slices = [b for stack in lora.b for b in stack[slot]]  # each [R, out_i], scaled
+    if not any(bool(b.any()) for b in slices):
+        return base  # not targeted (or a zero B): share the base projection
+    delta = scratch[: base.out_features * base.in_features].view(base.out_features, -1)
+    rank, row = slices[0].shape[0], 0
+    for i, b in enumerate(slices):  # rows of slice i: B_i^T A_i, [out_i, R] @ [R, in]
+        torch.mm(b.t(), a[:, i * rank : (i + 1) * rank].t(), out=delta[row : row + b.shape[1]])
+        row += b.shape[1]
+    return base.merged_with(delta)
 
 
 def _projections(layers: list[LayerWeights]) -> list[Projection]:
-    """Every projection LoRA can target, layer by layer, in GROUP_MODULES order."""
-    return [getattr(layer, group) for layer in layers for group in GROUP_MODULES]
+    """Every projection LoRA can target, layer by layer."""
+    return [p for layer in layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
 
 
 def adapter_merger_for(model: DecoderModel, slots: AdapterSlots) -> AdapterMerger | None:

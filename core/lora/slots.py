@@ -10,27 +10,13 @@ PEFT's [out, r] by one transposing copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from loraserve.kernels import LoRAOperands
 from loraserve.lora.adapter import LoRAAdapter
 from loraserve.lora.layout import MODULE_GROUP, group_shapes, slice_stacks
+from loraserve.model.decoder import LayerLoRA
 from loraserve.model.spec import ModelSpec
-
-
-@dataclass
-class LayerLoRA:
-    """One layer's views of the slot tensors, in the shapes ``add_lora`` takes."""
-
-    qkv_a: torch.Tensor
-    qkv_b: list[torch.Tensor]
-    o_a: torch.Tensor
-    o_b: list[torch.Tensor]
-    gate_up_a: torch.Tensor
-    gate_up_b: list[torch.Tensor]
-    down_a: torch.Tensor
-    down_b: list[torch.Tensor]
 
 
 class AdapterSlots:
@@ -64,11 +50,12 @@ class AdapterSlots:
         self._versions = [0] * num_slots  # bumped on every change, so copies can tell they are stale
 
     def _layer_views(self, i: int) -> LayerLoRA:
-        views = {}
-        for group, a_rows in self._a_rows.items():
-            views[f"{group}_a"] = a_rows[i].transpose(-1, -2)
-            views[f"{group}_b"] = [b[i] for b in self._b[group]]
-        return LayerLoRA(**views)
+        def operands(group: str) -> LoRAOperands:
+            return LoRAOperands(self._a_rows[group][i].transpose(-1, -2), [b[i] for b in self._b[group]])
+
+        return LayerLoRA(
+            qkv=operands("qkv"), o=operands("o"), gate_up=operands("gate_up"), down=operands("down")
+        )
 
     def tensors(self) -> list[torch.Tensor]:
         """Every slot buffer (A rows and B stacks of every group), each [layers, slots, ...]."""
@@ -78,8 +65,10 @@ class AdapterSlots:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors())
 
-    def layer(self, index: int) -> LayerLoRA:
-        return self._layers[index]
+    @property
+    def layers(self) -> list[LayerLoRA]:
+        """Each layer's operands: views of the slot tensors, so they follow every write."""
+        return self._layers
 
     def version(self, slot: int) -> int:
         """Changes whenever the slot's contents do."""

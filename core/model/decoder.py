@@ -3,19 +3,19 @@
 The families differ only in optional pieces (q/k/v bias, per-head q/k RMSNorm, tied
 embeddings), which are present or absent in the weights, and in which layers attend within a
 sliding window (``spec.layer_windows``). q/k/v and gate/up are fused into one matmul each;
-every projection can take a per-token LoRA delta from ``AdapterSlots``.
+every projection can take a per-token LoRA delta. Which weights and LoRA operands a step runs
+on is the model runner's choice, handed to ``forward``: the model knows nothing of adapters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from loraserve.kernels import add_lora
-from loraserve.lora.merge import AdapterMerger
-from loraserve.lora.slots import AdapterSlots, LayerLoRA
+from loraserve.kernels import LoRAOperands, add_lora
 from loraserve.model.attention import paged_attention
 from loraserve.model.forward_batch import ForwardBatch
 from loraserve.model.layers import RotaryEmbedding, rms_norm, rotate
@@ -33,6 +33,16 @@ class LayerWeights:
     post_norm: torch.Tensor  # [hidden]
     gate_up: Projection  # hidden -> 2 * intermediate
     down: Projection  # intermediate -> hidden
+
+
+@dataclass(frozen=True)
+class LayerLoRA:
+    """One layer's LoRA operands, one per projection LoRA can target (LayerWeights' names)."""
+
+    qkv: LoRAOperands
+    o: LoRAOperands
+    gate_up: LoRAOperands
+    down: LoRAOperands
 
 
 @dataclass
@@ -57,25 +67,27 @@ class DecoderModel:
             weights.embed.dtype,
             weights.embed.device,
         )
-        self.lora_slots: AdapterSlots | None = None
-        self.lora_merger: AdapterMerger | None = None  # set with lora_slots when merging suits
 
     @torch.inference_mode()
-    def forward(self, batch: ForwardBatch, kv_cache: torch.Tensor) -> torch.Tensor:
-        """kv_cache: [2, layers, blocks, block_size, kv_heads, head_dim]. Returns [B, vocab] float32."""
+    def forward(
+        self,
+        batch: ForwardBatch,
+        kv_cache: torch.Tensor,  # [2, layers, blocks, block_size, kv_heads, head_dim]
+        layers: Sequence[LayerWeights] | None = None,
+        lora: Sequence[LayerLoRA | None] | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, vocab] float32 of the batch's last tokens.
+
+        ``layers``: the weights each layer runs on (None: the base weights); ``lora``: per
+        layer, the operands whose per-token delta ``batch.lora`` adds, or None (no LoRA).
+        """
         hidden = self.weights.embed[batch.input_ids]  # [T, hidden]
-        use_lora = self.lora_slots is not None and batch.lora is not None and not batch.lora.is_empty
-        merged = None  # per layer: weights with the step's only adapter merged in, or None
-        if self.lora_merger is not None:
-            merged = self.lora_merger.layers_for(batch.lora if use_lora else None)
         rope = self.rotary.tables(batch.positions)
-        for index, layer in enumerate(self.weights.layers):
-            lora = self.lora_slots.layer(index) if use_lora else None
-            if merged is not None and merged[index] is not None:
-                layer, lora = merged[index], None
+        for index, layer in enumerate(self.weights.layers if layers is None else layers):
             kv = (kv_cache[0, index], kv_cache[1, index])
             mask = batch.mask_for(self.spec.layer_windows[index])
-            hidden = self._layer(hidden, layer, kv, batch, mask, rope, lora)
+            layer_lora = None if lora is None else lora[index]
+            hidden = self._layer(hidden, layer, kv, batch, mask, rope, layer_lora)
         last = hidden[batch.logits_indices]  # [B, hidden]
         last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)
         return self.weights.lm_head(last).float()  # [B, vocab]
@@ -95,7 +107,7 @@ class DecoderModel:
         x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
         qkv = w.qkv(x)  # [T, q + 2 * kv]
         if lora is not None:
-            add_lora(qkv, x, lora.qkv_a, lora.qkv_b, batch.lora)
+            add_lora(qkv, x, lora.qkv.a, lora.qkv.b, batch.lora)
         heads = (spec.num_heads, spec.num_kv_heads)
         qk = qkv[:, : spec.q_size + spec.kv_size].view(tokens, sum(heads), head_dim)
         v = qkv[:, spec.q_size + spec.kv_size :].view(tokens, spec.num_kv_heads, head_dim)
@@ -108,16 +120,16 @@ class DecoderModel:
         attn = paged_attention(q, k, v, *kv_cache, batch, attn_mask)  # [T, q]
         o = w.o(attn)
         if lora is not None:
-            add_lora(o, attn, lora.o_a, lora.o_b, batch.lora)
+            add_lora(o, attn, lora.o.a, lora.o.b, batch.lora)
         hidden = o.add_(hidden)  # o is this layer's own buffer: no new [T, hidden] tensor
 
         x = rms_norm(hidden, w.post_norm, spec.rms_norm_eps)
         gate_up = w.gate_up(x)  # [T, 2 * intermediate]
         if lora is not None:
-            add_lora(gate_up, x, lora.gate_up_a, lora.gate_up_b, batch.lora)
+            add_lora(gate_up, x, lora.gate_up.a, lora.gate_up.b, batch.lora)
         gate, up = gate_up.chunk(2, dim=-1)
         act = F.silu(gate).mul_(up)
         down = w.down(act)
         if lora is not None:
-            add_lora(down, act, lora.down_a, lora.down_b, batch.lora)
+            add_lora(down, act, lora.down.a, lora.down.b, batch.lora)
         return down.add_(hidden)

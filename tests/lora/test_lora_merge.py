@@ -23,21 +23,21 @@ def request(name, path, lora_id=1):
 
 
 def merger(llm: LLM):
-    return llm.engine.model.lora_merger
+    return llm.engine.runner.merger
 
 
 def count_merged_steps(llm: LLM) -> list[int]:
     """Spy on the merger: a list that grows by one for every step run on merged weights."""
     merged_steps: list[int] = []
-    layers_for = merger(llm).layers_for
+    weights_for = merger(llm).weights_for
 
     def spy(batch):
-        layers = layers_for(batch)
-        if layers is not None:
+        weights = weights_for(batch)
+        if weights is not None:
             merged_steps.append(1)
-        return layers
+        return weights
 
-    merger(llm).layers_for = spy
+    merger(llm).weights_for = spy
     return merged_steps
 
 
@@ -106,7 +106,8 @@ def test_a_rewritten_slot_never_runs_on_the_old_merge(llama_dir, adapter_dirs, h
 def test_untargeted_projections_are_shared_not_copied(llm, adapter_dirs):
     llm.generate(PROMPT, greedy(LONG), lora_request=request("sql", adapter_dirs["sql"], 2))
     base = llm.engine.model.weights.layers
-    merged = merger(llm).layers_for(LoRABatch.build([merger(llm).merged_slot]))
+    merged, lora = merger(llm).weights_for(LoRABatch.build([merger(llm).merged_slot]))
+    assert lora is None  # every layer merged: no LoRA path left
     assert all(m.o is b.o and m.gate_up is b.gate_up and m.down is b.down for m, b in zip(merged, base))
     assert all(m.qkv is not b.qkv for m, b in zip(merged, base))
 
