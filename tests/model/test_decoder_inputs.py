@@ -1,7 +1,7 @@
 """DecoderModel runs on the layer weights and LoRA operands its caller hands to ``forward``.
 
 The reference is transformers' model with each delta B·A added into its weights by hand;
-nothing of loraserve.lora is involved, so the model is checked on its own.
+no adapter slots or merger are involved, so the model is checked on its own.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from loraserve.kernels import LoRABatch, LoRAOperands
+from loraserve.lora.layout import group_shapes, slice_stacks
 from loraserve.model.decoder import DecoderModel, LayerLoRA
 from loraserve.model.forward_batch import ForwardBatch
 from loraserve.model.loader import load_weights
@@ -56,30 +57,24 @@ def setup(llama_dir):
     model = DecoderModel(spec, weights, max_positions=64)
     gen = torch.Generator().manual_seed(7)
     operands, deltas = [], []  # per layer: LayerLoRA; {HF module: [out, in] delta}
-    for layer in weights.layers:
+    shapes = group_shapes(spec)
+    for _ in weights.layers:
         groups, layer_deltas = {}, {}
         for group, modules in GROUPS.items():
-            projection = getattr(layer, group)
-            widths = _slice_widths(spec, group)
-            a = torch.randn(SLOTS, projection.in_features, len(widths) * RANK, generator=gen) * 0.1
-            b = [torch.randn(SLOTS, 1, RANK, w, generator=gen) * 0.1 for w in widths]
+            shape = shapes[group]
+            a = torch.randn(SLOTS, shape.in_features, len(modules) * RANK, generator=gen) * 0.1
+            b = [  # the documented layout: one stack per run of equal-width slices
+                torch.randn(SLOTS, count, RANK, width, generator=gen) * 0.1
+                for count, width in slice_stacks(shape.out_features)
+            ]
             groups[group] = LoRAOperands(a, b)
+            b_slices = [stack[SLOT, k] for stack in b for k in range(stack.shape[1])]
             for i, module in enumerate(modules):  # x @ A_i @ B_i == x @ (B_i^T A_i^T)^T
                 a_i = a[SLOT, :, i * RANK : (i + 1) * RANK]
-                layer_deltas[module] = (a_i @ b[i][SLOT, 0]).t()
+                layer_deltas[module] = (a_i @ b_slices[i]).t()
         operands.append(LayerLoRA(**groups))
         deltas.append(layer_deltas)
     return model, operands, deltas
-
-
-def _slice_widths(spec, group: str) -> tuple[int, ...]:
-    hidden, inter = spec.hidden_size, spec.intermediate_size
-    return {
-        "qkv": (spec.q_size, spec.kv_size, spec.kv_size),
-        "o": (hidden,),
-        "gate_up": (inter, inter),
-        "down": (hidden,),
-    }[group]
 
 
 @pytest.fixture(scope="module")
