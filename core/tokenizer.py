@@ -224,12 +224,21 @@ def clean_up_tokenization(text: str) -> str:
 
 
 def _from_tokenizer_json(model_dir: Path) -> Tokenizer:
-    from tokenizers import Tokenizer as Backend
-
     config = _read_json(model_dir / "tokenizer_config.json")
     if "added_tokens_decoder" not in config:  # older saves keep special tokens in their own file
         config.update(_read_json(model_dir / "special_tokens_map.json"))
-    backend = Backend.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer_json = (model_dir / "tokenizer.json").read_text(encoding="utf-8")
+    return from_tokenizer_json(tokenizer_json, config, _chat_templates(model_dir, config))
+
+
+def from_tokenizer_json(
+    tokenizer_json: str, config: dict[str, Any], chat_templates: dict[str, str] | None = None
+) -> Tokenizer:
+    """The tokenizer a ``tokenizer.json`` text and a ``tokenizer_config.json`` dict describe
+    (a model directory's files, or what a GGUF file's metadata says)."""
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend.from_str(tokenizer_json)
     # encode() never truncates nor pads, whatever tokenizer.json was saved with
     backend.no_truncation()
     backend.no_padding()
@@ -243,7 +252,7 @@ def _from_tokenizer_json(model_dir: Path) -> Tokenizer:
         backend,
         special_tokens={name: _token_text(value) for name, value in named.items()},
         extra_special_tokens=[_token_text(t) for t in extra],
-        chat_templates=_chat_templates(model_dir, config),
+        chat_templates=chat_templates if chat_templates is not None else _config_templates(config),
         clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
     )
 
@@ -309,8 +318,11 @@ def _chat_templates(model_dir: Path, config: dict[str, Any]) -> dict[str, str]:
     if extra_dir.is_dir():
         for path in sorted(extra_dir.glob("*.jinja")):
             templates[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
-    if templates:
-        return templates
+    return templates or _config_templates(config)
+
+
+def _config_templates(config: dict[str, Any]) -> dict[str, str]:
+    """tokenizer_config's ``chat_template``: one string, a list of named ones, or a dict."""
     in_config = config.get("chat_template")
     if isinstance(in_config, str):
         return {"default": in_config}

@@ -1,61 +1,33 @@
-"""Read a Hugging Face checkpoint (single or sharded safetensors) into fused ModelWeights."""
+"""A checkpoint's tensors (Hugging Face names) into our fused ModelWeights."""
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from loraserve.errors import UnsupportedModelError
+from loraserve.model.checkpoint import Checkpoint, open_checkpoint
 from loraserve.model.decoder import LayerWeights, ModelWeights
 from loraserve.model.linear import Projection
 from loraserve.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
-
-
-def checkpoint_files(model_dir: Path) -> list[Path]:
-    """The safetensors shards named by the index file, or the single model file."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [model_dir / name for name in shards]
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise UnsupportedModelError(f"no *.safetensors weights found in {model_dir}")
-    return files
-
-
-def read_tensors(model_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint on CPU in ``dtype``, with a progress bar over shards."""
-    tensors: dict[str, torch.Tensor] = {}
-    files = checkpoint_files(model_dir)
-    for path in tqdm(files, desc="Loading weights", unit="shard", disable=len(files) < 2):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if not _IGNORED.match(name):
-                    tensors[name] = f.get_tensor(name).to(dtype)
-    return tensors
-
-
 def load_weights(
-    model_dir: str | Path, spec: ModelSpec, dtype: torch.dtype, device: torch.device
+    model: str | Path | Checkpoint, spec: ModelSpec, dtype: torch.dtype, device: torch.device
 ) -> ModelWeights:
     """Map HF names to our fused layout; a missing tensor is an error naming it."""
-    tensors = read_tensors(Path(model_dir), dtype)
+    checkpoint = open_checkpoint(model) if isinstance(model, (str, Path)) else model
+    where = checkpoint.path
+    tensors = checkpoint.tensors(dtype)
 
     def take(name: str) -> torch.Tensor:
         try:
             return tensors.pop(name).to(device)
         except KeyError:
-            raise UnsupportedModelError(f"checkpoint in {model_dir} has no tensor {name!r}") from None
+            raise UnsupportedModelError(f"checkpoint {where} has no tensor {name!r}") from None
 
     def maybe(name: str) -> torch.Tensor | None:
         return take(name) if name in tensors else None
@@ -90,7 +62,7 @@ def load_weights(
     unexpected = [name for name in tensors if name.startswith("model.layers.")]
     if unexpected:  # e.g. MLP biases: running without them would silently give wrong outputs
         raise UnsupportedModelError(
-            f"checkpoint in {model_dir} has tensors our model code does not use: {unexpected[:3]}"
+            f"checkpoint {where} has tensors our model code does not use: {unexpected[:3]}"
         )
     if tensors:
         logger.warning("ignoring %d unexpected tensors, e.g. %s", len(tensors), next(iter(tensors)))

@@ -1,8 +1,7 @@
-"""What the engine needs to know about a base model, read from its config.json."""
+"""What the engine needs to know about a base model, read from its config (config.json's keys)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from loraserve.errors import UnsupportedModelError
+from loraserve.model.checkpoint import open_checkpoint
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -54,14 +54,13 @@ class ModelSpec:
         return next((w for w in self.layer_windows if w is not None), None)
 
 
-def load_spec(model_dir: str | Path) -> ModelSpec:
-    """Parse config.json; refuse what our model code cannot run, saying what it can."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise UnsupportedModelError(
-            f"{model_dir!s} is not a Hugging Face model directory: config.json is missing"
-        )
-    cfg = json.loads(path.read_text())
+def load_spec(model: str | Path) -> ModelSpec:
+    """The spec of the model directory or GGUF file at ``model``."""
+    return spec_from_config(open_checkpoint(model).config)
+
+
+def spec_from_config(cfg: dict[str, Any]) -> ModelSpec:
+    """Refuse what our model code cannot run, saying what it can."""
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
