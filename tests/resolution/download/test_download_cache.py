@@ -1,8 +1,8 @@
 """The shared download cache, driven by an in-memory source: single flight, revalidation,
 atomic install, cleanup after failures, size limits, LRU eviction.
 
-A folder the cache hands out is leased until the caller releases it (tests/lora/
-test_download_lease.py); tests of what eviction deletes release theirs, as a finished load.
+A folder the cache hands out is leased until the caller releases it (test_download_lease.py
+beside this file); tests of what eviction deletes release theirs, as a finished load.
 """
 
 from __future__ import annotations
