@@ -37,10 +37,6 @@ from loraserve.resolution.download import (
     get_download_cache,
     is_archive_name,
 )
-from loraserve.resolution.download.hooks import (  # noqa: F401 (hook implementations pluggy registers)
-    lora_adapter_evicted,
-    lora_adapter_loaded,
-)
 
 logger = logging.getLogger(__name__)
 
