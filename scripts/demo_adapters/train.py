@@ -6,7 +6,7 @@ where the demo ships them (``core/demo/adapters/<name>/``).
 
 Seeded: the same data and initialisation on every run (CPU float32 sums may still differ in
 the last bits between machines). Progress is a tqdm bar per adapter; then run
-``evaluate.py`` for the held-out figures.
+``heldout.py`` for the held-out figures.
 """
 
 from __future__ import annotations

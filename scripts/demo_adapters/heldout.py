@@ -1,6 +1,6 @@
 """Held-out figures of the demo adapters, served by loraserve (greedy, as the demo serves).
 
-    python scripts/demo_adapters/evaluate.py [--count 200]
+    python scripts/demo_adapters/heldout.py [--count 200]
 
 ``sql``: exact match on a held-out split of the generator (column names never seen in
 training, fresh values), after trimming whitespace and a trailing ``;``, for the base model
