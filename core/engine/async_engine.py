@@ -18,13 +18,13 @@ from typing import Any
 
 from loraserve import metrics
 from loraserve.config import EngineConfig
+from loraserve.engine.admission import PreparedRequest
+from loraserve.engine.builder import build_resolution, checked_plugins
 from loraserve.engine.llm_engine import LLMEngine
 from loraserve.errors import LoRAAlreadyLoadedError, LoRANotFoundError
 from loraserve.lora.manager import LoRAEvents
 from loraserve.lora.request import LoRARequest
 from loraserve.outputs import RequestOutput
-from loraserve.plugins import get_plugin_manager
-from loraserve.resolution.service import LoRAResolutionService
 from loraserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -36,19 +36,19 @@ _PIN_ATTEMPTS = 3  # an adapter unloaded between lookup and pin is resolved agai
 class AsyncLLMEngine:
     def __init__(self, config: EngineConfig, lora_events: LoRAEvents | None = None) -> None:
         self.config = config
-        plugins = get_plugin_manager()
-        plugins.check()  # VLLM_PLUGINS problems show at start-up, before the model loads
+        plugins = checked_plugins()
         self.engine = LLMEngine(config, lora_events=lora_events or plugins)
         self.engine.detokenize_every_step = True
         self.served_model_name = str(config.served_model_name)
         self.model_path = config.model
         self.max_model_len = self.engine.max_model_len
+        self.context = self.engine.context
         self.tokenizer = self.engine.tokenizer
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._thread: threading.Thread | None = None
-        self._resolution = LoRAResolutionService(self.served_model_name, self._load_resolved)
+        self._resolution = build_resolution(config, self._load_resolved)
 
     # ---- requests ----------------------------------------------------------------------
     async def generate(
@@ -59,12 +59,16 @@ class AsyncLLMEngine:
         lora_request: LoRARequest | None = None,
         prompt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield cumulative snapshots until the request finishes; closing early aborts it."""
+        """Yield cumulative snapshots until the request finishes; closing early aborts it.
+
+        The request is prepared once here (checked, adapter pinned off the step thread); the
+        step thread only queues it.
+        """
         self.engine.check_prompt(prompt_token_ids, params)
-        lora = await self._pin(lora_request)
+        prepared = PreparedRequest(prompt_token_ids, params, await self._pin(lora_request), prompt)
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
-        self._send("add", (request_id, prompt_token_ids, params, lora, prompt))
+        self._send("add", (request_id, prepared))
         finished = False
         try:
             while not finished:
@@ -184,11 +188,11 @@ class AsyncLLMEngine:
             if command == "abort":
                 self.engine.abort_request(payload)
                 continue
-            request_id, prompt_ids, params, lora, prompt = payload
+            request_id, prepared = payload
             try:
-                self.engine.add_request(request_id, prompt_ids, params, lora, prompt, lora_pinned=True)
+                self.engine.admit(request_id, prepared)
             except Exception as exc:
-                self.engine.unpin_lora(lora)
+                self.engine.unpin_lora(prepared.lora)
                 self._deliver(request_id, exc)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:

@@ -1,5 +1,7 @@
 """The synchronous engine: requests in, one batched step at a time, outputs out.
 
+``builder.build_parts`` makes the model, KV cache and LoRA wiring it runs on.
+
 Not thread-safe by itself: ``AsyncLLMEngine`` calls it from one step thread, and ``LLM``
 from the caller's thread.
 """
@@ -7,40 +9,29 @@ from the caller's thread.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from loraserve import metrics
 from loraserve.config import EngineConfig
-from loraserve.engine.block_manager import BlockManager
+from loraserve.engine.admission import PreparedRequest, check_prompt
+from loraserve.engine.builder import build_parts
 from loraserve.engine.detokenizer import update_text
-from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.sampler import SampledToken, prompt_logprobs, sample
-from loraserve.engine.scheduler import Scheduler
 from loraserve.engine.sequence import Sequence
 from loraserve.errors import InvalidRequestError, LoRAAlreadyLoadedError
 from loraserve.logprobs import Logprob
 from loraserve.lora.ids import next_lora_id
 from loraserve.lora.manager import LoRAEvents, LoRAManager
 from loraserve.lora.request import LoRARequest
-from loraserve.model.decoder import DecoderModel
-from loraserve.model.loader import load_weights
-from loraserve.model.spec import load_spec, resolve_dtype
 from loraserve.outputs import CompletionOutput, RequestOutput
-from loraserve.resolution.download import register_adapter_owner
 from loraserve.sampling_params import SamplingParams
-from loraserve.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-_CPU_KV_CACHE_BYTES = 2 << 30  # default cap on CPU; GPUs use most of their free memory
-
 
 @dataclass
 class _Request:
@@ -58,75 +49,17 @@ class _Request:
 class LLMEngine:
     def __init__(self, config: EngineConfig, lora_events: LoRAEvents | None = None) -> None:
         self.config = config
-        self.device = _pick_device(config.device)
-        model_dir = Path(config.model)
-        self.spec = load_spec(model_dir)
-        self.dtype = resolve_dtype(config.dtype, self.spec, self.device)
-        self.tokenizer = Tokenizer.from_pretrained(model_dir)
-        self.max_model_len = self._max_model_len()
-        logger.info(
-            "loading %s (%s, %s) on %s", config.model, self.spec.architecture, self.dtype, self.device
-        )
-        weights = load_weights(model_dir, self.spec, self.dtype, self.device)
-        self.model = DecoderModel(self.spec, weights, self.max_model_len)
-        self.eos_token_ids = _eos_token_ids(model_dir, self.spec.eos_token_ids, self.tokenizer)
-
-        self.lora_manager: LoRAManager | None = None
-        if config.enable_lora:
-            self.lora_manager = LoRAManager(
-                self.spec, config.max_loras, config.max_lora_rank, config.max_cpu_loras,
-                self.dtype, self.device, lora_events,
-            )
-            register_adapter_owner(self.lora_manager)  # the download cache may unload idle ones
-            logger.info(
-                "LoRA slots: %d of rank %d (%.1f MiB)",
-                config.max_loras, config.max_lora_rank, self.lora_manager.slots.nbytes / 2**20,
-            )
-
-        num_blocks = self._num_kv_blocks()
-        slots = None if self.lora_manager is None else self.lora_manager.slots
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, slots, config.lora_merge)
-        self.scheduler = Scheduler(
-            BlockManager(num_blocks, config.block_size),
-            config.max_num_seqs,
-            config.max_num_batched_tokens or max(4096, self.max_model_len),
-            self.lora_manager,
-        )
+        parts = build_parts(config, lora_events)
+        self.device, self.spec, self.dtype = parts.device, parts.spec, parts.dtype
+        self.tokenizer, self.context = parts.tokenizer, parts.context
+        self.max_model_len = parts.context.max_model_len
+        self.model, self.eos_token_ids = parts.model, parts.eos_token_ids
+        self.lora_manager = parts.lora_manager
+        self.runner, self.scheduler = parts.runner, parts.scheduler
         self.detokenize_every_step = False  # streaming callers want text as it grows
         self._requests: dict[str, _Request] = {}
         self._rng = random.Random(config.seed)
         self._next_seq_id = 0
-
-    # ---- set-up ------------------------------------------------------------------------
-    def _max_model_len(self) -> int:
-        limit = self.spec.max_position_embeddings  # sliding layers need no cap: they mask by window
-        wanted = self.config.max_model_len or limit
-        if wanted > limit:
-            raise InvalidRequestError(
-                f"max_model_len {wanted} exceeds what the model supports ({limit})"
-            )
-        return wanted
-
-    def _num_kv_blocks(self) -> int:
-        spec, bs = self.spec, self.config.block_size
-        per_block = 2 * spec.num_layers * bs * spec.kv_size * torch.empty((), dtype=self.dtype).element_size()
-        blocks_per_seq = -(-self.max_model_len // bs)
-        wanted = self.config.max_num_seqs * blocks_per_seq
-        budget = self.config.kv_cache_memory_bytes
-        if budget is None:
-            budget = (
-                int(torch.cuda.mem_get_info(self.device)[0] * 0.8)
-                if self.device.type == "cuda"
-                else _CPU_KV_CACHE_BYTES
-            )
-        blocks = min(wanted, budget // per_block)
-        if blocks < blocks_per_seq:
-            raise InvalidRequestError(
-                f"the KV cache budget ({budget} bytes) cannot hold one sequence of "
-                f"max_model_len {self.max_model_len}; lower max_model_len or raise the budget"
-            )
-        logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", blocks, bs, blocks * per_block / 2**20)
-        return blocks
 
     # ---- requests ----------------------------------------------------------------------
     def add_request(
@@ -136,16 +69,27 @@ class LLMEngine:
         params: SamplingParams,
         lora_request: LoRARequest | None = None,
         prompt: str | None = None,
-        lora_pinned: bool = False,
     ) -> None:
-        """Queue a request; validation errors are raised here, before anything is queued.
+        """Prepare and queue a request; validation errors are raised here, before anything is
+        queued (the offline API's way: an adapter not loaded yet is loaded)."""
+        self.check_prompt(prompt_token_ids, params)
+        prepared = PreparedRequest(prompt_token_ids, params, self.pin_lora(lora_request), prompt)
+        try:
+            self.admit(request_id, prepared)
+        except BaseException:
+            self.unpin_lora(prepared.lora)
+            raise
 
-        ``lora_pinned`` says the caller already ran ``pin_lora`` (off the step thread).
-        """
+    def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Admission's checks (vocabulary, the context limit); run once per request."""
+        check_prompt(prompt_token_ids, params, self.spec.vocab_size, self.context)
+
+    def admit(self, request_id: str, prepared: PreparedRequest) -> None:
+        """Queue a request that passed ``check_prompt`` and holds its adapter pinned."""
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        self.check_prompt(prompt_token_ids, params)
-        lora = lora_request if lora_pinned else self.pin_lora(lora_request)
+        params, lora = prepared.params, prepared.lora
+        prompt_token_ids = prepared.prompt_token_ids
         seqs = [
             Sequence(
                 seq_id=self._next_seq_id + index,
@@ -159,31 +103,12 @@ class LLMEngine:
             for index in range(params.n)
         ]
         self._next_seq_id += params.n
-        self._requests[request_id] = _Request(request_id, prompt, list(prompt_token_ids), seqs, lora)
+        self._requests[request_id] = _Request(
+            request_id, prepared.prompt, list(prompt_token_ids), seqs, lora
+        )
         for seq in seqs:
             self.scheduler.add(seq)
         metrics.PROMPT_TOKENS.labels(model=self._model_label(lora)).inc(len(prompt_token_ids))
-
-    def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        if not prompt_token_ids:
-            raise InvalidRequestError("the prompt is empty")
-        vocab = self.spec.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
-        for name, ids in (("logit_bias", params.logit_bias or ()),
-                          ("stop_token_ids", params.stop_token_ids)):
-            if outside := sorted(t for t in ids if not 0 <= t < vocab):
-                raise InvalidRequestError(
-                    f"{name} names token ids outside the vocabulary [0, {vocab}): {outside[:8]}"
-                )
-        wanted = len(prompt_token_ids) + (params.max_tokens or 1)
-        if wanted > self.max_model_len:
-            raise InvalidRequestError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, "
-                f"you requested {wanted} tokens ({len(prompt_token_ids)} in the prompt, "
-                f"{params.max_tokens or 1} for the completion). Please reduce the length of the "
-                "prompt or completion."
-            )
 
     def pin_lora(
         self, lora_request: LoRARequest | None, register: bool = True
@@ -388,20 +313,3 @@ def _completion(seq: Sequence) -> CompletionOutput:
         error=seq.error,
     )
 
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _eos_token_ids(model_dir: Path, config_eos: tuple[int, ...], tokenizer) -> frozenset[int]:
-    """EOS ids from config.json, generation_config.json and the tokenizer, as HF generate uses."""
-    ids = set(config_eos)
-    generation = model_dir / "generation_config.json"
-    if generation.is_file():
-        eos = json.loads(generation.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)

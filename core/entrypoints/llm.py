@@ -12,12 +12,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from loraserve.config import EngineConfig
+from loraserve.engine.builder import build_resolution, checked_plugins
 from loraserve.engine.llm_engine import LLMEngine
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
 from loraserve.lora.request import LoRARequest
 from loraserve.outputs import RequestOutput
-from loraserve.plugins import get_plugin_manager
-from loraserve.resolution.service import LoRAResolutionService
 from loraserve.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -77,12 +76,9 @@ class LLM:
             max_cpu_loras=max_cpu_loras,
             lora_merge=lora_merge,
         )
-        plugins = get_plugin_manager()
-        plugins.check()  # VLLM_PLUGINS problems show here, before the model loads
-        self.engine = LLMEngine(self.config, lora_events=plugins)
-        self._resolution = LoRAResolutionService(
-            str(self.config.served_model_name),
-            load=lambda request: asyncio.to_thread(self.engine.load_lora, request),
+        self.engine = LLMEngine(self.config, lora_events=checked_plugins())
+        self._resolution = build_resolution(
+            self.config, load=lambda request: asyncio.to_thread(self.engine.load_lora, request)
         )
         self._counter = 0
 

@@ -1,7 +1,9 @@
-"""The aiohttp application: routes, API-key check and the error middleware.
+"""The aiohttp application: the serving core's routes over HTTP, the API-key check and the
+error middleware.
 
-``build_app`` only wires objects together; ``start_server`` loads ``--lora-modules``,
-binds the socket and returns a runner the caller cleans up.
+Each route only reads the body, hands it to ``OpenAIServing.handle`` and writes what comes
+back; ``start_server`` loads ``--lora-modules``, binds the socket and returns a runner the
+caller cleans up.
 """
 
 from __future__ import annotations
@@ -12,24 +14,20 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-import loraserve
 from loraserve import metrics
 from loraserve.entrypoints.openai.errors import HTTPError, error_response
-from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from loraserve.entrypoints.openai.request_values import parse_json_body
+from loraserve.entrypoints.openai.responses import ServingResponse
 from loraserve.entrypoints.openai.server_config import ServerConfig
-from loraserve.entrypoints.openai.serving_chat import ServingChat
-from loraserve.entrypoints.openai.serving_completion import ServingCompletion
-from loraserve.entrypoints.openai.serving_models import ServingModels
+from loraserve.entrypoints.openai.serving import OpenAIServing
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # long token-id prompts are legitimately large
 THREAD_PARSE_BYTES = 1024 * 1024  # larger bodies are decoded on a worker thread
-MODELS_KEY = web.AppKey("models", ServingModels)
+SERVING_KEY = web.AppKey("serving", OpenAIServing)
 
 
 async def _json_body(request: web.Request) -> object:
@@ -45,8 +43,11 @@ def _error_middleware() -> web.middleware:
     async def errors(request: web.Request, handler):  # noqa: ANN001, ANN202
         try:
             response = await handler(request)
-        except Exception as exc:  # the one place exceptions become HTTP statuses
-            response = error_response(exc)
+        except web.HTTPException as exc:  # the router's 404/405, a body over the limit
+            message = "Not Found" if exc.status == HTTPStatus.NOT_FOUND else exc.reason
+            response = _web_response(error_response(HTTPError(HTTPStatus(exc.status), message)))
+        except Exception as exc:  # auth, an unreadable body; the core maps its own errors
+            response = _web_response(error_response(exc))
         route = request.match_info.route.resource
         label = route.canonical if route is not None else "unmatched"
         metrics.HTTP_REQUESTS.labels(label, str(response.status)).inc()
@@ -84,53 +85,44 @@ def _auth_middleware(api_key: str) -> web.middleware:
 
 
 def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> web.Application:
-    """The OpenAI-compatible routes over ``engine``; load/unload only with runtime updating."""
+    """The serving core's routes over HTTP, with the error (and, given a key, auth) middleware."""
     middlewares = [_error_middleware()]
     if config.api_key:
         middlewares.append(_auth_middleware(config.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    models = ServingModels(engine, config.allow_runtime_lora_updating, config.served_model_aliases)
-    completion = ServingCompletion(engine, models, config.limits)
-    chat = ServingChat(engine, models, config.limits)
-    app[MODELS_KEY] = models
-
-    async def health(_: web.Request) -> web.Response:
-        return web.Response(status=200)
-
-    async def prometheus(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.REGISTRY),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def version(_: web.Request) -> web.Response:
-        return web.json_response({"version": loraserve.__version__})
-
-    async def list_models(_: web.Request) -> web.Response:
-        return web.json_response(models.list_models())
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        return await completion.create(request, await _json_body(request))
-
-    async def chat_completions(request: web.Request) -> web.StreamResponse:
-        return await chat.create(request, await _json_body(request))
-
-    async def load_lora(request: web.Request) -> web.Response:
-        body = LoadLoRAAdapterRequest.parse(await _json_body(request))
-        return web.Response(text=await models.load(body))
-
-    async def unload_lora(request: web.Request) -> web.Response:
-        body = UnloadLoRAAdapterRequest.parse(await _json_body(request))
-        return web.Response(text=await models.unload(body))
-
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", prometheus)
-    app.router.add_get("/version", version)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    if config.allow_runtime_lora_updating:
-        app.router.add_post("/v1/load_lora_adapter", load_lora)
-        app.router.add_post("/v1/unload_lora_adapter", unload_lora)
+    serving = OpenAIServing(engine, config)
+    app[SERVING_KEY] = serving
+    for method, path in serving.routes:
+        app.router.add_route(method, path, _route(serving, method, path))
     return app
+
+
+def _route(serving: OpenAIServing, method: str, path: str):  # noqa: ANN202 - an aiohttp handler
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request) if method == "POST" else None
+        return await _write(request, await serving.handle(method, path, body))
+
+    return handler
+
+
+def _web_response(response: ServingResponse) -> web.Response:
+    return web.Response(status=response.status, headers=response.headers,
+                        body=response.body or None)
+
+
+async def _write(request: web.Request, response: ServingResponse) -> web.StreamResponse:
+    """Send the core's answer; a stream is closed however it ends (a client gone aborts it)."""
+    if response.stream is None:
+        return _web_response(response)
+    out = web.StreamResponse(status=response.status, headers=response.headers)
+    try:
+        await out.prepare(request)
+        async for data in response.stream:
+            await out.write(data)
+        await out.write_eof()
+    finally:
+        await response.stream.aclose()
+    return out
 
 
 async def start_server(engine: AsyncLLMEngine, config: ServerConfig) -> web.AppRunner:
@@ -140,7 +132,7 @@ async def start_server(engine: AsyncLLMEngine, config: ServerConfig) -> web.AppR
     engine stream and frees the sequence even for non-streaming requests.
     """
     app = build_app(engine, config)
-    await app[MODELS_KEY].load_static(config.lora_modules)
+    await app[SERVING_KEY].models.load_static(config.lora_modules)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

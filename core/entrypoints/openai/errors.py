@@ -6,12 +6,10 @@ and ``type`` is vLLM's name for it, so clients that branch on either keep workin
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 
-from aiohttp import web
-
+from loraserve.entrypoints.openai.responses import ServingResponse, json_response
 from loraserve.errors import (
     AdapterDownloadError,
     InvalidRequestError,
@@ -24,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class HTTPError(LoRAServeError):
-    """An error that only exists at the HTTP layer (auth, unknown route, bad JSON)."""
+    """An error that only exists at the HTTP layer (auth, unknown route, body too large)."""
 
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
@@ -70,8 +68,6 @@ def status_of(exc: BaseException) -> HTTPStatus:
     """HTTP status for an exception; anything unexpected is a 500."""
     if isinstance(exc, HTTPError):
         return exc.status
-    if isinstance(exc, web.HTTPException):
-        return HTTPStatus(exc.status)
     for cls, status in _STATUS_OF:
         if isinstance(exc, cls):
             return status
@@ -80,10 +76,6 @@ def status_of(exc: BaseException) -> HTTPStatus:
 
 def message_of(exc: BaseException) -> str:
     """The user-facing message; a 500 still says what broke, without a traceback."""
-    if isinstance(exc, web.HTTPNotFound):
-        return "Not Found"
-    if isinstance(exc, web.HTTPException):
-        return exc.reason
     text = str(exc)
     if isinstance(exc, GenerationError):
         return f"Internal server error: {text}"
@@ -100,11 +92,9 @@ def log_failure(what: str, exc: BaseException) -> None:
         logger.error(what, exc_info=exc)
 
 
-def error_response(exc: BaseException) -> web.Response:
+def error_response(exc: BaseException) -> ServingResponse:
     """Map ``exc`` to a JSON response; 5xx are logged with their traceback."""
     status = status_of(exc)
     if status >= 500:
         log_failure("request failed", exc)
-    return web.json_response(
-        error_body(status, message_of(exc)), status=int(status), dumps=json.dumps
-    )
+    return json_response(error_body(status, message_of(exc)), status=int(status))

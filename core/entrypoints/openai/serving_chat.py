@@ -5,25 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from loraserve.entrypoints.openai.generation import (
-    SSEStream,
-    Usage,
-    check_prompt_chars,
+from loraserve.entrypoints.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
+from loraserve.entrypoints.openai.prompts import (
     check_request_size,
+    on_tokenizer_thread,
+    render_chat,
+    sampling_params,
+)
+from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
+from loraserve.entrypoints.openai.responses import ServingResponse, json_response
+from loraserve.entrypoints.openai.streaming import (
+    Usage,
     merged,
     now,
-    on_tokenizer_thread,
     raise_if_failed,
     random_id,
-    sampling_params,
+    sse_response,
     streamable,
 )
-from loraserve.entrypoints.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
-from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
-from loraserve.entrypoints.openai.request_values import is_text
-from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
@@ -32,12 +31,6 @@ if TYPE_CHECKING:
     from loraserve.outputs import RequestOutput
 
 Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
-
-NO_TEMPLATE = (
-    "The model '{model}' has no chat template (tokenizer_config.json has no 'chat_template'), "
-    "so /v1/chat/completions cannot format messages; use /v1/completions, or add a chat "
-    "template to the model's tokenizer."
-)
 
 
 class ServingChat:
@@ -48,47 +41,28 @@ class ServingChat:
         self.models = models
         self.limits = limits
 
-    def _render(self, req: ChatCompletionRequest) -> list[int]:
-        tokenizer = self.engine.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise InvalidRequestError(NO_TEMPLATE.format(model=self.models.base_model_name))
-        try:
-            text = tokenizer.apply_chat_template(
-                req.messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
-                **req.chat_template_kwargs,
-            )
-        except Exception as exc:  # a template that rejects these messages is the caller's 400
-            raise InvalidRequestError(f"The chat template could not render the messages: {exc}") from exc
-        check_prompt_chars(text, tokenizer, self.engine.max_model_len)
-        # the request's strings were checked when parsed; kwargs may still render a lone
-        # surrogate, on which the tokenizer raises
-        if not is_text(text):
-            raise InvalidRequestError(
-                "The prompt must be valid Unicode text (it has a lone surrogate)"
-            )
-        # the template writes any special tokens itself, as in vLLM
-        return list(tokenizer.encode(text, add_special_tokens=False))
-
-    async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
+    async def create(self, body: Any) -> ServingResponse:
         req = ChatCompletionRequest.parse(body)
         check_request_size(self.limits, 1, req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
-        prompt = await on_tokenizer_thread(self._render, req)
-        params = sampling_params(req.sampling, len(prompt), self.engine.max_model_len)
+        engine = self.engine
+        prompt = await on_tokenizer_thread(
+            render_chat, engine.tokenizer, engine.context, req, self.models.base_model_name
+        )
+        params = sampling_params(req.sampling, len(prompt), engine.context)
         head = {"id": random_id("chatcmpl"), "created": now(), "model": model_name}
         usage = Usage([len(prompt)])
-        outputs = merged(self.engine, [prompt], params, head["id"], lora)
+        outputs = merged(engine, [prompt], params, head["id"], lora)
+        if req.stream:  # the stream owns the outputs from here on
+            return await sse_response(_chunks(outputs, head, req.sampling, req.include_usage, usage))
         try:
-            if req.stream:
-                chunks = _chunks(outputs, head, req.sampling, req.include_usage, usage)
-                return await SSEStream(request).run(chunks)
             return await _whole(outputs, head, req.sampling.logprobs, usage)
         finally:
             await outputs.aclose()
 
 
-async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) -> web.Response:
+async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) -> ServingResponse:
     final: RequestOutput | None = None
     async for index, out in outputs:
         usage.observe(index, out)
@@ -104,7 +78,7 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) ->
     body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.usage()}
     if final is not None and final.prompt_logprobs is not None:
         body["prompt_logprobs"] = vllm_prompt_logprobs(final.prompt_logprobs)
-    return web.json_response(body)
+    return json_response(body)
 
 
 def _chunk(
@@ -125,8 +99,18 @@ async def _chunks(
     The first engine output is awaited before the role chunks so that an engine error at
     admission still reaches the client as an HTTP status rather than an in-band event. A
     choice that failed in the engine sends its last chunk (finish_reason "error") and ends
-    the stream with an error event.
+    the stream with an error event. Ending or closing the chunks closes ``outputs``.
     """
+    try:
+        async for chunk in _choice_chunks(outputs, head, sampling, include_usage, usage):
+            yield chunk
+    finally:
+        await outputs.aclose()
+
+
+async def _choice_chunks(
+    outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage
+) -> AsyncIterator[dict[str, Any]]:
     first = await anext(outputs, None)
     for index in range(sampling.n):
         yield _chunk(head, index, {"role": "assistant", "content": ""}, None)

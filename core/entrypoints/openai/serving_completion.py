@@ -6,23 +6,24 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from loraserve.entrypoints.openai.generation import (
-    SSEStream,
-    Usage,
-    check_prompt_chars,
+from loraserve.entrypoints.openai.logprobs import completion_logprobs, vllm_prompt_logprobs
+from loraserve.entrypoints.openai.prompts import (
     check_request_size,
+    on_tokenizer_thread,
+    sampling_params,
+    tokenize_prompts,
+)
+from loraserve.entrypoints.openai.protocol import CompletionRequest
+from loraserve.entrypoints.openai.responses import ServingResponse, json_response
+from loraserve.entrypoints.openai.streaming import (
+    Usage,
     merged,
     now,
-    on_tokenizer_thread,
     raise_if_failed,
     random_id,
-    sampling_params,
+    sse_response,
     streamable,
 )
-from loraserve.entrypoints.openai.logprobs import completion_logprobs, vllm_prompt_logprobs
-from loraserve.entrypoints.openai.protocol import CompletionRequest
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
@@ -41,32 +42,30 @@ class ServingCompletion:
         self.models = models
         self.limits = limits
 
-    def _tokenize(self, prompts: list[str | list[int]]) -> list[list[int]]:
-        tokenizer = self.engine.tokenizer
-        for text in (p for p in prompts if isinstance(p, str)):
-            check_prompt_chars(text, tokenizer, self.engine.max_model_len)
-        return [p if isinstance(p, list) else list(tokenizer.encode(p)) for p in prompts]
-
-    async def create(self, request: web.Request, body: Any) -> web.StreamResponse:
+    async def create(self, body: Any) -> ServingResponse:
         req = CompletionRequest.parse(body)
         check_request_size(self.limits, len(req.prompts), req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
-        prompts = await on_tokenizer_thread(self._tokenize, req.prompts)
-        # completions always have a max_tokens (default 16), so one params object serves all
-        params = [sampling_params(req.sampling, len(p), self.engine.max_model_len) for p in prompts]
+        context = self.engine.context
+        prompts = await on_tokenizer_thread(
+            tokenize_prompts, self.engine.tokenizer, context, req.prompts, req.sampling.max_tokens
+        )
+        # completions always have a max_tokens (default 16), so one params object serves all;
+        # the engine checks each prompt against the context when it is admitted
+        params = sampling_params(req.sampling, len(prompts[0]), context)
         head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
                 "model": model_name}
         usage = Usage([len(p) for p in prompts], count_completions=not req.echo_only)
         texts = [p if isinstance(p, str) else None for p in req.prompts]
-        outputs = merged(self.engine, prompts, params[0], head["id"], lora, texts)
+        outputs = merged(self.engine, prompts, params, head["id"], lora, texts)
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
         decode = self.engine.tokenizer.decode
         echoes = _Echoes(texts, prompts, decode) if req.echo else None
         shape = _Shape(head, req.sampling.n, echoes, decode, req.echo_only)
+        if req.stream:  # the stream owns the outputs from here on
+            return await sse_response(_chunks(outputs, shape, req.include_usage, usage))
         try:
-            if req.stream:
-                return await SSEStream(request).run(_chunks(outputs, shape, req.include_usage, usage))
             return await _whole(outputs, shape, usage)
         finally:
             await outputs.aclose()
@@ -125,7 +124,7 @@ class _Shape:
         return len(self.echoes[index]) if self.echoes is not None else 0
 
 
-async def _whole(outputs: Outputs, shape: _Shape, usage: Usage) -> web.Response:
+async def _whole(outputs: Outputs, shape: _Shape, usage: Usage) -> ServingResponse:
     final: dict[int, RequestOutput] = {}
     async for index, out in outputs:
         usage.observe(index, out)
@@ -137,7 +136,7 @@ async def _whole(outputs: Outputs, shape: _Shape, usage: Usage) -> web.Response:
         for index in sorted(final)
         for comp in final[index].outputs
     ]
-    return web.json_response({**shape.head, "choices": choices, "usage": usage.usage()})
+    return json_response({**shape.head, "choices": choices, "usage": usage.usage()})
 
 
 async def _chunks(
@@ -147,8 +146,18 @@ async def _chunks(
 
     A chunk's logprobs cover the tokens generated since the choice's previous chunk. A choice
     that failed in the engine sends its last chunk (finish_reason "error") and ends the
-    stream with an error event.
+    stream with an error event. Ending or closing the chunks closes ``outputs``.
     """
+    try:
+        async for chunk in _choice_chunks(outputs, shape, include_usage, usage):
+            yield chunk
+    finally:
+        await outputs.aclose()
+
+
+async def _choice_chunks(
+    outputs: Outputs, shape: _Shape, include_usage: bool, usage: Usage
+) -> AsyncIterator[dict[str, Any]]:
     sent: dict[tuple[int, int], int] = {}  # characters of the choice's text already sent
     sent_tokens: dict[tuple[int, int], int] = {}
     finished: set[tuple[int, int]] = set()

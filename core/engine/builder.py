@@ -1,0 +1,153 @@
+"""Everything an engine runs on, built once from an ``EngineConfig``.
+
+``LLM`` and ``AsyncLLMEngine`` both start here, so device, dtype, weights, context length,
+KV-cache sizing, LoRA wiring and the resolution service are decided in one place; the
+engine itself only admits requests, steps and finishes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loraserve.config import EngineConfig
+from loraserve.engine.admission import ContextLimit
+from loraserve.engine.block_manager import BlockManager
+from loraserve.engine.model_runner import ModelRunner
+from loraserve.engine.scheduler import Scheduler
+from loraserve.errors import InvalidRequestError
+from loraserve.lora.manager import LoRAEvents, LoRAManager
+from loraserve.model.decoder import DecoderModel
+from loraserve.model.loader import load_weights
+from loraserve.model.spec import ModelSpec, load_spec, resolve_dtype
+from loraserve.plugins import get_plugin_manager
+from loraserve.resolution.download import register_adapter_owner
+from loraserve.resolution.service import LoadAdapter, LoRAResolutionService
+from loraserve.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_CPU_KV_CACHE_BYTES = 2 << 30  # default cap on CPU; GPUs use most of their free memory
+
+
+@dataclass
+class EngineParts:
+    """The model side of one engine: what ``LLMEngine`` steps with."""
+
+    device: torch.device
+    spec: ModelSpec
+    dtype: torch.dtype
+    tokenizer: Tokenizer
+    context: ContextLimit
+    model: DecoderModel
+    eos_token_ids: frozenset[int]
+    lora_manager: LoRAManager | None
+    runner: ModelRunner
+    scheduler: Scheduler
+
+
+def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> EngineParts:
+    """Load the model and size everything around it; raises before anything is half-built."""
+    device = _pick_device(config.device)
+    model_dir = Path(config.model)
+    spec = load_spec(model_dir)
+    dtype = resolve_dtype(config.dtype, spec, device)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    max_model_len = _max_model_len(config, spec)
+    logger.info("loading %s (%s, %s) on %s", config.model, spec.architecture, dtype, device)
+    weights = load_weights(model_dir, spec, dtype, device)
+    model = DecoderModel(spec, weights, max_model_len)
+    eos_token_ids = _eos_token_ids(model_dir, spec.eos_token_ids, tokenizer)
+
+    lora_manager: LoRAManager | None = None
+    if config.enable_lora:
+        lora_manager = LoRAManager(
+            spec, config.max_loras, config.max_lora_rank, config.max_cpu_loras,
+            dtype, device, lora_events,
+        )
+        register_adapter_owner(lora_manager)  # the download cache may unload idle ones
+        logger.info(
+            "LoRA slots: %d of rank %d (%.1f MiB)",
+            config.max_loras, config.max_lora_rank, lora_manager.slots.nbytes / 2**20,
+        )
+
+    num_blocks = _num_kv_blocks(config, spec, dtype, device, max_model_len)
+    slots = None if lora_manager is None else lora_manager.slots
+    runner = ModelRunner(model, num_blocks, config.block_size, slots, config.lora_merge)
+    scheduler = Scheduler(
+        BlockManager(num_blocks, config.block_size),
+        config.max_num_seqs,
+        config.max_num_batched_tokens or max(4096, max_model_len),
+        lora_manager,
+    )
+    return EngineParts(
+        device, spec, dtype, tokenizer, ContextLimit(max_model_len), model, eos_token_ids,
+        lora_manager, runner, scheduler,
+    )
+
+
+def checked_plugins():  # noqa: ANN201 - the plugin manager, also the engine's LoRAEvents
+    """The plugin manager, with ``VLLM_PLUGINS`` problems raised now, before the model loads."""
+    plugins = get_plugin_manager()
+    plugins.check()
+    return plugins
+
+
+def build_resolution(config: EngineConfig, load: LoadAdapter) -> LoRAResolutionService:
+    """The resolution service for unknown adapter names; ``load`` is the engine's load."""
+    return LoRAResolutionService(str(config.served_model_name), load)
+
+
+def _max_model_len(config: EngineConfig, spec: ModelSpec) -> int:
+    limit = spec.max_position_embeddings  # sliding layers need no cap: they mask by window
+    wanted = config.max_model_len or limit
+    if wanted > limit:
+        raise InvalidRequestError(f"max_model_len {wanted} exceeds what the model supports ({limit})")
+    return wanted
+
+
+def _num_kv_blocks(
+    config: EngineConfig, spec: ModelSpec, dtype: torch.dtype, device: torch.device,
+    max_model_len: int,
+) -> int:
+    bs = config.block_size
+    per_block = 2 * spec.num_layers * bs * spec.kv_size * torch.empty((), dtype=dtype).element_size()
+    blocks_per_seq = -(-max_model_len // bs)
+    wanted = config.max_num_seqs * blocks_per_seq
+    budget = config.kv_cache_memory_bytes
+    if budget is None:
+        budget = (
+            int(torch.cuda.mem_get_info(device)[0] * 0.8)
+            if device.type == "cuda"
+            else _CPU_KV_CACHE_BYTES
+        )
+    blocks = min(wanted, budget // per_block)
+    if blocks < blocks_per_seq:
+        raise InvalidRequestError(
+            f"the KV cache budget ({budget} bytes) cannot hold one sequence of "
+            f"max_model_len {max_model_len}; lower max_model_len or raise the budget"
+        )
+    logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", blocks, bs, blocks * per_block / 2**20)
+    return blocks
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _eos_token_ids(model_dir: Path, config_eos: tuple[int, ...], tokenizer) -> frozenset[int]:  # noqa: ANN001
+    """EOS ids from config.json, generation_config.json and the tokenizer, as HF generate uses."""
+    ids = set(config_eos)
+    generation = model_dir / "generation_config.json"
+    if generation.is_file():
+        eos = json.loads(generation.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

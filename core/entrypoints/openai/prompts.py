@@ -1,0 +1,108 @@
+"""From a parsed request to what the engine takes: token ids (made on the one tokenizer
+thread), sampling params, and the per-request size limits checked before any of it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from loraserve.entrypoints.openai.request_values import is_text
+from loraserve.errors import InvalidRequestError
+from loraserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from loraserve.engine.admission import ContextLimit
+    from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
+    from loraserve.entrypoints.openai.server_config import RequestLimits
+
+# One thread does all tokenizing and chat rendering: a multi-megabyte prompt never stalls the
+# event loop, and a tokenizer (not every backend is thread-safe) is never used by two at once.
+_TOKENIZER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraserve-tokenizer")
+
+NO_TEMPLATE = (
+    "The model '{model}' has no chat template (tokenizer_config.json has no 'chat_template'), "
+    "so /v1/chat/completions cannot format messages; use /v1/completions, or add a chat "
+    "template to the model's tokenizer."
+)
+
+
+async def on_tokenizer_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(
+        _TOKENIZER_THREAD, functools.partial(fn, *args)
+    )
+
+
+def check_request_size(limits: RequestLimits, prompts: int, n: int) -> None:
+    """Refuse a request larger than the server's limits, before any tokenizing."""
+    if prompts > limits.max_prompts_per_request:
+        raise InvalidRequestError(
+            f"This request has {prompts} prompts, more than the server's limit of "
+            f"{limits.max_prompts_per_request} per request (--max-prompts-per-request)"
+        )
+    if prompts * n > limits.max_sequences_per_request:
+        raise InvalidRequestError(
+            f"This request asks for {prompts * n} sequences ({prompts} prompts x n={n}), more "
+            f"than the server's limit of {limits.max_sequences_per_request} per request "
+            "(--max-sequences-per-request)"
+        )
+
+
+def tokenize_prompts(
+    tokenizer: Any, context: ContextLimit, prompts: list[str | list[int]], max_tokens: int | None
+) -> list[list[int]]:
+    """Completion prompts as token ids; a text too long for any tokenization is refused
+    before it is tokenized."""
+    for text in (p for p in prompts if isinstance(p, str)):
+        context.check_chars(len(text), tokenizer.max_token_chars, max_tokens or 1)
+    return [p if isinstance(p, list) else list(tokenizer.encode(p)) for p in prompts]
+
+
+def render_chat(tokenizer: Any, context: ContextLimit, req: ChatCompletionRequest,
+                model_name: str) -> list[int]:
+    """The conversation through the tokenizer's chat template, as token ids."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidRequestError(NO_TEMPLATE.format(model=model_name))
+    try:
+        text = tokenizer.apply_chat_template(
+            req.messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
+            **req.chat_template_kwargs,
+        )
+    except Exception as exc:  # a template that rejects these messages is the caller's 400
+        raise InvalidRequestError(f"The chat template could not render the messages: {exc}") from exc
+    context.check_chars(len(text), tokenizer.max_token_chars, req.sampling.max_tokens or 1)
+    # the request's strings were checked when parsed; kwargs may still render a lone
+    # surrogate, on which the tokenizer raises
+    if not is_text(text):
+        raise InvalidRequestError("The prompt must be valid Unicode text (it has a lone surrogate)")
+    # the template writes any special tokens itself, as in vLLM
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def sampling_params(fields: SamplingFields, prompt_len: int, context: ContextLimit) -> SamplingParams:
+    """The engine's params; the engine checks them against the context once, at admission.
+
+    No ``max_tokens`` means "up to the context limit", as vLLM does for chat.
+    """
+    max_tokens = fields.max_tokens if fields.max_tokens is not None else max(context.room(prompt_len), 1)
+    return SamplingParams(
+        temperature=fields.temperature,
+        top_p=fields.top_p,
+        top_k=fields.top_k,
+        max_tokens=max_tokens,
+        stop=fields.stop,
+        seed=fields.seed,
+        ignore_eos=fields.ignore_eos,
+        n=fields.n,
+        stop_token_ids=fields.stop_token_ids,
+        include_stop_str_in_output=fields.include_stop_str_in_output,
+        presence_penalty=fields.presence_penalty,
+        frequency_penalty=fields.frequency_penalty,
+        repetition_penalty=fields.repetition_penalty,
+        min_tokens=fields.min_tokens,
+        logit_bias=fields.logit_bias,
+        logprobs=fields.logprobs,
+        prompt_logprobs=fields.prompt_logprobs,
+    )
