@@ -9,8 +9,9 @@ from loraserve.errors import InvalidRequestError
 
 @dataclass
 class EngineConfig:
-    model: str
+    model: str  # a Hugging Face directory or a GGUF file
     served_model_name: str | None = None
+    tokenizer: str | None = None  # a Hugging Face tokenizer directory instead of the model's
     dtype: str = "auto"
     seed: int = 0
     max_model_len: int | None = None

@@ -7,10 +7,8 @@ engine itself only admits requests, steps and finishes them.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -21,9 +19,10 @@ from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.scheduler import Scheduler
 from loraserve.errors import InvalidRequestError
 from loraserve.lora.manager import LoRAEvents, LoRAManager
+from loraserve.model.checkpoint import open_checkpoint
 from loraserve.model.decoder import DecoderModel
 from loraserve.model.loader import load_weights
-from loraserve.model.spec import ModelSpec, load_spec, resolve_dtype
+from loraserve.model.spec import ModelSpec, resolve_dtype, spec_from_config
 from loraserve.plugins import get_plugin_manager
 from loraserve.resolution.download import register_adapter_owner
 from loraserve.resolution.service import LoadAdapter, LoRAResolutionService
@@ -53,15 +52,15 @@ class EngineParts:
 def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> EngineParts:
     """Load the model and size everything around it; raises before anything is half-built."""
     device = _pick_device(config.device)
-    model_dir = Path(config.model)
-    spec = load_spec(model_dir)
+    checkpoint = open_checkpoint(config.model, config.tokenizer)
+    spec = spec_from_config(checkpoint.config)
     dtype = resolve_dtype(config.dtype, spec, device)
-    tokenizer = Tokenizer.from_pretrained(model_dir)
+    tokenizer = checkpoint.tokenizer()
     max_model_len = _max_model_len(config, spec)
     logger.info("loading %s (%s, %s) on %s", config.model, spec.architecture, dtype, device)
-    weights = load_weights(model_dir, spec, dtype, device)
+    weights = load_weights(checkpoint, spec, dtype, device)
     model = DecoderModel(spec, weights, max_model_len)
-    eos_token_ids = _eos_token_ids(model_dir, spec.eos_token_ids, tokenizer)
+    eos_token_ids = _eos_token_ids(checkpoint.generation_config, spec.eos_token_ids, tokenizer)
 
     lora_manager: LoRAManager | None = None
     if config.enable_lora:
@@ -141,13 +140,11 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _eos_token_ids(model_dir: Path, config_eos: tuple[int, ...], tokenizer) -> frozenset[int]:  # noqa: ANN001
+def _eos_token_ids(generation: dict, config_eos: tuple[int, ...], tokenizer) -> frozenset[int]:  # noqa: ANN001
     """EOS ids from config.json, generation_config.json and the tokenizer, as HF generate uses."""
     ids = set(config_eos)
-    generation = model_dir / "generation_config.json"
-    if generation.is_file():
-        eos = json.loads(generation.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    eos = generation.get("eos_token_id")
+    ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)

@@ -95,6 +95,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                         help="Name(s) clients use for the base model; the first is the one "
                              "resolvers and adapter listings use (default: MODEL as given).")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="A Hugging Face tokenizer directory to use instead of MODEL's own "
+                             "(for a GGUF file whose tokenizer loraserve cannot build).")
     parser.add_argument("--dtype", default="auto",
                         choices=["auto", "float32", "float16", "bfloat16"],
                         help="Weight and activation dtype (default: the model's, float32 on CPU).")
@@ -176,6 +179,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
     engine = EngineConfig(
         model=args.model,
         served_model_name=args.served_model_name[0] if args.served_model_name else None,
+        tokenizer=args.tokenizer,
         dtype=args.dtype,
         seed=args.seed,
         max_model_len=args.max_model_len,

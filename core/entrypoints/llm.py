@@ -28,7 +28,7 @@ LoRASpec = LoRARequest | str | None
 # accepted with a warning, so a vLLM script runs unchanged. Any other unknown keyword is a
 # TypeError, as in vLLM, so a misspelt option (``max_lora=4``) is never silently dropped.
 VLLM_ONLY_OPTIONS = frozenset({
-    "tokenizer", "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code", "revision",
+    "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code", "revision",
     "tokenizer_revision", "code_revision", "download_dir", "load_format", "quantization",
     "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
     "distributed_executor_backend", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",
@@ -43,7 +43,11 @@ VLLM_ONLY_OPTIONS = frozenset({
 
 
 class LLM:
-    """One base model, optionally with LoRA adapters, generating for a list of prompts at once."""
+    """One base model, optionally with LoRA adapters, generating for a list of prompts at once.
+
+    ``model`` is a Hugging Face directory or a GGUF file; ``tokenizer`` a Hugging Face
+    tokenizer directory to use instead of the model's own.
+    """
 
     def __init__(
         self,
@@ -59,12 +63,14 @@ class LLM:
         max_num_seqs: int = 64,
         device: str = "auto",
         lora_merge: bool = True,
+        tokenizer: str | None = None,
         **vllm_options: Any,
     ) -> None:
         _check_vllm_options(vllm_options)
         self.config = EngineConfig(
             model=model,
             served_model_name=served_model_name,
+            tokenizer=tokenizer,
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,

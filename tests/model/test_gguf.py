@@ -110,3 +110,26 @@ def test_an_unsupported_architecture_is_refused(tmp_path):
     assert is_gguf(tmp_path / "phi.gguf") and not is_gguf(tmp_path)
     with pytest.raises(UnsupportedModelError, match="'phi2' is not supported; supported: llama"):
         _ = GGUFCheckpoint(tmp_path / "phi.gguf").config
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])
+def test_engine_serves_a_gguf_file_with_transformers_greedy_tokens(gguf_files, qtype):
+    """LLM(model=file.gguf): weights, tokenizer and chat template all from the file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loraserve import LLM, SamplingParams
+
+    path = gguf_files[qtype]
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    prompts = ["the quick brown fox", "select name from users"]
+    llm = LLM(str(path))
+    outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    for prompt, output in zip(prompts, outputs):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            want = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                      do_sample=False, eos_token_id=None,  # as ignore_eos
+                                      pad_token_id=0)[0, ids.shape[1]:]
+        assert list(output.outputs[0].token_ids) == want.tolist(), prompt
