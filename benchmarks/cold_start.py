@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import itertools
 import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -37,18 +40,10 @@ from loraserve.engine.async_engine import AsyncLLMEngine
 from loraserve.lora.request import LoRARequest
 from loraserve.plugins import get_plugin_manager, reset_plugin_manager
 from loraserve.resolution.download import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from loraserve.resolution.download.testing import (
-    AppThread,
-    FakeHub,
-    Faults,
-    S3Proxy,
-    hub_app,
-    moto_server,
-    serve_bytes,
-)
 from loraserve.sampling_params import SamplingParams
 from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
+from loraserve.testing.servers import AppThread, Faults, serve_bytes
 
 RANK, WARM_ADAPTERS, PROMPT_LEN, NEW_TOKENS = 16, 4, 32, 16
 SERVED = "bench-base"
@@ -57,6 +52,16 @@ _ids = itertools.count()
 
 
 # ---- the three remotes ------------------------------------------------------------------
+def resolver_test_fakes(resolver: str) -> ModuleType:
+    """The fake backend a resolver's tests use (``resolvers/<resolver>/tests/conftest.py``):
+    fakes live with the tests, so this script loads that file by its path."""
+    path = Path(__file__).resolve().parents[1] / "resolvers" / resolver / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location(f"{resolver}_test_fakes", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class Remote:
     """A local stand-in for one remote store; ``slow`` throttles adapter weight downloads."""
 
@@ -117,8 +122,9 @@ class HubRemote(Remote):
     plugin = "lora_hf_hub_resolver"
 
     def __init__(self, files: dict[str, bytes]) -> None:
-        self.files, self.hub = files, FakeHub()
-        self.server = AppThread(hub_app(self.hub))
+        fakes = resolver_test_fakes("hf_hub")
+        self.files, self.hub = files, fakes.FakeHub()
+        self.server = AppThread(fakes.hub_app(self.hub))
 
     @property
     def faults(self) -> Faults:
@@ -153,16 +159,13 @@ class S3Remote(Remote):
     bucket = "adapters"
 
     def __init__(self, files: dict[str, bytes]) -> None:
-        from aiohttp import web
-
+        fakes = resolver_test_fakes("s3")
         self.files = files
-        self._moto = moto_server()
+        self._moto = fakes.moto_server()
         self.moto = self._moto.__enter__()
         self._s3().create_bucket(Bucket=self.bucket)
-        self._forward = S3Proxy(self.moto)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward.handle)
-        self.proxy = AppThread(app)
+        self._forward = fakes.S3Proxy(self.moto)
+        self.proxy = AppThread(self._forward.app())
 
     @property
     def faults(self) -> Faults:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from loraserve.version import __version__  # noqa: F401 (re-exported)
+
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
 
 _LAZY = {

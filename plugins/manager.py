@@ -18,7 +18,7 @@ import pluggy
 
 from loraserve.errors import PluginError
 from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolver import LoRAResolver, LoRAResolverRegistry, _LoRAResolverRegistry
+from loraserve.lora.resolver import LoRAResolver, LoRAResolverRegistry, ResolverRegistry
 from loraserve.plugins import hookspecs
 from loraserve.plugins.discovery import (
     PLUGINS_ENV,
@@ -51,7 +51,7 @@ class PluginManager:
     def __init__(
         self,
         selection: list[str] | None,
-        registry: _LoRAResolverRegistry = LoRAResolverRegistry,
+        registry: ResolverRegistry = LoRAResolverRegistry,
     ) -> None:
         self._selection = selection
         self._registry = registry
@@ -104,18 +104,15 @@ class PluginManager:
             for name in enabled:
                 if name not in self._resolver_names:
                     self._resolver_names[name] = self._register_resolvers(name)
-            table = self._registry.resolvers
-            ordered: list[tuple[str, LoRAResolver]] = []
-            for plugin in enabled:
-                ordered += [(r, table[r]) for r in self._resolver_names[plugin] if r in table]
-            seen = {name for name, _ in ordered}
-            ordered += [(r, res) for r, res in table.items() if r not in seen]
-            return ordered
+            registered = list(self._registry.get_supported_resolvers())
+            names = [r for p in enabled for r in self._resolver_names[p] if r in registered]
+            names += [r for r in registered if r not in names]
+            return [(r, self._registry.get_resolver(r)) for r in names]
 
     def _register_resolvers(self, name: str) -> list[str]:
         """Run one plugin's ``register_lora_resolvers``; return the names it registered."""
         plugin = self._load(name)
-        before = set(self._registry.resolvers)
+        before = set(self._registry.get_supported_resolvers())
         registered: list[str] = []
 
         def register(resolver_name: str, resolver: LoRAResolver) -> None:
@@ -134,12 +131,15 @@ class PluginManager:
                 self._call_plugin("register_lora_resolvers", plugin, register=register)
         except Exception as exc:
             for resolver_name in registered:
-                self._registry.resolvers.pop(resolver_name, None)
+                self._registry.unregister_resolver(resolver_name)
             if isinstance(exc, PluginError):
                 raise
             raise PluginError(f"Plugin '{name}' failed to register its resolvers: {exc}") from exc
         # A plugin may also call LoRAResolverRegistry.register_resolver itself, as vLLM's do.
-        direct = [r for r in self._registry.resolvers if r not in before and r not in registered]
+        direct = [
+            r for r in self._registry.get_supported_resolvers()
+            if r not in before and r not in registered
+        ]
         return registered + direct
 
     # -- notifications ----------------------------------------------------------------------
@@ -268,7 +268,7 @@ class PluginManager:
         with self._lock:
             for names in self._resolver_names.values():
                 for resolver_name in names:
-                    self._registry.resolvers.pop(resolver_name, None)
+                    self._registry.unregister_resolver(resolver_name)
             for plugin in list(self._loaded.values()):
                 if self._pm.is_registered(plugin):
                     self._pm.unregister(plugin)

@@ -27,13 +27,24 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 
 def test_no_top_level_source_folder_is_importable(tmp_path):
-    """Only ``loraserve`` is installed; run outside the repo so the cwd cannot help."""
+    """Only ``loraserve`` is installed from this repo; run outside it so the cwd cannot help.
+
+    Another distribution may own one of those names (transformers pulls in Hugging Face's
+    ``kernels``): only a module found in this repository's folders is a leak.
+    """
+    import json
     import subprocess
     import sys
 
-    code = "import importlib.util as u; print([n for n in ('core', 'kernels', 'plugins') if u.find_spec(n)])"
+    code = ("import importlib.util as u, json; "
+            "print(json.dumps([s.origin for n in ('core', 'kernels', 'plugins') "
+            "if (s := u.find_spec(n)) and s.origin]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert out.returncode == 0, out.stderr
+    ours = [ROOT / folder for folder in PACKAGE_DIRS.values()]
+    found = [Path(origin).resolve() for origin in json.loads(out.stdout)]
+    leaked = [path for path in found if any(path.is_relative_to(folder) for folder in ours)]
+    assert leaked == []
 
 
 def test_version_is_defined_once_and_reported(tmp_path):

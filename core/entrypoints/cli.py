@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-import loraserve
 from loraserve.entrypoints.openai.server_config import (
     RUNTIME_LORA_ENV,
     LoRAModulePath,
@@ -21,6 +20,7 @@ from loraserve.entrypoints.openai.server_config import (
     runtime_lora_updating_from_env,
 )
 from loraserve.errors import LoRAServeError
+from loraserve.version import __version__
 
 API_KEY_ENV = "VLLM_API_KEY"
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                "/v1/unload_lora_adapter and resolvers for unknown model names; VLLM_PLUGINS "
                "selects plugins; VLLM_LORA_RESOLVER_CACHE_DIR is the filesystem resolver's folder.",
     )
-    parser.add_argument("--version", action="version", version=f"loraserve {loraserve.__version__}")
+    parser.add_argument("--version", action="version", version=f"loraserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = sub.add_parser("serve", help="Serve MODEL over HTTP (OpenAI-compatible).",

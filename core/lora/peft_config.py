@@ -22,8 +22,15 @@ BIN_FILE = "adapter_model.bin"
 MAX_CONFIG_BYTES = 1024 * 1024  # a LoRA config is a few hundred bytes
 
 
-def read_adapter_config(path: Path, lora_name: str) -> dict[str, Any]:
-    """Parse and check ``path`` (an ``adapter_config.json``); return the config."""
+def read_adapter_config(
+    path: Path, lora_name: str, base_model_name: str | None = None
+) -> dict[str, Any]:
+    """Parse and check ``path`` (an ``adapter_config.json``); return the config.
+
+    With ``base_model_name`` (resolvers pass the served model) the adapter must also have
+    been trained for it; a load by path (``--lora-modules``, the load endpoint) skips that,
+    as vLLM does.
+    """
     if not path.is_file():
         raise LoRAAdapterError(lora_name, f"{CONFIG_FILE} is missing in {str(path.parent)!r}")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -33,7 +40,19 @@ def read_adapter_config(path: Path, lora_name: str) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise LoRAAdapterError(lora_name, f"{CONFIG_FILE} is not valid JSON ({exc})") from None
     check_adapter_config(config, lora_name)
+    declared = config.get("base_model_name_or_path")
+    if base_model_name is not None and not same_base_model(declared, base_model_name):
+        raise LoRAAdapterError(
+            lora_name,
+            f"it was trained for base model {declared!r} but this server serves "
+            f"{base_model_name!r} (base_model_name_or_path in {CONFIG_FILE} must match)",
+        )
     return config
+
+
+def same_base_model(declared: Any, served: str) -> bool:
+    """Exact match as vLLM does, ignoring a trailing slash."""
+    return isinstance(declared, str) and declared.rstrip("/") == served.rstrip("/")
 
 
 def is_lora_config(config: Any) -> bool:

@@ -31,7 +31,12 @@ class LoRAResolver(ABC):
 
 
 class _LoRAResolverRegistry:
-    """Resolvers by name, in registration order (a dict keeps it)."""
+    """Resolvers by name, in registration order (a dict keeps it).
+
+    vLLM's surface (``register_resolver``, ``get_supported_resolvers``, ``get_resolver``)
+    plus ``unregister_resolver``, which the plugin manager needs to take back what a
+    plugin registered.
+    """
 
     def __init__(self) -> None:
         self.resolvers: dict[str, LoRAResolver] = {}
@@ -50,6 +55,10 @@ class _LoRAResolverRegistry:
             )
         self.resolvers[resolver_name] = resolver
 
+    def unregister_resolver(self, resolver_name: str) -> None:
+        """Forget ``resolver_name`` if it is registered (a plugin that failed, or was closed)."""
+        self.resolvers.pop(resolver_name, None)
+
     def get_resolver(self, resolver_name: str) -> LoRAResolver:
         """The resolver registered as ``resolver_name``; ``KeyError`` lists the known names."""
         try:
@@ -61,4 +70,5 @@ class _LoRAResolverRegistry:
             ) from None
 
 
+ResolverRegistry = _LoRAResolverRegistry  # the public name of the registry's type
 LoRAResolverRegistry = _LoRAResolverRegistry()

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-import loraserve
 from loraserve import metrics
 from loraserve.entrypoints.openai.errors import NotFoundError, error_response
 from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
@@ -20,6 +19,7 @@ from loraserve.entrypoints.openai.responses import ServingResponse, json_respons
 from loraserve.entrypoints.openai.serving_chat import ServingChat
 from loraserve.entrypoints.openai.serving_completion import ServingCompletion
 from loraserve.entrypoints.openai.serving_models import ServingModels
+from loraserve.version import __version__
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
@@ -68,7 +68,7 @@ class OpenAIServing:
                                generate_latest(metrics.REGISTRY))
 
     async def _version(self, _: Any) -> ServingResponse:
-        return json_response({"version": loraserve.__version__})
+        return json_response({"version": __version__})
 
     async def _list_models(self, _: Any) -> ServingResponse:
         return json_response(self.models.list_models())

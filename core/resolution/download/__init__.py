@@ -11,13 +11,8 @@ from __future__ import annotations
 
 from loraserve.resolution.download.cache import DownloadCache, get_download_cache
 from loraserve.resolution.download.config import DownloadCacheConfig, parse_bytes
-from loraserve.resolution.download.eviction import (
-    pin_loaded_adapter,
-    register_adapter_owner,
-    unpin_adapter,
-)
+from loraserve.resolution.download.eviction import AdapterOwner, register_adapter_owner
 from loraserve.resolution.download.lease import release_lease
-from loraserve.resolution.download.naming import fill_location_template, is_safe_name
 from loraserve.resolution.download.source import (
     ADAPTER_CONFIG,
     ADAPTER_FILES,
@@ -36,6 +31,7 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_FILES",
     "ADAPTER_WEIGHTS",
+    "AdapterOwner",
     "DownloadCache",
     "DownloadCacheConfig",
     "MirroredAdapterSource",
@@ -45,13 +41,9 @@ __all__ = [
     "RemoteListing",
     "SourceUnreachableError",
     "TransientSourceError",
-    "fill_location_template",
     "get_download_cache",
     "is_archive_name",
-    "is_safe_name",
     "parse_bytes",
-    "pin_loaded_adapter",
     "register_adapter_owner",
     "release_lease",
-    "unpin_adapter",
 ]

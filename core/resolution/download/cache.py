@@ -18,32 +18,30 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from loraserve.errors import AdapterDownloadError, LoRAAdapterError, LoRAServeError
+from loraserve.errors import AdapterDownloadError, LoRAServeError
+from loraserve.lora.peft_config import read_adapter_config
 from loraserve.resolution.download.archive import extract_adapter_archive
 from loraserve.resolution.download.config import DownloadCacheConfig
 from loraserve.resolution.download.eviction import (  # noqa: F401 (LoRAManager imports it from here)
     Eviction,
     register_adapter_owner,
 )
-from loraserve.resolution.download.flight import SingleFlight, interprocess_lock
+from loraserve.resolution.download.flight import SingleFlight
 from loraserve.resolution.download.lease import leases
 from loraserve.resolution.download.source import (
     ADAPTER_CONFIG,
-    ADAPTER_FILES,
-    ADAPTER_WEIGHTS,
     MirroredAdapterSource,
     RemoteAdapterSource,
     RemoteListing,
-    is_archive_name,
 )
-from loraserve.resolution.download.store import AdapterStore, CacheEntry
+from loraserve.resolution.download.store import AdapterStore, CacheEntry, CacheSlot
 from loraserve.resolution.download.transfer import (
     TRANSIENT,
     ByteLimit,
     fetch_file,
     list_within_deadline,
 )
-from loraserve.resolution.download.validation import check_adapter_config, validate_adapter_dir
+from loraserve.resolution.download.validation import check_listing, validate_adapter_dir
 
 logger = logging.getLogger(__name__)
 
@@ -79,25 +77,17 @@ class DownloadCache:
         self, key: str, source: AnySource, lora_name: str, base_model_name: str
     ) -> Path | None:
         started = time.monotonic()  # adapters used after this are never unloaded for room
-        await asyncio.to_thread(self.store.ensure)
-        slug = self.store.slug(key, lora_name)
-        async with interprocess_lock(self.store.lock_path(slug)) as lock:
-            try:
-                path = await self._refresh(key, slug, source, lora_name, base_model_name)
-            finally:
-                if not self.store.has_entry(slug):  # missing, refused or failed: no lock file
-                    lock.unlink()
+        async with self.store.slot(key, lora_name) as slot:
+            path = await self._refresh(slot, key, source, lora_name, base_model_name)
         if path is not None:
             await asyncio.to_thread(self._eviction.evict, started)
         return path
 
     async def _refresh(
-        self, key: str, slug: str, source: AnySource, lora_name: str, base_model_name: str
+        self, slot: CacheSlot, key: str, source: AnySource, lora_name: str, base_model_name: str
     ) -> Path | None:
         """With the key's lock held: revalidate the cached copy, download if it changed."""
-        await asyncio.to_thread(self.store.clear_tmp, slug)
-        await asyncio.to_thread(self._eviction.prune, slug)
-        cached = await asyncio.to_thread(self.store.read, slug)
+        cached = await asyncio.to_thread(self._eviction.prepare, slot)
         try:
             listing = await list_within_deadline(
                 source,
@@ -116,17 +106,17 @@ class DownloadCache:
                 exc,
             )
             self.stats["stale"] += 1
-            return self._hit(slug, cached)
+            return slot.hit(cached)
         except LoRAServeError:
             raise
         except Exception as exc:  # a source's final error (access denied, ...)
             raise _download_error(lora_name, source, exc) from exc
         if listing is None:
             if cached is not None:  # gone remotely: forget our copy too
-                await asyncio.to_thread(self._eviction.remove, slug)
+                await asyncio.to_thread(self._eviction.forget, slot)
             self.stats["missing"] += 1
             return None
-        self._check_listing(listing, lora_name)
+        check_listing(listing, lora_name, self.config.max_adapter_bytes)
         if cached is not None and cached.version is not None and cached.version == listing.version:
             if cached.external:
                 await asyncio.to_thread(
@@ -137,7 +127,7 @@ class DownloadCache:
                     self.config.max_adapter_bytes,
                 )
             self.stats["hit"] += 1
-            return self._hit(slug, cached)
+            return slot.hit(cached)
         entry = CacheEntry(
             key=key,
             location=source.location,
@@ -157,9 +147,9 @@ class DownloadCache:
             source.location,
         )
         if isinstance(source, MirroredAdapterSource) and hasattr(source, "materialize"):
-            path = await self._materialize(slug, source, listing, entry)
+            path = await self._materialize(slot, source, listing, entry)
         else:
-            path = await self._download(slug, source, listing, entry)
+            path = await self._download(slot, source, listing, entry)
         self.stats["download"] += 1
         logger.info(
             "LoRA adapter %r: %d bytes ready at %s in %.2fs",
@@ -170,43 +160,18 @@ class DownloadCache:
         )
         return path
 
-    def _hit(self, slug: str, entry: CacheEntry) -> Path:
-        self.store.touch(slug)
-        return self.store.adapter_path(slug, entry)
-
-    def _check_listing(self, listing: RemoteListing, lora_name: str) -> None:
-        """Refuse before downloading: unexpected names, missing weights, or too many bytes."""
-        names = [f.name for f in listing.files]
-        if listing.archive:
-            if len(names) != 1 or "/" in names[0] or not is_archive_name(names[0]):
-                raise LoRAAdapterError(
-                    lora_name, f"expected one archive, the source listed {names}"
-                )
-        else:
-            if set(names) - set(ADAPTER_FILES) or len(set(names)) != len(names):
-                raise LoRAAdapterError(lora_name, f"unexpected files listed: {names}")
-            if ADAPTER_WEIGHTS not in names:
-                raise LoRAAdapterError(
-                    lora_name,
-                    f"no {ADAPTER_WEIGHTS} next to {ADAPTER_CONFIG} "
-                    "(remote adapters must be safetensors; pickled .bin files are never fetched)",
-                )
-        limit = self.config.max_adapter_bytes
-        if listing.total_size > limit:
-            raise LoRAAdapterError(
-                lora_name,
-                f"it is {listing.total_size} bytes, over the {limit}-byte limit "
-                "(raise VLLM_LORA_RESOLVER_MAX_ADAPTER_BYTES to allow it)",
-            )
-
     async def _download(
-        self, slug: str, source: RemoteAdapterSource, listing: RemoteListing, entry: CacheEntry
+        self,
+        slot: CacheSlot,
+        source: RemoteAdapterSource,
+        listing: RemoteListing,
+        entry: CacheEntry,
     ) -> Path:
         """Fetch into a temp dir beside the cache, validate, then rename into place."""
         from tqdm.auto import tqdm
 
         config = self.config
-        staged = await asyncio.to_thread(self.store.new_tmp_dir, slug)
+        staged = await asyncio.to_thread(slot.new_tmp_dir)
         bar = tqdm(
             total=listing.total_size or None,
             unit="B",
@@ -231,7 +196,7 @@ class DownloadCache:
                 )
                 if file.name == ADAPTER_CONFIG:  # refuse a wrong adapter before its weights
                     await asyncio.to_thread(
-                        check_adapter_config,
+                        read_adapter_config,
                         staged / file.name,
                         entry.lora_name,
                         entry.base_model_name,
@@ -256,9 +221,7 @@ class DownloadCache:
                 config.max_adapter_bytes,
             )
             entry.folder = f"v-{(entry.version or f'{time.time_ns():x}')[:16]}"
-            path = await asyncio.to_thread(self.store.install, slug, adapter_dir, entry)
-            await asyncio.to_thread(self._eviction.prune, slug)
-            return path
+            return await asyncio.to_thread(self._eviction.install, slot, adapter_dir, entry)
         except LoRAServeError:
             raise
         except Exception as exc:  # network, disk and source errors alike
@@ -268,7 +231,11 @@ class DownloadCache:
             shutil.rmtree(staged, ignore_errors=True)  # sync: must run even when cancelled
 
     async def _materialize(
-        self, slug: str, source: MirroredAdapterSource, listing: RemoteListing, entry: CacheEntry
+        self,
+        slot: CacheSlot,
+        source: MirroredAdapterSource,
+        listing: RemoteListing,
+        entry: CacheEntry,
     ) -> Path:
         """Let the source fill its own cache, then validate what it hands back."""
         known = all(f.size is not None for f in listing.files)
@@ -294,7 +261,7 @@ class DownloadCache:
             self.config.max_adapter_bytes,
         )
         entry.folder, entry.external = str(path), True
-        await asyncio.to_thread(self.store.write, slug, entry)
+        await asyncio.to_thread(slot.record, entry)
         return path
 
 

@@ -1,7 +1,7 @@
 """Keeping the download cache within ``max_cache_bytes`` without deleting a folder in use.
 
 Two kinds of holder keep a folder: a caller loading it (a lease, see ``lease.py``) and an
-engine that loaded it (a pin, or an ``AdapterOwner`` asked to unload it while idle). The
+engine that loaded it (an ``AdapterOwner``, asked to unload it while idle). The
 rest go least recently used first. Eviction runs on a worker thread and takes each key's
 lock before deleting, so it never races a download or revalidation of that key.
 """
@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from loraserve.resolution.download.config import DownloadCacheConfig
-from loraserve.resolution.download.flight import try_lock
 from loraserve.resolution.download.lease import leases
-from loraserve.resolution.download.store import AdapterStore
+from loraserve.resolution.download.store import AdapterStore, CacheEntry, CacheSlot, try_lock
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class Eviction:
             used = _loaded_last_used(path)
             if used is not None:
                 loaded.append((used, slug, entry))
-            elif path not in _pinned_paths.values():  # pinned with no engine to ask: kept
+            else:
                 unloaded.append((slug, entry))
         loaded.sort(key=lambda item: item[0])
         plan = [(slug, e, False) for slug, e in unloaded]
@@ -108,13 +107,25 @@ class Eviction:
         )
         return True
 
-    def prune(self, slug: str) -> None:
-        """Delete versions of ``slug`` that its entry no longer names, but not leased ones."""
-        self._note_orphans(slug, self.store.prune(slug, spare=leases.held_paths()))
+    def prepare(self, slot: CacheSlot) -> CacheEntry | None:
+        """Tidy ``slot`` before a refresh (leased versions stay); return its cached entry."""
+        cached, spared = slot.prepare(spare=leases.held_paths())
+        self._note_orphans(slot.slug, spared)
+        return cached
 
-    def remove(self, slug: str) -> None:
-        """Forget ``slug`` (gone remotely); a leased folder of it goes once released."""
-        self._note_orphans(slug, self.store.remove(slug, spare=leases.held_paths()))
+    def install(self, slot: CacheSlot, staged: Path, entry: CacheEntry) -> Path:
+        """Put a validated download in place; the version it replaced goes unless leased."""
+        path, spared = slot.install(staged, entry, spare=leases.held_paths())
+        self._note_orphans(slot.slug, spared)
+        return path
+
+    def forget(self, slot: CacheSlot) -> None:
+        """The adapter is gone remotely; a leased folder of it goes once released."""
+        self._note_orphans(slot.slug, slot.forget(spare=leases.held_paths()))
+
+    def _prune(self, slug: str) -> None:
+        """Delete versions of ``slug`` its entry no longer names, but not leased ones."""
+        self._note_orphans(slug, self.store.prune(slug, spare=leases.held_paths()))
 
     def _note_orphans(self, slug: str, spared: list[Path]) -> None:
         home = self.store.entries / slug
@@ -131,7 +142,7 @@ class Eviction:
             slug = Path(path).parent.name
             if path in self._orphans and (lock := try_lock(self.store.lock_path(slug))):
                 try:
-                    self.prune(slug)
+                    self._prune(slug)
                 finally:
                     if not self.store.has_entry(slug):
                         lock.unlink()
@@ -150,7 +161,6 @@ class AdapterOwner(Protocol):
     def release_idle(self, lora_path: str, unused_since: float) -> bool: ...
 
 
-_pinned_paths: dict[str, str] = {}  # adapter name -> folder the engine has loaded
 _owners: weakref.WeakSet[AdapterOwner] = weakref.WeakSet()
 _owners_lock = threading.Lock()  # eviction reads the set from a worker thread
 
@@ -171,7 +181,7 @@ def _holders(lora_path: str) -> list[AdapterOwner]:
 
 
 def _is_loaded(lora_path: str) -> bool:
-    return lora_path in _pinned_paths.values() or bool(_holders(lora_path))
+    return bool(_holders(lora_path))
 
 
 def _loaded_last_used(lora_path: str) -> float | None:
@@ -184,20 +194,3 @@ def _unload_idle(lora_path: str, unused_since: float) -> bool:
     """Unload the adapter from every engine holding it; False if any is using it."""
     holders = _holders(lora_path)
     return bool(holders) and all(owner.release_idle(lora_path, unused_since) for owner in holders)
-
-
-def pin_loaded_adapter(lora_name: str, lora_path: str) -> None:
-    """The engine loaded ``lora_path``: never evict it while the adapter is registered.
-
-    The engine may read an adapter's files again later (after dropping its host copy), so
-    a folder it loaded must survive LRU eviction. The pin replaces the leases of callers
-    loading it. Remote resolver plugins get this called from the ``lora_adapter_loaded``
-    hook by importing ``loraserve.resolution.download.hooks``.
-    """
-    _pinned_paths[lora_name] = lora_path
-    leases.release(lora_path, every=True)
-
-
-def unpin_adapter(lora_name: str) -> None:
-    """The adapter is unknown to the engine again; its folder may be evicted."""
-    _pinned_paths.pop(lora_name, None)

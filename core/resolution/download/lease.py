@@ -1,10 +1,10 @@
 """Leases on the folders the cache hands out: eviction never deletes one a caller is loading.
 
 ``DownloadCache.get`` takes one lease on the folder it returns; the caller ends it with
-``release_lease(path)`` once the engine's load of that folder finished or failed. The
-engine's "loaded" hook ends every lease on the folder too (from then on its pin keeps the
-folder). A lease lapses after the cache's ``lease_timeout_s``, so a caller that never
-releases cannot pin the cache forever. Leases are per process, like the engine's pins.
+``release_lease(path)`` once the engine's load of that folder finished or failed (from then
+on the engine, an ``AdapterOwner``, keeps the folder while it has the adapter loaded). A
+lease lapses after the cache's ``lease_timeout_s``, so a caller that never releases cannot
+hold the cache forever. Leases are per process.
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ class Leases:
                 lease.expires = max(lease.expires, expires)
                 lease.on_free = on_free or lease.on_free
 
-    def release(self, path: os.PathLike | str, every: bool = False) -> None:
-        """End one lease on ``path`` (all of them if ``every``); a no-op once none is left."""
+    def release(self, path: os.PathLike | str) -> None:
+        """End one lease on ``path``; a no-op once none is left."""
         path = os.fspath(path)
         with self._lock:
             lease = self._folders.get(path)
             if lease is None:
                 return
-            lease.count = 0 if every else lease.count - 1
+            lease.count -= 1
             if lease.count > 0:
                 return
             del self._folders[path]
@@ -111,7 +111,7 @@ class Leases:
         return self.held(path)
 
 
-leases = Leases()  # the process's leases, shared by every cache (like the engine's pins)
+leases = Leases()  # the process's leases, shared by every cache
 
 
 def release_lease(path: os.PathLike | str) -> None:

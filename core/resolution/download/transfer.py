@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from loraserve.errors import LoRAAdapterError
 from loraserve.resolution.download.source import (
@@ -28,11 +30,53 @@ logger = logging.getLogger(__name__)
 # Sources map their library's errors to TransientSourceError; anything else is final.
 TRANSIENT = (TransientSourceError, TimeoutError, asyncio.TimeoutError)
 WATCH_INTERVAL_S = 0.5
+T = TypeVar("T")
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry ``attempt + 1``: 0.25, 0.5, 1, ... at most 8."""
-    return min(0.25 * 2**attempt, 8.0)
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 8.0
+
+
+def backoff(attempt: int, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry ``attempt + 1``: full jitter, uniform in [0, 0.25 * 2**attempt]
+    and at most 8 s, so many servers retrying one origin do not retry in step."""
+    return jitter() * min(BACKOFF_BASE_S * 2**attempt, BACKOFF_CAP_S)
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    retries: int,
+    end: float | None = None,
+    jitter: Callable[[], float] = random.random,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> T:
+    """``attempt()``, run again after each transient failure, at most ``retries`` more times.
+
+    ``SourceUnreachableError`` is never retried (known at once); with ``end`` (the loop's
+    clock) no retry starts that its backoff would push past ``end``. The last error raises.
+    """
+    loop = asyncio.get_running_loop()
+    for tries in range(retries + 1):
+        try:
+            return await attempt()
+        except SourceUnreachableError:
+            raise
+        except TRANSIENT as exc:
+            delay = backoff(tries, jitter)
+            if tries == retries or (end is not None and loop.time() + delay >= end):
+                raise
+            logger.warning(
+                "%s failed (%s); retry %d/%d in %.2fs",
+                what,
+                exc or type(exc).__name__,
+                tries + 1,
+                retries,
+                delay,
+            )
+            await sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class ByteLimit:
@@ -97,33 +141,24 @@ async def list_within_deadline(
     """
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
-    what = f"listing LoRA adapter {lora_name!r} at {source.location}"
-    for attempt in range(retries + 1):
+
+    async def attempt() -> RemoteListing | None:
         left = end - loop.time()
-        try:
-            if left <= 0:
-                raise asyncio.TimeoutError
-            return await asyncio.wait_for(source.list_files(), min(timeout_s, left))
-        except SourceUnreachableError:
-            raise
-        except TRANSIENT as exc:
-            if end - loop.time() <= 0:
-                raise TransientSourceError(
-                    f"no listing within {deadline_s:g}s (VLLM_LORA_RESOLVER_LIST_DEADLINE)"
-                ) from exc
-            delay = backoff(attempt)
-            if attempt == retries or loop.time() + delay >= end:
-                raise
-            logger.warning(
-                "%s failed (%s); retry %d/%d in %.2fs",
-                what,
-                exc or type(exc).__name__,
-                attempt + 1,
-                retries,
-                delay,
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+        if left <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(source.list_files(), min(timeout_s, left))
+
+    what = f"listing LoRA adapter {lora_name!r} at {source.location}"
+    try:
+        return await with_retries(attempt, what=what, retries=retries, end=end)
+    except SourceUnreachableError:
+        raise
+    except TRANSIENT as exc:
+        if end - loop.time() <= 0:
+            raise TransientSourceError(
+                f"no listing within {deadline_s:g}s (VLLM_LORA_RESOLVER_LIST_DEADLINE)"
+            ) from exc
+        raise
 
 
 async def fetch_file(
@@ -138,26 +173,17 @@ async def fetch_file(
     on_bytes: Callable[[int], None],
 ) -> int:
     """Fetch ``file`` into ``dest`` (retrying transient failures); return its size."""
-    for attempt in range(retries + 1):
+
+    async def attempt() -> int:
         limit = ByteLimit(lora_name, file.name, file.size, budget, on_bytes)
         try:
             return await _fetch_watched(source, file, dest, limit, timeout_s)
-        except TRANSIENT as exc:
+        except TRANSIENT:
             dest.unlink(missing_ok=True)
-            if attempt == retries:
-                raise
-            delay = backoff(attempt)
-            logger.warning(
-                "LoRA adapter %r: fetching %s failed (%s); retry %d/%d in %.2fs",
-                lora_name,
-                file.name,
-                exc or type(exc).__name__,
-                attempt + 1,
-                retries,
-                delay,
-            )
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+            raise
+
+    what = f"LoRA adapter {lora_name!r}: fetching {file.name}"
+    return await with_retries(attempt, what=what, retries=retries)
 
 
 async def _fetch_watched(

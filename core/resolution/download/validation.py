@@ -1,8 +1,8 @@
 """Checks a downloaded adapter must pass before anyone may load it.
 
-Only cheap structural checks: the config parses and says LORA for our base model, and every
-safetensors header parses with dtypes, shapes and offsets that fit the file. Weights are
-never unpickled (``.bin`` adapters are not fetched remotely).
+Only cheap structural checks: the config passes the one config rule (``peft_config``) for
+our base model, and every safetensors header parses with dtypes, shapes and offsets that
+fit the file. Weights are never unpickled (``.bin`` adapters are not fetched remotely).
 """
 
 from __future__ import annotations
@@ -12,25 +12,39 @@ from pathlib import Path
 from loraserve.errors import LoRAAdapterError
 from loraserve.lora.peft_config import read_adapter_config
 from loraserve.lora.safetensors_file import SafetensorsError, read_header
-from loraserve.resolution.download.source import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_WEIGHTS
+from loraserve.resolution.download.source import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
+    RemoteListing,
+    is_archive_name,
+)
 
 
-def same_base_model(declared: str | None, served: str) -> bool:
-    """Exact match as vLLM does, ignoring a trailing slash."""
-    return declared is not None and declared.rstrip("/") == served.rstrip("/")
+def check_listing(listing: RemoteListing, lora_name: str, max_bytes: int) -> None:
+    """Refuse before downloading: unexpected names, missing weights, or too many bytes."""
+    names = [f.name for f in listing.files]
+    if listing.archive:
+        if len(names) != 1 or "/" in names[0] or not is_archive_name(names[0]):
+            raise LoRAAdapterError(lora_name, f"expected one archive, the source listed {names}")
+    else:
+        if set(names) - set(ADAPTER_FILES) or len(set(names)) != len(names):
+            raise LoRAAdapterError(lora_name, f"unexpected files listed: {names}")
+        if ADAPTER_WEIGHTS not in names:
+            raise LoRAAdapterError(
+                lora_name,
+                f"no {ADAPTER_WEIGHTS} next to {ADAPTER_CONFIG} "
+                "(remote adapters must be safetensors; pickled .bin files are never fetched)",
+            )
+    if listing.total_size > max_bytes:
+        raise LoRAAdapterError(lora_name, _too_big(listing.total_size, max_bytes))
 
 
-def check_adapter_config(path: Path, lora_name: str, base_model_name: str) -> dict:
-    """The one config rule (``peft_config``), plus: made for ``base_model_name``."""
-    config = read_adapter_config(path, lora_name)
-    declared = config.get("base_model_name_or_path")
-    if not same_base_model(declared, base_model_name):
-        raise LoRAAdapterError(
-            lora_name,
-            f"it was trained for base model {declared!r} but this server serves "
-            f"{base_model_name!r} (base_model_name_or_path in {ADAPTER_CONFIG} must match)",
-        )
-    return config
+def _too_big(size: int, max_bytes: int) -> str:
+    return (
+        f"it is {size} bytes, over the {max_bytes}-byte limit "
+        "(raise VLLM_LORA_RESOLVER_MAX_ADAPTER_BYTES to allow it)"
+    )
 
 
 def check_safetensors(path: Path, lora_name: str) -> int:
@@ -51,7 +65,7 @@ def validate_adapter_dir(
 ) -> int:
     """Run every check on a local adapter folder; return its size in bytes."""
     weights = adapter_dir / ADAPTER_WEIGHTS
-    check_adapter_config(adapter_dir / ADAPTER_CONFIG, lora_name, base_model_name)
+    read_adapter_config(adapter_dir / ADAPTER_CONFIG, lora_name, base_model_name)
     if not weights.is_file():
         raise LoRAAdapterError(
             lora_name,
@@ -62,10 +76,6 @@ def validate_adapter_dir(
         (adapter_dir / n).stat().st_size for n in ADAPTER_FILES if (adapter_dir / n).is_file()
     )
     if total > max_bytes:
-        raise LoRAAdapterError(
-            lora_name,
-            f"it is {total} bytes, over the {max_bytes}-byte limit "
-            "(raise VLLM_LORA_RESOLVER_MAX_ADAPTER_BYTES to allow it)",
-        )
+        raise LoRAAdapterError(lora_name, _too_big(total, max_bytes))
     check_safetensors(weights, lora_name)
     return total

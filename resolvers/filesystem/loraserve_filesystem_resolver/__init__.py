@@ -1,21 +1,27 @@
 """Plugin ``lora_filesystem_resolver``: adapter ``foo`` is ``$VLLM_LORA_RESOLVER_CACHE_DIR/foo``.
 
-Only plain directory names are looked up (an entry may be a symlink to an adapter kept
-elsewhere); the adapter must be a PEFT LoRA made for the served model.
+Only plain names are looked up (``loraserve.resolution.names``, the rule every resolver
+uses); an entry may be a symlink to an adapter kept elsewhere. The adapter must pass the one
+config rule (``read_adapter_config``) for the served model, as a downloaded one must.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
-from loraserve.errors import PluginError
-from loraserve.lora.peft_config import is_lora_config
-from loraserve.lora.request import LoRARequest
-from loraserve.lora.resolver import LoRAResolver
-from loraserve.plugins import hookimpl
+from loraserve.resolution import (
+    ADAPTER_CONFIG,
+    LoRAAdapterError,
+    LoRARequest,
+    LoRAResolver,
+    PluginError,
+    hookimpl,
+    is_plain_name,
+    read_adapter_config,
+    register_if_configured,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,63 +44,29 @@ class FilesystemResolver(LoRAResolver):
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
         adapter_dir = self._adapter_dir(lora_name)
-        if adapter_dir is None or not _is_lora_for(adapter_dir, base_model_name):
+        if adapter_dir is None:
+            return None
+        try:
+            read_adapter_config(adapter_dir / ADAPTER_CONFIG, lora_name, base_model_name)
+        except LoRAAdapterError as exc:  # not ours to serve: the next resolver is asked
+            logger.info("%s: %s in %s", RESOLVER_NAME, exc, adapter_dir)
             return None
         return LoRARequest(lora_name, 1, str(adapter_dir), base_model_name)
 
     def _adapter_dir(self, lora_name: str) -> Path | None:
-        """The adapter's directory, or None if the name is not one plain component or is absent.
+        """The adapter's directory, or None if the name is not plain or nothing is there.
 
         A plain name cannot climb out of the cache dir; an entry that is a symlink is followed
         wherever it points (as vLLM does), since only the operator can put one there.
         """
-        if not _is_plain_name(lora_name):
-            logger.warning("lora_filesystem_resolver refused adapter name %r", lora_name)
+        if not is_plain_name(lora_name):
+            logger.warning("%s refused adapter name %r", RESOLVER_NAME, lora_name)
             return None
         adapter_dir = (self.lora_cache_dir / lora_name).resolve()
         return adapter_dir if adapter_dir.is_dir() else None
 
 
-def _is_plain_name(lora_name: str) -> bool:
-    """One path component that cannot climb: no separators, NUL, '.' or '..'."""
-    if not lora_name or lora_name in (".", ".."):
-        return False
-    return not any(ch in lora_name for ch in ("/", "\\", "\0", os.sep))
-
-
-def _is_lora_for(adapter_dir: Path, base_model_name: str) -> bool:
-    """True if adapter_config.json says it is a LoRA for ``base_model_name``."""
-    config_path = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.info("lora_filesystem_resolver: no usable %s: %s", config_path, exc)
-        return False
-    if not is_lora_config(config):
-        logger.info(
-            "lora_filesystem_resolver: %s is not a LoRA adapter (peft_type %r)",
-            adapter_dir,
-            config.get("peft_type") if isinstance(config, dict) else None,
-        )
-        return False
-    if config.get("base_model_name_or_path") != base_model_name:
-        logger.info(
-            "lora_filesystem_resolver: %s is for base model %r, not %r",
-            adapter_dir,
-            config.get("base_model_name_or_path"),
-            base_model_name,
-        )
-        return False
-    return True
-
-
 @hookimpl
 def register_lora_resolvers(register) -> None:
     """Register the resolver when the cache dir is configured; a bad dir is an error."""
-    cache_dir = os.environ.get(CACHE_DIR_ENV)
-    if not cache_dir:
-        logger.warning(
-            "%s is not set, so lora_filesystem_resolver resolves nothing.", CACHE_DIR_ENV
-        )
-        return
-    register(RESOLVER_NAME, FilesystemResolver(cache_dir))
+    register_if_configured(register, RESOLVER_NAME, CACHE_DIR_ENV, FilesystemResolver)

@@ -1,4 +1,4 @@
-"""Archive unpacking refuses hostile members; adapter names cannot escape a template."""
+"""Archive unpacking refuses hostile members; downloaded files are checked before use."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from loraserve.errors import LoRAAdapterError
-from loraserve.resolution.download import fill_location_template, is_safe_name
 from loraserve.resolution.download.archive import extract_adapter_archive
-from loraserve.resolution.download.testing import (
-    lora_adapter_files,
-    tar_bytes,
-    tar_member,
-    zip_bytes,
-)
+from loraserve.testing.adapters import lora_adapter_files, tar_bytes, tar_member, zip_bytes
 
 FILES = {"adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": b"x" * 100}
 
@@ -97,32 +91,6 @@ def test_member_larger_than_declared_refused(tmp_path):
 def test_not_an_archive_refused(tmp_path):
     with pytest.raises(LoRAAdapterError, match="neither zip nor tar"):
         unpack(tmp_path, b"<html>not found</html>")
-
-
-@pytest.mark.parametrize("name", ["sql", "team/sql-v2", "a.b_c-1"])
-def test_safe_names(name):
-    assert is_safe_name(name)
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["", "..", "../x", "a/../b", "/abs", "a//b", ".hidden", "a?b", "a%2Fb", "a b", "x" * 300],
-)
-def test_unsafe_names(name):
-    assert not is_safe_name(name)
-    assert fill_location_template("s3://b/{lora_name}", base_model_name="m", lora_name=name) is None
-
-
-def test_template_fills_and_quotes():
-    from urllib.parse import quote
-
-    url = fill_location_template(
-        "http://h/{base_model_name}/{lora_name}.tar.gz",
-        base_model_name="/models/Llama 3",
-        lora_name="team/sql",
-        quote=lambda s: quote(s, safe=""),
-    )
-    assert url == "http://h/models/Llama%203/team/sql.tar.gz"
 
 
 def test_safetensors_checks(tmp_path):

@@ -21,14 +21,12 @@ from loraserve.resolution.download import (
     RemoteListing,
     SourceUnreachableError,
     TransientSourceError,
+    register_adapter_owner,
     release_lease,
 )
-from loraserve.resolution.download.testing import (
-    etag_of,
-    lora_adapter_files,
-    registered_hook_functions,
-    tar_bytes,
-)
+from loraserve.testing.adapters import lora_adapter_files, tar_bytes
+from loraserve.testing.probes import registered_hook_functions
+from loraserve.testing.servers import etag_of
 
 BASE = "tiny-base"
 
@@ -371,34 +369,49 @@ async def test_crash_between_rename_and_entry_leaves_nothing_loadable(tmp_path, 
     assert [p.name for p in fresh.parent.iterdir() if p.is_dir()] == [fresh.name]
 
 
-async def test_adapters_the_engine_loaded_are_not_evicted(tmp_path):
-    from loraserve.lora.request import LoRARequest
-    from loraserve.resolution.download.hooks import lora_adapter_evicted, lora_adapter_loaded
+class FakeEngine:
+    """An ``AdapterOwner`` holding the folders it was told about, busy until told otherwise."""
 
+    def __init__(self) -> None:
+        self.loaded: dict[str, float] = {}  # folder -> when last used (monotonic)
+        self.busy = True
+
+    def last_used(self, lora_path: str) -> float | None:
+        return self.loaded.get(lora_path)
+
+    def release_idle(self, lora_path: str, unused_since: float) -> bool:
+        if self.busy:
+            return False
+        self.loaded.pop(lora_path, None)
+        return True
+
+
+async def test_adapters_an_engine_uses_are_not_evicted(tmp_path):
+    """The owner registry is the one protection of loaded folders: a busy engine keeps its
+    adapter on disk over the bound; once idle, the engine unloads it and the folder goes."""
     sources = {
-        n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("ab")
+        n: MemorySource(lora_adapter_files(BASE, seed=i), f"mem://{n}") for i, n in enumerate("abc")
     }
     size = sum(len(d) for d in sources["a"].files.values())
     cache = make_cache(tmp_path, max_cache_bytes=int(size * 1.5))
-    a = await cache.get(sources["a"], lora_name="a", base_model_name=BASE)
-    lora_adapter_loaded(LoRARequest("a", 1, str(a)))
-    try:
-        b = await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
-        assert a.exists() and b.exists()  # over the bound, but "a" is in use
-    finally:
-        lora_adapter_evicted("a")
-    await cache.get(sources["b"], lora_name="b", base_model_name=BASE)
-    assert not a.exists()
+    engine = FakeEngine()
+    register_adapter_owner(engine)
+    a = await get_loaded(cache, sources["a"], "a")
+    engine.loaded[str(a)] = 0.0
+    b = await cache.get(sources["b"], lora_name="b", base_model_name=BASE)  # leased: loading
+    assert a.exists() and b.exists()  # over the bound, but "a" is in use
+    release_lease(b)
+    engine.busy = False
+    c = await get_loaded(cache, sources["c"], "c")
+    assert not a.exists() and c.exists() and engine.loaded == {}
 
 
-@pytest.mark.parametrize("plugin", ["loraserve_s3_resolver", "loraserve_http_resolver"])
-def test_download_cache_plugins_register_the_pin_hooks(plugin):
-    """Each plugin resolving through the cache keeps what the engine loaded out of eviction."""
-    from loraserve.resolution.download import hooks
-
-    module = pytest.importorskip(plugin)
-    for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
-        assert registered_hook_functions(module, hook) == {getattr(hooks, hook)}
+def test_no_resolver_plugin_implements_engine_hooks_to_protect_folders():
+    """Loaded folders are kept by the owner registry alone, not by a plugin hook."""
+    for plugin in ("loraserve_s3_resolver", "loraserve_http_resolver", "loraserve_hf_hub_resolver"):
+        module = pytest.importorskip(plugin)
+        for hook in ("lora_adapter_loaded", "lora_adapter_evicted"):
+            assert not registered_hook_functions(module, hook), (plugin, hook)
 
 
 def lock_files(cache: DownloadCache) -> list[str]:
@@ -443,7 +456,7 @@ async def test_evicted_entries_take_their_lock_files(tmp_path):
 LOCKER = """
 import sys, time
 from pathlib import Path
-from loraserve.resolution.download.flight import try_lock
+from loraserve.resolution.download.store import try_lock
 
 lock_path, counter, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 for _ in range(rounds):
@@ -476,7 +489,7 @@ def test_a_lock_won_on_an_unlinked_file_is_not_the_lock(tmp_path, monkeypatch):
     flock; it must notice and lock the path's current file instead (here held: so None)."""
     import os
 
-    from loraserve.resolution.download.flight import try_lock
+    from loraserve.resolution.download.store import try_lock
 
     path = tmp_path / "k.lock"
     first = try_lock(path)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from loraserve.errors import LoRAAdapterError
 from loraserve.resolution.download import DownloadCache, DownloadCacheConfig, release_lease
-from loraserve.resolution.download.testing import Faults, lora_adapter_files, serve_bytes, start_app
+from loraserve.testing.adapters import lora_adapter_files
+from loraserve.testing.servers import Faults, serve_bytes, start_app
 
 pytest.importorskip("loraserve_http_resolver")
 from loraserve_http_resolver import HttpResolver  # noqa: E402
@@ -86,7 +88,7 @@ def cached_bytes(resolver: HttpResolver) -> int:
     """Bytes of adapter files under the cache's entries, whatever names them (read while
     eviction may be deleting some: what vanishes meanwhile counts as gone)."""
     total = 0
-    for folder, _, names in os.walk(resolver._cache.store.entries):
+    for folder, _, names in os.walk(resolver.cache.store.entries):
         for name in names:
             if name != "entry.json":
                 with contextlib.suppress(FileNotFoundError):
@@ -120,12 +122,12 @@ async def test_folders_handed_out_survive_eviction_until_released(tmp_path, orig
     assert [p for p in handed if not (p / WEIGHTS).is_file()] == []
     for path in handed:  # each load finished
         release_lease(path)
-    bound = resolver._cache.config.max_cache_bytes
+    bound = resolver.cache.config.max_cache_bytes
     await eventually(lambda: cached_bytes(resolver) <= bound, "the cache is within its bound")
-    kept = resolver._cache.store.lru_entries()
+    kept = resolver.cache.store.lru_entries()
     assert 1 <= len(kept) <= 3
     assert all(
-        (resolver._cache.store.adapter_path(slug, e) / WEIGHTS).is_file() for _, slug, e in kept
+        (resolver.cache.store.adapter_path(slug, e) / WEIGHTS).is_file() for _, slug, e in kept
     )
 
 
@@ -179,20 +181,32 @@ async def test_an_adapter_gone_remotely_stays_until_released(tmp_path, origin):
     assert (path / WEIGHTS).is_file()  # forgotten, but its loader may still be reading it
     release_lease(path)
     await eventually(lambda: not path.exists(), "the forgotten copy is deleted once released")
-    assert resolver._cache.store.lru_entries() == []
+    assert resolver.cache.store.lru_entries() == []
 
 
-async def test_the_engine_loading_an_adapter_ends_its_lease(tmp_path, origin):
-    """Once the engine loaded a folder its pin keeps it; when unpinned it may be evicted
-    even though the caller never called release_lease."""
+async def test_resolution_ends_the_lease_once_its_load_ends(tmp_path, origin):
+    """The resolution service releases what the cache handed out, loaded or refused, so
+    the caller of the engine never has to; an unloaded folder may then be evicted."""
     from loraserve.lora.request import LoRARequest
-    from loraserve.resolution.download.hooks import lora_adapter_evicted, lora_adapter_loaded
+    from loraserve.resolution.service import LoRAResolutionService
 
-    for seed, name in enumerate("ab"):
+    for seed, name in enumerate("abc"):
         origin.publish(name, seed)
     resolver = make_resolver(tmp_path, origin, adapters=1.5)
-    a = await resolve(resolver, "a")
-    lora_adapter_loaded(LoRARequest("a", 1, str(a)))
-    lora_adapter_evicted("a")
-    b = await resolve(resolver, "b")
-    assert not a.exists() and b.is_dir()
+    held: list[bool] = []
+
+    async def load(found: LoRARequest) -> LoRARequest:
+        from loraserve.resolution.download.lease import leases
+
+        held.append(leases.held(found.lora_path))  # the folder is leased while it loads
+        if found.lora_name == "b":
+            raise LoRAAdapterError("b", "refused by the loader")
+        return found
+
+    service = LoRAResolutionService(BASE, load, resolvers=lambda: [("http", resolver)])
+    a = Path((await service.resolve("a")).lora_path)
+    with pytest.raises(LoRAAdapterError, match="refused by the loader"):
+        await service.resolve("b")
+    c = Path((await service.resolve("c")).lora_path)
+    assert held == [True, True, True]
+    assert not a.exists() and c.is_dir()  # nothing held "a" once its load ended

@@ -1,4 +1,4 @@
-"""Tiny random models, tokenizers and PEFT adapters for tests (ours and plugin authors').
+"""Tiny seeded models, tokenizers and PEFT adapters, saved as Hugging Face checkpoints.
 
 Everything is built locally from a seed: no hub, no downloads. PEFT is imported only by
 ``make_adapter``, so importing this module needs nothing beyond loraserve's own deps.

@@ -4,7 +4,7 @@ Llama-2-7B shapes (hidden 4096, intermediate 11008), 16 adapters of rank 16, eac
 given a random adapter. For every projection and batch size it prints
     lora/base   (shrink + expand) / the base projection's GEMM   target <= 0.15 at >= 256 tokens
     triton/torch  Triton kernels / the torch path (`add_lora`)     target <= 0.33
-Needs a CUDA GPU and Triton: `python benchmarks/kernels.py [--tokens 1 16 256 4096]`.
+Needs a CUDA GPU and Triton: `python benchmarks/lora_kernels.py [--tokens 1 16 256 4096]`.
 """
 
 from __future__ import annotations
@@ -88,12 +88,12 @@ def bench_projection(proj: Projection, tokens: int, args: argparse.Namespace) ->
 def main() -> int:
     args = parse_args()
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU; none is available here, nothing to time.")
+        print("benchmarks/lora_kernels.py needs a CUDA GPU; none is available here, nothing to time.")
         return 0
     try:
         import triton  # noqa: F401
     except ImportError:
-        print("benchmarks/kernels.py needs Triton: pip install 'loraserve[triton]'")
+        print("benchmarks/lora_kernels.py needs Triton: pip install 'loraserve[triton]'")
         return 0
     print(f"# {torch.cuda.get_device_name()}, {datetime.date.today()}, torch {torch.__version__}")
     print(f"# {args.adapters} adapters of rank {args.rank}, {args.dtype}, random adapter per token")

@@ -1,8 +1,9 @@
-"""Turning an untrusted adapter name into a remote location, safely.
+"""The one rule for which adapter names a resolver may look up, and where they lead.
 
 The adapter name comes from a client's ``model`` field, so it must not be able to walk out
-of the configured prefix: every ``/``-separated segment starts with a letter or digit and
-holds only ``A-Z a-z 0-9 . _ -`` (so no ``..``, no empty segment, no ``?`` or ``%``).
+of the configured folder or prefix: every ``/``-separated segment starts with a letter or
+digit and holds only ``A-Z a-z 0-9 . _ -`` (so no ``..``, no empty segment, no ``?`` or
+``%``). Every resolver (local folder, S3, HTTP, Hub) asks this module.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def is_safe_name(name: str) -> bool:
     if not name or len(name) > MAX_NAME_CHARS:
         return False
     return all(_SEGMENT.match(part) for part in name.split("/"))
+
+
+def is_plain_name(name: str) -> bool:
+    """A safe name of one segment: a folder directly inside the resolver's directory."""
+    return "/" not in name and is_safe_name(name)
 
 
 def fill_location_template(
