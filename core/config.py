@@ -24,8 +24,15 @@ class EngineConfig:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
+    lora_dtype: str = "auto"  # adapters run in the model's dtype; another value is warned about
     lora_merge: bool = True  # merge an adapter that owns every step into a weight copy (CPU, fp32)
     allow_runtime_lora_updating: bool = False
+    max_logprobs: int = 20  # most logprobs a request may ask for (-1: the vocabulary), as vLLM
+    # sampling defaults for what a request leaves out: "auto" (the model's
+    # generation_config.json), "vllm" (none) or a directory holding one
+    generation_config: str = "auto"
+    override_generation_config: dict | None = None  # set over generation_config's defaults
+    disable_log_stats: bool = False  # no periodic statistics log line
 
     def __post_init__(self) -> None:
         if self.served_model_name is None:
@@ -42,3 +49,9 @@ class EngineConfig:
             raise InvalidRequestError(f"max_lora_rank must be positive, got {self.max_lora_rank}")
         if self.max_num_seqs < 1:
             raise InvalidRequestError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise InvalidRequestError(
+                f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}")
+        if self.max_logprobs < -1:
+            raise InvalidRequestError(
+                f"max_logprobs must be -1 (the vocabulary) or at least 0, got {self.max_logprobs}")

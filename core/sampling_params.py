@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 from loraserve.errors import InvalidRequestError
-from loraserve.logprobs import MAX_LOGPROBS
 
 _FLOAT32_MAX = 3.4028234663852886e38  # the sampler computes in float32: larger is inf there
 _FLOAT32_TINY = 1.401298464324817e-45  # smallest float32 above 0: below it top_p is 0
@@ -84,8 +83,8 @@ class SamplingParams:
             )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= MAX_LOGPROBS:
-                raise InvalidRequestError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}")
+            if value is not None and value < 0:  # the engine bounds it (max_logprobs)
+                raise InvalidRequestError(f"{name} must be at least 0, got {value}")
 
     @property
     def stop_holdback(self) -> int:

@@ -7,7 +7,8 @@ pre-check on characters calls it too, so every route refuses with the same words
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from loraserve.errors import InvalidRequestError
 from loraserve.lora.request import LoRARequest
@@ -61,15 +62,21 @@ class PreparedRequest:
     params: SamplingParams
     lora: LoRARequest | None
     prompt: str | None = None
+    arrival_time: float = field(default_factory=time.monotonic)  # reached the engine
 
 
 def check_prompt(
-    prompt_token_ids: list[int], params: SamplingParams, vocab_size: int, context: ContextLimit
+    prompt_token_ids: list[int], params: SamplingParams, vocab_size: int, context: ContextLimit,
+    max_logprobs: int,
 ) -> None:
-    """Refuse what the engine cannot run: an empty prompt, ids outside the vocabulary, a
-    request longer than the context."""
+    """Refuse what the engine cannot run: an empty prompt, ids outside the vocabulary, more
+    logprobs than ``max_logprobs`` (vLLM's messages), a request longer than the context."""
     if not prompt_token_ids:
         raise InvalidRequestError("the prompt is empty")
+    for kind, wanted in (("sample", params.logprobs), ("prompt", params.prompt_logprobs)):
+        if wanted is not None and wanted > max_logprobs:
+            raise InvalidRequestError(f"Requested {kind} logprobs of {wanted}, which is greater "
+                                      f"than max allowed: {max_logprobs}")
     if any(not 0 <= t < vocab_size for t in prompt_token_ids):
         raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})")
     for name, ids in (("logit_bias", params.logit_bias or ()),

@@ -21,6 +21,7 @@ from loraserve.config import EngineConfig
 from loraserve.engine.admission import PreparedRequest
 from loraserve.engine.builder import build_resolution, checked_plugins
 from loraserve.engine.llm_engine import LLMEngine
+from loraserve.engine.stat_logger import PrometheusStatLogger
 from loraserve.errors import LoRAAlreadyLoadedError, LoRANotFoundError
 from loraserve.lora.manager import LoRAEvents
 from loraserve.lora.request import LoRARequest
@@ -39,11 +40,16 @@ class AsyncLLMEngine:
         plugins = checked_plugins()
         self.engine = LLMEngine(config, lora_events=lora_events or plugins)
         self.engine.detokenize_every_step = True
+        self.engine.stat_logger = PrometheusStatLogger(
+            config, self.engine.max_model_len, self.engine.scheduler.blocks.num_blocks
+        )
         self.served_model_name = str(config.served_model_name)
         self.model_path = config.model
         self.max_model_len = self.engine.max_model_len
         self.context = self.engine.context
         self.tokenizer = self.engine.tokenizer
+        self.sampling_defaults = self.engine.sampling_defaults  # the generation config's
+        self.max_logprobs = self.engine.max_logprobs
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -64,8 +70,10 @@ class AsyncLLMEngine:
         The request is prepared once here (checked, adapter pinned off the step thread); the
         step thread only queues it.
         """
+        arrival = time.monotonic()
         self.engine.check_prompt(prompt_token_ids, params)
-        prepared = PreparedRequest(prompt_token_ids, params, await self._pin(lora_request), prompt)
+        lora = await self._pin(lora_request)
+        prepared = PreparedRequest(prompt_token_ids, params, lora, prompt, arrival_time=arrival)
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         self._send("add", (request_id, prepared))
@@ -160,6 +168,7 @@ class AsyncLLMEngine:
                 return
             if not self.engine.has_unfinished_requests():
                 self._publish_gauges()  # aborts may have emptied the engine since the last step
+                self.engine.record_state()
                 self._wake.wait()
                 self._wake.clear()
                 continue

@@ -15,6 +15,11 @@ class BlockManager:
     def num_free(self) -> int:
         return len(self._free)
 
+    @property
+    def usage(self) -> float:
+        """The fraction of blocks held by sequences, 0..1 (vLLM's kv_cache_usage_perc)."""
+        return 1.0 - len(self._free) / self.num_blocks
+
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         """Extra blocks ``seq`` needs to hold ``num_tokens`` tokens."""
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))

@@ -15,6 +15,7 @@ import torch
 from loraserve.config import EngineConfig
 from loraserve.engine.admission import ContextLimit
 from loraserve.engine.block_manager import BlockManager
+from loraserve.engine.generation_defaults import generation_config, sampling_defaults
 from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.scheduler import Scheduler
 from loraserve.errors import InvalidRequestError
@@ -44,6 +45,8 @@ class EngineParts:
     context: ContextLimit
     model: DecoderModel
     eos_token_ids: frozenset[int]
+    sampling_defaults: dict  # for sampling fields a request leaves out (generation config)
+    max_logprobs: int  # most logprobs a request may ask for
     lora_manager: LoRAManager | None
     runner: ModelRunner
     scheduler: Scheduler
@@ -60,7 +63,13 @@ def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> 
     logger.info("loading %s (%s, %s) on %s", config.model, spec.architecture, dtype, device)
     weights = load_weights(checkpoint, spec, dtype, device)
     model = DecoderModel(spec, weights, max_model_len)
-    eos_token_ids = _eos_token_ids(checkpoint.generation_config, spec.eos_token_ids, tokenizer)
+    generation = generation_config(config, checkpoint.generation_config)
+    eos_token_ids = _eos_token_ids(generation, spec.eos_token_ids, tokenizer)
+    defaults = sampling_defaults(config, generation)
+    max_logprobs = spec.vocab_size if config.max_logprobs == -1 else config.max_logprobs
+    if config.lora_dtype not in ("auto", str(dtype).removeprefix("torch.")):
+        logger.warning("ignoring lora_dtype %r: adapters run in the model's dtype (%s)",
+                       config.lora_dtype, str(dtype).removeprefix("torch."))
 
     lora_manager: LoRAManager | None = None
     if config.enable_lora:
@@ -77,15 +86,20 @@ def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> 
     num_blocks = _num_kv_blocks(config, spec, dtype, device, max_model_len)
     slots = None if lora_manager is None else lora_manager.slots
     runner = ModelRunner(model, num_blocks, config.block_size, slots, config.lora_merge)
+    batched_tokens = config.max_num_batched_tokens or max(4096, max_model_len)
+    if batched_tokens < max_model_len:
+        logger.info("max_num_batched_tokens %d < max_model_len %d: a longer prompt is prefilled "
+                    "whole, as its step's only prompt (no chunked prefill)", batched_tokens,
+                    max_model_len)
     scheduler = Scheduler(
         BlockManager(num_blocks, config.block_size),
         config.max_num_seqs,
-        config.max_num_batched_tokens or max(4096, max_model_len),
+        batched_tokens,
         lora_manager,
     )
     return EngineParts(
         device, spec, dtype, tokenizer, ContextLimit(max_model_len), model, eos_token_ids,
-        lora_manager, runner, scheduler,
+        defaults, max_logprobs, lora_manager, runner, scheduler,
     )
 
 

@@ -22,7 +22,9 @@ from loraserve.engine.admission import PreparedRequest, check_prompt
 from loraserve.engine.builder import build_parts
 from loraserve.engine.detokenizer import update_text
 from loraserve.engine.sampler import SampledToken, prompt_logprobs, sample
+from loraserve.engine.scheduler import ScheduledStep
 from loraserve.engine.sequence import Sequence
+from loraserve.engine.stats import FinishedRequest, SequenceTimes, StatLogger, StepStats
 from loraserve.errors import InvalidRequestError, LoRAAlreadyLoadedError
 from loraserve.logprobs import Logprob
 from loraserve.lora.ids import next_lora_id
@@ -40,10 +42,14 @@ class _Request:
     prompt_token_ids: list[int]
     seqs: list[Sequence]
     lora: LoRARequest | None
+    times: list[SequenceTimes]  # one per sequence, by its index
 
     @property
     def finished(self) -> bool:
         return all(s.is_finished for s in self.seqs)
+
+    def summary(self) -> FinishedRequest:
+        return FinishedRequest(len(self.seqs), max(len(s.output_token_ids) for s in self.seqs))
 
 
 class LLMEngine:
@@ -54,10 +60,13 @@ class LLMEngine:
         self.tokenizer, self.context = parts.tokenizer, parts.context
         self.max_model_len = parts.context.max_model_len
         self.model, self.eos_token_ids = parts.model, parts.eos_token_ids
+        self.sampling_defaults, self.max_logprobs = parts.sampling_defaults, parts.max_logprobs
         self.lora_manager = parts.lora_manager
         self.runner, self.scheduler = parts.runner, parts.scheduler
         self.detokenize_every_step = False  # streaming callers want text as it grows
         self._requests: dict[str, _Request] = {}
+        self.stat_logger: StatLogger | None = None  # the server's vllm:* series (none offline)
+        self._preemptions_seen = 0
         self._rng = random.Random(config.seed)
         self._next_seq_id = 0
 
@@ -82,7 +91,8 @@ class LLMEngine:
 
     def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Admission's checks (vocabulary, the context limit); run once per request."""
-        check_prompt(prompt_token_ids, params, self.spec.vocab_size, self.context)
+        check_prompt(prompt_token_ids, params, self.spec.vocab_size, self.context,
+                     self.max_logprobs)
 
     def admit(self, request_id: str, prepared: PreparedRequest) -> None:
         """Queue a request that passed ``check_prompt`` and holds its adapter pinned."""
@@ -90,6 +100,8 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         params, lora = prepared.params, prepared.lora
         prompt_token_ids = prepared.prompt_token_ids
+        now = time.monotonic()
+        times = [SequenceTimes(arrival=prepared.arrival_time, queued=now) for _ in range(params.n)]
         seqs = [
             Sequence(
                 seq_id=self._next_seq_id + index,
@@ -99,16 +111,17 @@ class LLMEngine:
                 params=params,
                 lora=lora,
                 generator=self._generator(params, index),
+                arrival_time=prepared.arrival_time,
             )
             for index in range(params.n)
         ]
         self._next_seq_id += params.n
         self._requests[request_id] = _Request(
-            request_id, prepared.prompt, list(prompt_token_ids), seqs, lora
+            request_id, prepared.prompt, list(prompt_token_ids), seqs, lora, times
         )
         for seq in seqs:
             self.scheduler.add(seq)
-        metrics.PROMPT_TOKENS.labels(model=self._model_label(lora)).inc(len(prompt_token_ids))
+        self._series(metrics.PROMPT_TOKENS, lora).inc(len(prompt_token_ids))
 
     def pin_lora(
         self, lora_request: LoRARequest | None, register: bool = True
@@ -189,13 +202,14 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         if scheduled is None:
             return []
+        stats = self._begin_step(scheduled)
         logits = self.runner.run(scheduled)
         for row, prompt_rows in logits.prompt.items():
             seq = scheduled.seqs[row]
             try:
                 self._record_prompt_logprobs(seq, prompt_rows)
             except Exception as exc:  # noqa: BLE001 - this sequence's failure alone
-                self._fail(seq, exc)
+                self._fail(seq, exc, stats)
         sampled = sample(logits.next_token, scheduled.seqs, self.eos_token_ids)
         now = time.monotonic()
         touched: dict[str, _Request] = {}
@@ -206,41 +220,75 @@ class LLMEngine:
             try:
                 if choice.error is not None:
                     raise choice.error
-                self._advance(seq, choice, now)
+                self._advance(seq, choice, now, stats)
             except Exception as exc:  # noqa: BLE001 - likewise
-                self._fail(seq, exc)
+                self._fail(seq, exc, stats)
         outputs = [self._snapshot(r) for r in touched.values()]
         for request in touched.values():
             if request.finished:
+                stats.finished_requests.append(request.summary())
                 del self._requests[request.request_id]
                 self.unpin_lora(request.lora)
+        if self.stat_logger is not None:
+            self.stat_logger.record(self.scheduler.batch_state(), stats)
         return outputs
 
-    def _advance(self, seq: Sequence, choice: SampledToken, now: float) -> None:
+    def record_state(self) -> None:
+        """Tell the stat logger the batch as it is now (the step thread, when going idle)."""
+        if self.stat_logger is not None:
+            self.stat_logger.record(self.scheduler.batch_state(), None)
+
+    def _begin_step(self, scheduled: ScheduledStep) -> StepStats:
+        """A sequence scheduled for the first time leaves the queue now; the step's stats."""
+        now = time.monotonic()
+        for seq in scheduled.seqs:
+            times = self._times(seq)
+            if times.scheduled is None:
+                times.scheduled = now
+        preemptions = self.scheduler.num_preemptions - self._preemptions_seen
+        self._preemptions_seen = self.scheduler.num_preemptions
+        return StepStats(num_tokens=scheduled.num_tokens, preemptions=preemptions)
+
+    def _advance(self, seq: Sequence, choice: SampledToken, now: float, stats: StepStats) -> None:
         """Append the sampled token, record its logprobs and metrics, finish if it is done."""
         token = choice.token_id
         seq.output_token_ids.append(token)
         if choice.logprobs is not None:
             self._record_logprobs(seq, choice)
-        model = self._model_label(seq.lora)
-        metrics.GENERATION_TOKENS.labels(model=model).inc()
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-            metrics.TIME_TO_FIRST_TOKEN.labels(model=model).observe(now - seq.arrival_time)
+        self._count_token(seq, now, stats)
         reason = self._finish_reason(seq, token)
         if reason is not None:
-            self.scheduler.finish(seq, reason)
-            metrics.REQUESTS.labels(model=model, finish_reason=reason).inc()
+            self._finish(seq, reason, now, stats)
 
-    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+    def _count_token(self, seq: Sequence, now: float, stats: StepStats) -> None:
+        times = self._times(seq)
+        since_previous = times.token(now)
+        self._series(metrics.GENERATION_TOKENS, seq.lora).inc()
+        stats.generation_tokens += 1
+        if since_previous is not None:
+            stats.inter_token_latency.append(since_previous)
+            return
+        seq.first_token_time = now  # the prompt is processed: vLLM counts its tokens now
+        time_to_first_token = now - times.arrival
+        self._series(metrics.TIME_TO_FIRST_TOKEN, seq.lora).observe(time_to_first_token)
+        stats.time_to_first_token.append(time_to_first_token)
+        stats.prompt_tokens += len(seq.prompt_token_ids)
+
+    def _finish(self, seq: Sequence, reason: str, now: float, stats: StepStats) -> None:
+        self.scheduler.finish(seq, reason)
+        self._series(metrics.REQUESTS, seq.lora, finish_reason=reason).inc()
+        stats.finished_sequences.append(self._times(seq).finished(
+            now, reason, len(seq.prompt_token_ids), len(seq.output_token_ids), seq.params.max_tokens
+        ))
+
+    def _fail(self, seq: Sequence, exc: BaseException, stats: StepStats) -> None:
         """End one sequence with finish_reason "error"; the rest of the batch is untouched."""
         logger.error(
             "request %r (sample %d, adapter %r) failed and was stopped alone: %s",
             seq.request_id, seq.index, seq.lora_name, exc, exc_info=exc,
         )
         seq.error = f"{type(exc).__name__}: {exc}"
-        self.scheduler.finish(seq, "error")
-        metrics.REQUESTS.labels(model=self._model_label(seq.lora), finish_reason="error").inc()
+        self._finish(seq, "error", time.monotonic(), stats)
 
     def _record_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> None:
         scored = prompt_logprobs(logits, seq.prompt_token_ids, seq.params.prompt_logprobs)
@@ -273,16 +321,15 @@ class LLMEngine:
             if (stop := update_text(seq, self.tokenizer, find_stop=find_stop)) is not None:
                 seq.stop_reason = stop
                 return "stop"
-        return self._length_reason(seq, text_each_step)
+        return self._length_reason(seq)
 
-    def _length_reason(self, seq: Sequence, text_each_step: bool) -> str | None:
+    def _length_reason(self, seq: Sequence) -> str | None:
         """Finish as "length" at max_tokens or the context limit, bringing the text up to date."""
         max_tokens = seq.params.max_tokens
         if (max_tokens is not None and len(seq.output_token_ids) >= max_tokens) or (
             seq.num_tokens >= self.max_model_len
         ):
-            if not text_each_step:  # otherwise the text is already up to date
-                update_text(seq, self.tokenizer)
+            update_text(seq, self.tokenizer, find_stop=False, final=True)
             return "length"
         return None
 
@@ -297,8 +344,14 @@ class LLMEngine:
             lora_name=request.lora.lora_name if request.lora else None,
         )
 
-    def _model_label(self, lora: LoRARequest | None) -> str:
-        return lora.lora_name if lora else str(self.config.served_model_name)
+    def _times(self, seq: Sequence) -> SequenceTimes:
+        return self._requests[seq.request_id].times[seq.index]
+
+    def _series(self, metric, lora: LoRARequest | None, **labels: str):  # noqa: ANN001, ANN202
+        """A per-model loraserve_* series: the base model's, or the adapter's (bounded)."""
+        name = lora.lora_name if lora else None
+        base = str(self.config.served_model_name)
+        return metrics.ADAPTER_LABELS.labels(metric, name, base, **labels)
 
 
 def _completion(seq: Sequence) -> CompletionOutput:

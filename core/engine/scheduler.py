@@ -2,9 +2,11 @@
 
 Every step decodes one token for each running sequence and admits waiting ones (their
 whole prompt as prefill) while the token budget, free KV blocks, ``max_num_seqs`` and
-free LoRA slots allow. A waiting request whose adapter has no free slot is skipped, not
-dropped: later requests may go ahead and it is retried next step. When the cache runs
-out of blocks, the newest running sequence is preempted and recomputed later.
+free LoRA slots allow. A step's first prompt goes in whatever the budget: with no chunked
+prefill, a prompt longer than the budget could otherwise never run. A waiting request whose
+adapter has no free slot is skipped, not dropped: later requests may go ahead and it is
+retried next step. When the cache runs out of blocks, the newest running sequence is
+preempted and recomputed later.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from loraserve.engine.block_manager import BlockManager
 from loraserve.engine.sequence import Sequence, SequenceStatus
+from loraserve.engine.stats import BatchState, adapter_names
 from loraserve.lora.manager import LoRAManager
 
 
@@ -41,6 +44,7 @@ class Scheduler:
         self.lora_manager = lora_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0  # since the start; the engine reports the increase per step
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -67,11 +71,12 @@ class Scheduler:
 
     def _admit_waiting(self, step: ScheduledStep) -> None:
         budget = self.max_num_batched_tokens - step.num_tokens
+        first = True  # the step's first prompt is admitted over the budget
         skipped: list[Sequence] = []
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             tokens = seq.num_tokens
-            if tokens > budget or not self.blocks.can_allocate(seq, tokens):
+            if (tokens > budget and not first) or not self.blocks.can_allocate(seq, tokens):
                 break
             if seq.lora is not None and not self._take_slot(seq):
                 skipped.append(self.waiting.popleft())
@@ -83,6 +88,7 @@ class Scheduler:
             step.seqs.append(seq)
             step.query_lens.append(tokens - seq.num_cached_tokens)
             budget -= tokens
+            first = False
         self.waiting.extendleft(reversed(skipped))
 
     def _take_slot(self, seq: Sequence) -> bool:
@@ -102,6 +108,7 @@ class Scheduler:
         self._release(seq)
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
+        self.num_preemptions += 1
 
     def finish(self, seq: Sequence, reason: str) -> None:
         if seq.status is SequenceStatus.RUNNING:
@@ -111,3 +118,13 @@ class Scheduler:
         self._release(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+
+    def batch_state(self) -> BatchState:
+        """What is running and waiting now (call it from the thread that steps)."""
+        return BatchState(
+            running=len(self.running),
+            waiting=len(self.waiting),
+            kv_cache_usage=self.blocks.usage,
+            running_adapters=adapter_names([seq.lora_name for seq in self.running]),
+            waiting_adapters=adapter_names([seq.lora_name for seq in self.waiting]),
+        )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loraserve.engine.detokenizer import IncrementalDetokenizer
 from loraserve.logprobs import PromptLogprobs, SampleLogprobs
 from loraserve.lora.request import LoRARequest
 from loraserve.sampling_params import SamplingParams
@@ -37,6 +38,7 @@ class Sequence:
     stop_reason: str | int | None = None  # the stop string or stop token id that finished it
     error: str | None = None  # why it finished with "error" (it failed alone)
     text: str = ""
+    detokenizer: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer, repr=False)
     first_token_time: float | None = None
     lora_slot: int | None = None
     output_logprobs: SampleLogprobs = field(default_factory=list)  # one dict per output token

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from loraserve.config import EngineConfig
 from loraserve.engine.builder import build_resolution, checked_plugins
 from loraserve.engine.llm_engine import LLMEngine
+from loraserve.entrypoints.vllm_options import VLLM_ONLY_OPTIONS
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
 from loraserve.lora.request import LoRARequest
 from loraserve.outputs import RequestOutput
@@ -24,29 +25,14 @@ logger = logging.getLogger(__name__)
 Prompt = str | dict[str, Any]
 LoRASpec = LoRARequest | str | None
 
-# vLLM engine options that mean nothing here (GPU memory, parallelism, graph capture, ...):
-# accepted with a warning, so a vLLM script runs unchanged. Any other unknown keyword is a
-# TypeError, as in vLLM, so a misspelt option (``max_lora=4``) is never silently dropped.
-VLLM_ONLY_OPTIONS = frozenset({
-    "tokenizer_mode", "skip_tokenizer_init", "trust_remote_code", "revision",
-    "tokenizer_revision", "code_revision", "download_dir", "load_format", "quantization",
-    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
-    "distributed_executor_backend", "gpu_memory_utilization", "swap_space", "cpu_offload_gb",
-    "enforce_eager", "max_seq_len_to_capture", "disable_custom_all_reduce", "kv_cache_dtype",
-    "block_size", "enable_prefix_caching", "enable_chunked_prefill", "max_num_batched_tokens",
-    "disable_log_stats", "max_logprobs", "fully_sharded_loras", "lora_extra_vocab_size",
-    "lora_dtype", "long_lora_scaling_factors", "max_seq_len", "compilation_config",
-    "hf_overrides", "mm_processor_kwargs", "limit_mm_per_prompt", "worker_cls",
-    "disable_async_output_proc", "scheduling_policy", "num_scheduler_steps", "task", "runner",
-    "override_generation_config", "generation_config", "allowed_local_media_path",
-})
-
 
 class LLM:
     """One base model, optionally with LoRA adapters, generating for a list of prompts at once.
 
     ``model`` is a Hugging Face directory or a GGUF file; ``tokenizer`` a Hugging Face
-    tokenizer directory to use instead of the model's own.
+    tokenizer directory to use instead of the model's own. vLLM's engine options that mean
+    nothing here (``vllm_options.VLLM_ONLY_OPTIONS``) are accepted with a warning; any other
+    unknown keyword is a TypeError, as in vLLM, so a misspelt option is never dropped.
     """
 
     def __init__(
@@ -64,6 +50,14 @@ class LLM:
         device: str = "auto",
         lora_merge: bool = True,
         tokenizer: str | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_logprobs: int = 20,
+        generation_config: str = "auto",
+        override_generation_config: dict | None = None,
+        block_size: int = 16,
+        kv_cache_memory_bytes: int | None = None,
+        lora_dtype: str = "auto",
+        disable_log_stats: bool = False,
         **vllm_options: Any,
     ) -> None:
         _check_vllm_options(vllm_options)
@@ -75,12 +69,20 @@ class LLM:
             seed=seed,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            block_size=block_size,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
             device=device,
             enable_lora=enable_lora,
             max_loras=max_loras,
             max_lora_rank=max_lora_rank,
             max_cpu_loras=max_cpu_loras,
+            lora_dtype=lora_dtype,
             lora_merge=lora_merge,
+            max_logprobs=max_logprobs,
+            generation_config=generation_config,
+            override_generation_config=override_generation_config,
+            disable_log_stats=disable_log_stats,
         )
         self.engine = LLMEngine(self.config, lora_events=checked_plugins())
         self._resolution = build_resolution(
@@ -91,6 +93,10 @@ class LLM:
     def get_tokenizer(self):
         return self.engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """``SamplingParams`` with the generation config's defaults (``generation_config``)."""
+        return SamplingParams(**self.engine.sampling_defaults)
+
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
@@ -100,7 +106,8 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate for every prompt; one output per prompt, in order.
 
-        ``sampling_params`` is one ``SamplingParams`` for all prompts or a list, one per prompt.
+        ``sampling_params`` is one ``SamplingParams`` for all prompts or a list, one per prompt;
+        none means ``get_default_sampling_params()``.
 
         ``lora_request`` is one adapter for all prompts or a list with one entry (or None)
         per prompt. An entry may be a ``LoRARequest`` or the name of an adapter that is
@@ -108,7 +115,8 @@ class LLM:
         """
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
-        params = self._per_prompt(sampling_params or SamplingParams(), len(prompts), "sampling_params")
+        params = self._per_prompt(sampling_params or self.get_default_sampling_params(),
+                                  len(prompts), "sampling_params")
         loras = self._per_prompt(lora_request, len(prompts), "lora_request")
         ids: list[str] = []
         try:

@@ -107,6 +107,7 @@ class LoRAManager:
                 self._registered[name] = request
                 self._last_used[name] = time.monotonic()
                 self._put_host(_key(request), adapter)
+                metrics.ADAPTER_LABELS.register(name)
         finally:
             with self._lock:
                 self._loading.pop(name).set()
@@ -138,6 +139,7 @@ class LoRAManager:
         if request is None:
             return None
         self._last_used.pop(name, None)
+        metrics.ADAPTER_LABELS.unregister(name)  # its per-model series go with it
         if self._host_refs[_key(request)] == 0:
             self._drop_host(_key(request))
         return request

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from loraserve import metrics
+from loraserve.entrypoints.openai.cors import CORSPolicy, cors_middleware, cors_on_prepare
 from loraserve.entrypoints.openai.errors import HTTPError, error_response
 from loraserve.entrypoints.openai.request_values import parse_json_body
 from loraserve.entrypoints.openai.responses import ServingResponse
+from loraserve.entrypoints.openai.routes import Route
 from loraserve.entrypoints.openai.server_config import ServerConfig
 from loraserve.entrypoints.openai.serving import OpenAIServing
 
@@ -28,11 +33,16 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024 * 1024  # long token-id prompts are legitimately large
 THREAD_PARSE_BYTES = 1024 * 1024  # larger bodies are decoded on a worker thread
 SERVING_KEY = web.AppKey("serving", OpenAIServing)
+HTTP_LOG_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,
+                   "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}  # uvicorn's TRACE
 
 
 async def _json_body(request: web.Request) -> object:
-    """The decoded body; a large one off the event loop, so /health and streams keep going."""
+    """The decoded body (None for none: the core refuses that where a body is needed); a large
+    one off the event loop, so /health and streams keep going."""
     raw = await request.read()
+    if not raw.strip():
+        return None
     if len(raw) > THREAD_PARSE_BYTES:
         return await asyncio.to_thread(parse_json_body, raw)
     return parse_json_body(raw)
@@ -63,8 +73,9 @@ def _header_bytes(request: web.Request, name: str) -> bytes:
         return b""
 
 
-def _auth_middleware(api_key: str) -> web.middleware:
-    """Every ``/v1`` route needs ``Authorization: Bearer <key>``; /health and /metrics do not.
+def _auth_middleware(api_key: str, root_path: str) -> web.middleware:
+    """Every ``/v1`` route needs ``Authorization: Bearer <key>`` (under ``--root-path`` too);
+    the others (/health, /metrics, /tokenize, /invocations, ...) do not, as in vLLM.
 
     Header bytes that are not UTF-8 arrive as surrogate escapes; they are compared as the
     bytes they were, so any header at all is a 401 rather than an encoding error.
@@ -73,7 +84,7 @@ def _auth_middleware(api_key: str) -> web.middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler):  # noqa: ANN001, ANN202
-        if request.path.startswith("/v1") and request.method != "OPTIONS":
+        if core_path(request.path, root_path).startswith("/v1") and request.method != "OPTIONS":
             if not hmac.compare_digest(_header_bytes(request, "Authorization"), expected):
                 raise HTTPError(
                     HTTPStatus.UNAUTHORIZED,
@@ -85,22 +96,59 @@ def _auth_middleware(api_key: str) -> web.middleware:
 
 
 def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> web.Application:
-    """The serving core's routes over HTTP, with the error (and, given a key, auth) middleware."""
-    middlewares = [_error_middleware()]
+    """The serving core's routes over HTTP (also under ``--root-path``), with the CORS, error
+    (and, given a key, auth) middleware."""
+    cors = CORSPolicy(config.cors)
+    middlewares = [cors_middleware(cors), _error_middleware()]
     if config.api_key:
-        middlewares.append(_auth_middleware(config.api_key))
+        middlewares.append(_auth_middleware(config.api_key, config.root_path))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(cors_on_prepare(cors))
     serving = OpenAIServing(engine, config)
     app[SERVING_KEY] = serving
-    for method, path in serving.routes:
-        app.router.add_route(method, path, _route(serving, method, path))
+    for route in serving.routes:
+        handler = _route(serving, route.method, route.path, config.root_path)
+        for prefix in dict.fromkeys(["", config.root_path]):
+            app.router.add_route(route.method, prefix + _aiohttp_path(route), handler)
     return app
 
 
-def _route(serving: OpenAIServing, method: str, path: str):  # noqa: ANN202 - an aiohttp handler
+def _aiohttp_path(route: Route) -> str:
+    """The route in aiohttp's syntax: a final ``{name}`` takes the rest of the path."""
+    name = route.parameter
+    return route.path if name is None else f"{route.prefix}{{{name}:.+}}"
+
+
+def core_path(path: str, root_path: str) -> str:
+    """A request's path as the core's routes spell it, without the proxy's prefix."""
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        return path[len(root_path):] or "/"
+    return path
+
+
+def _route(serving: OpenAIServing, method: str, path: str, root_path: str = ""):  # noqa: ANN202
+    """An aiohttp handler for one route; the core matches the request's own path."""
+    if (method, path) == ("GET", "/metrics"):
+        return _metrics_handler()
+
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await _json_body(request) if method == "POST" else None
-        return await _write(request, await serving.handle(method, path, body))
+        answer = await serving.handle(method, core_path(request.path, root_path), body)
+        return await _write(request, answer)
+
+    return handler
+
+
+def _metrics_handler():  # noqa: ANN202 - an aiohttp handler
+    """prometheus_client's aiohttp handler over the registry the core's /metrics exports, for
+    what the core has no headers for: gzip (Accept-Encoding) and OpenMetrics (Accept), the
+    latter with the escaping that ``metrics.openmetrics_accept`` explains."""
+    serve = make_aiohttp_handler(metrics.REGISTRY)
+
+    async def handler(request: web.Request) -> web.Response:
+        headers = CIMultiDict(request.headers)
+        headers[hdrs.ACCEPT] = metrics.openmetrics_accept(",".join(headers.getall(hdrs.ACCEPT, [])))
+        return await serve(request.clone(headers=headers))
 
     return handler
 
@@ -133,7 +181,12 @@ async def start_server(engine: AsyncLLMEngine, config: ServerConfig) -> web.AppR
     """
     app = build_app(engine, config)
     await app[SERVING_KEY].models.load_static(config.lora_modules)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # --uvicorn-log-level: the level of aiohttp's loggers, whose access log says one line
+    # per request at info (uvicorn's format), unless --disable-uvicorn-access-log
+    logging.getLogger("aiohttp").setLevel(HTTP_LOG_LEVELS[config.http_log_level])
+    access = logging.getLogger("aiohttp.access") if config.access_log else None
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=access,
+                           access_log_format='%a - "%r" %s')
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -61,24 +61,33 @@ def tokenize_prompts(
 
 
 def render_chat(tokenizer: Any, context: ContextLimit, req: ChatCompletionRequest,
-                model_name: str) -> list[int]:
-    """The conversation through the tokenizer's chat template, as token ids."""
-    if not getattr(tokenizer, "chat_template", None):
+                model_name: str, chat_template: str | None = None) -> list[int]:
+    """The conversation through ``chat_template`` (the server's) or the tokenizer's, as ids."""
+    return chat_token_ids(
+        tokenizer, context, req.messages, model_name, chat_template,
+        completion_tokens=req.sampling.max_tokens or 1,
+        add_generation_prompt=req.add_generation_prompt, **req.chat_template_kwargs,
+    )
+
+
+def chat_token_ids(tokenizer: Any, context: ContextLimit, messages: list[dict], model_name: str,
+                   chat_template: str | None, completion_tokens: int,
+                   add_special_tokens: bool = False, **template_kwargs: Any) -> list[int]:
+    """Messages rendered by a chat template, then tokenized; the template writes any special
+    tokens itself, as in vLLM, unless ``add_special_tokens`` asks for the tokenizer's too."""
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise InvalidRequestError(NO_TEMPLATE.format(model=model_name))
     try:
         text = tokenizer.apply_chat_template(
-            req.messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
-            **req.chat_template_kwargs,
-        )
+            messages, tokenize=False, chat_template=chat_template, **template_kwargs)
     except Exception as exc:  # a template that rejects these messages is the caller's 400
         raise InvalidRequestError(f"The chat template could not render the messages: {exc}") from exc
-    context.check_chars(len(text), tokenizer.max_token_chars, req.sampling.max_tokens or 1)
+    context.check_chars(len(text), tokenizer.max_token_chars, completion_tokens)
     # the request's strings were checked when parsed; kwargs may still render a lone
     # surrogate, on which the tokenizer raises
     if not is_text(text):
         raise InvalidRequestError("The prompt must be valid Unicode text (it has a lone surrogate)")
-    # the template writes any special tokens itself, as in vLLM
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
 
 def sampling_params(fields: SamplingFields, prompt_len: int, context: ContextLimit) -> SamplingParams:
@@ -87,6 +96,8 @@ def sampling_params(fields: SamplingFields, prompt_len: int, context: ContextLim
     No ``max_tokens`` means "up to the context limit", as vLLM does for chat.
     """
     max_tokens = fields.max_tokens if fields.max_tokens is not None else max(context.room(prompt_len), 1)
+    if fields.max_tokens_cap is not None:  # the generation config's max_new_tokens, as vLLM
+        max_tokens = min(max_tokens, fields.max_tokens_cap)
     return SamplingParams(
         temperature=fields.temperature,
         top_p=fields.top_p,

@@ -8,6 +8,7 @@ int64, not valid Unicode). Range checks of sampling values stay in ``SamplingPar
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,16 @@ def _stop_list(body: dict[str, Any]) -> list[str] | None:
     raise InvalidRequestError(f"'stop' must be a string or an array of strings, got {show(stop)}")
 
 
+@dataclass(frozen=True)
+class RequestDefaults:
+    """The server's rules for sampling fields: how many logprobs a request may ask for
+    (``--max-logprobs``) and what it gets for fields it leaves out (the generation config's
+    temperature, top_p, top_k, repetition_penalty; its max_tokens caps every request)."""
+
+    max_logprobs: int = MAX_LOGPROBS
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class SamplingFields:
     """The sampling knobs shared by completions and chat (OpenAI's plus vLLM's extras)."""
@@ -89,11 +100,14 @@ class SamplingFields:
     logit_bias: dict[int, float] | None
     logprobs: int | None  # how many top alternatives per token; None: no logprobs
     prompt_logprobs: int | None  # the same for the prompt's tokens (vLLM's extra field)
+    max_tokens_cap: int | None = None  # the generation config's max_new_tokens
 
     @classmethod
     def parse(
-        cls, body: dict[str, Any], max_tokens_default: int | None, logprobs: int | None
+        cls, body: dict[str, Any], max_tokens_default: int | None, logprobs: int | None,
+        defaults: RequestDefaults = RequestDefaults(),
     ) -> SamplingFields:
+        """``defaults.sampling`` fills what the body leaves out."""
         name = "max_tokens"
         max_tokens = _field(body, name, "int")
         if max_tokens is None:  # chat's newer name for the same limit
@@ -110,11 +124,12 @@ class SamplingFields:
                 f"'stop_token_ids' must be an array of integers, got {show(stop_token_ids)}"
             )
         check_token_ids("stop_token_ids", stop_token_ids)
-        top_k = _field(body, "top_k", "int", 0)
+        given = defaults.sampling
+        top_k = _field(body, "top_k", "int", given.get("top_k", 0))
         return cls(
             max_tokens=max_tokens,
-            temperature=float(_field(body, "temperature", "number", 1.0)),
-            top_p=float(_field(body, "top_p", "number", 1.0)),
+            temperature=float(_field(body, "temperature", "number", given.get("temperature", 1.0))),
+            top_p=float(_field(body, "top_p", "number", given.get("top_p", 1.0))),
             top_k=0 if top_k == -1 else top_k,  # vLLM spells "disabled" as -1
             seed=_field(body, "seed", "int"),
             n=n,
@@ -124,11 +139,13 @@ class SamplingFields:
             include_stop_str_in_output=_field(body, "include_stop_str_in_output", "bool", False),
             presence_penalty=float(_field(body, "presence_penalty", "number", 0.0)),
             frequency_penalty=float(_field(body, "frequency_penalty", "number", 0.0)),
-            repetition_penalty=float(_field(body, "repetition_penalty", "number", 1.0)),
+            repetition_penalty=float(_field(body, "repetition_penalty", "number",
+                                            given.get("repetition_penalty", 1.0))),
             min_tokens=_field(body, "min_tokens", "int", 0),
             logit_bias=_logit_bias(body),
             logprobs=logprobs,
-            prompt_logprobs=_prompt_logprobs(body),
+            prompt_logprobs=_prompt_logprobs(body, defaults.max_logprobs),
+            max_tokens_cap=given.get("max_tokens"),
         )
 
 
@@ -152,14 +169,16 @@ def _logit_bias(body: dict[str, Any]) -> dict[int, float] | None:
 _TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,20}")  # ASCII digits only: int() also reads "²" and "١"
 
 
-def _bounded_logprobs(name: str, value: int | None) -> int | None:
-    if value is not None and not 0 <= value <= MAX_LOGPROBS:
-        raise InvalidRequestError(f"'{name}' must be between 0 and {MAX_LOGPROBS}, got {value}")
+def _bounded_logprobs(name: str, value: int | None, max_logprobs: int) -> int | None:
+    if value is not None and not 0 <= value <= max_logprobs:
+        raise InvalidRequestError(f"'{name}' must be between 0 and {max_logprobs}, got {value} "
+                                  f"(the server's --max-logprobs is {max_logprobs})")
     return value
 
 
-def _prompt_logprobs(body: dict[str, Any]) -> int | None:
-    value = _bounded_logprobs("prompt_logprobs", _field(body, "prompt_logprobs", "int"))
+def _prompt_logprobs(body: dict[str, Any], max_logprobs: int) -> int | None:
+    value = _bounded_logprobs("prompt_logprobs", _field(body, "prompt_logprobs", "int"),
+                              max_logprobs)
     if value is not None and _field(body, "stream", "bool", False):  # vLLM's check and message
         raise InvalidRequestError("`prompt_logprobs` are not available when `stream=True`.")
     return value
@@ -197,18 +216,20 @@ class CompletionRequest:
     echo_only: bool = False  # echo with max_tokens 0: the prompt (and its logprobs) alone
 
     @classmethod
-    def parse(cls, body: Any) -> CompletionRequest:
+    def parse(cls, body: Any, defaults: RequestDefaults = RequestDefaults()) -> CompletionRequest:
         body = _require_object(body)
         if "prompt" not in body or body["prompt"] is None:
             raise InvalidRequestError("'prompt' is required")
         _refuse_unsupported(body)
-        logprobs = _bounded_logprobs("logprobs", _field(body, "logprobs", "int"))
+        logprobs = _bounded_logprobs("logprobs", _field(body, "logprobs", "int"),
+                                     defaults.max_logprobs)
         echo = _field(body, "echo", "bool", False)
         # vLLM's echo without generation: one token is generated and then left out
         echo_only = echo and _field(body, "max_tokens", "int") == 0
         if echo_only:
             body = {**body, "max_tokens": 1}
-        sampling = SamplingFields.parse(body, max_tokens_default=16, logprobs=logprobs)  # OpenAI's
+        sampling = SamplingFields.parse(body, max_tokens_default=16, logprobs=logprobs,  # OpenAI's
+                                        defaults=defaults)
         if echo and logprobs is not None:  # the echoed prompt's tokens get logprobs too
             sampling.prompt_logprobs = max(sampling.prompt_logprobs or 0, logprobs)
         return cls(
@@ -261,18 +282,17 @@ class ChatCompletionRequest:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, body: Any) -> ChatCompletionRequest:
+    def parse(cls, body: Any, defaults: RequestDefaults = RequestDefaults()) -> ChatCompletionRequest:
         body = _require_object(body)
-        messages = _field(body, "messages", "list")
-        if not messages:
-            raise InvalidRequestError("'messages' is required and must be a non-empty array")
+        messages = parse_messages(body)
         _refuse_unsupported(body)
         return cls(
             model=_field(body, "model", "str"),
-            messages=[_parse_message(i, m) for i, m in enumerate(messages)],
+            messages=messages,
             # None: up to the context limit, as vLLM does for chat
             sampling=SamplingFields.parse(body, max_tokens_default=None,
-                                          logprobs=_chat_logprobs(body)),
+                                          logprobs=_chat_logprobs(body, defaults.max_logprobs),
+                                          defaults=defaults),
             stream=_field(body, "stream", "bool", False),
             include_usage=_include_usage(body),
             add_generation_prompt=_field(body, "add_generation_prompt", "bool", True),
@@ -280,14 +300,22 @@ class ChatCompletionRequest:
         )
 
 
-def _chat_logprobs(body: dict[str, Any]) -> int | None:
+def _chat_logprobs(body: dict[str, Any], max_logprobs: int) -> int | None:
     """Chat spells it ``logprobs: true`` plus ``top_logprobs: N`` (vLLM's checks and message)."""
-    top = _bounded_logprobs("top_logprobs", _field(body, "top_logprobs", "int"))
+    top = _bounded_logprobs("top_logprobs", _field(body, "top_logprobs", "int"), max_logprobs)
     if not _field(body, "logprobs", "bool", False):
         if top:
             raise InvalidRequestError("when using `top_logprobs`, `logprobs` must be set to true.")
         return None
     return top or 0
+
+
+def parse_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """A chat body's ``messages``: a non-empty array of messages."""
+    messages = _field(body, "messages", "list")
+    if not messages:
+        raise InvalidRequestError("'messages' is required and must be a non-empty array")
+    return [_parse_message(i, m) for i, m in enumerate(messages)]
 
 
 def _parse_message(index: int, message: Any) -> dict[str, str]:
@@ -342,3 +370,4 @@ class UnloadLoRAAdapterRequest:
     def parse(cls, body: Any) -> UnloadLoRAAdapterRequest:
         body = _require_object(body)
         return cls(_field(body, "lora_name", "str"), _field(body, "lora_int_id", "int"))
+

@@ -32,8 +32,19 @@ class RequestLimits:
 
 
 @dataclass
+class CORSConfig:
+    """Which browser pages may call the server (vLLM's flags and defaults: everyone, without
+    credentials)."""
+
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+
+
+@dataclass
 class ServerConfig:
-    """Listening address, auth and LoRA policy of one server."""
+    """Listening address, auth, LoRA policy and HTTP behaviour of one server."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -43,3 +54,10 @@ class ServerConfig:
     # further --served-model-name values: names that also mean the base model (as in vLLM)
     served_model_aliases: list[str] = field(default_factory=list)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    chat_template: str | None = None  # --chat-template: used instead of the tokenizer's
+    trust_request_chat_template: bool = False  # requests may bring their own chat_template
+    response_role: str = "assistant"  # chat answers' role when a generation prompt is added
+    root_path: str = ""  # --root-path: a proxy's prefix, answered with and without it
+    cors: CORSConfig = field(default_factory=CORSConfig)
+    http_log_level: str = "info"  # --uvicorn-log-level: the HTTP server's loggers
+    access_log: bool = True  # one line per request, at info

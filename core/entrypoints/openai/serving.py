@@ -7,26 +7,29 @@ OpenAI-shaped errors in one place, ``handle``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from loraserve import metrics
 from loraserve.entrypoints.openai.errors import NotFoundError, error_response
-from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from loraserve.entrypoints.openai.protocol import (
+    LoadLoRAAdapterRequest,
+    RequestDefaults,
+    UnloadLoRAAdapterRequest,
+)
 from loraserve.entrypoints.openai.responses import ServingResponse, json_response, text_response
+from loraserve.entrypoints.openai.routes import RouteTable
 from loraserve.entrypoints.openai.serving_chat import ServingChat
 from loraserve.entrypoints.openai.serving_completion import ServingCompletion
 from loraserve.entrypoints.openai.serving_models import ServingModels
+from loraserve.entrypoints.openai.serving_sagemaker import ServingSageMaker
+from loraserve.entrypoints.openai.serving_tokenization import ServingTokenization
 from loraserve.version import __version__
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
     from loraserve.entrypoints.openai.server_config import ServerConfig
-
-Route = tuple[str, str]  # (method, path)
-Handler = Callable[[Any], Awaitable[ServingResponse]]
 
 
 class OpenAIServing:
@@ -36,27 +39,42 @@ class OpenAIServing:
         self.models = ServingModels(
             engine, config.allow_runtime_lora_updating, config.served_model_aliases
         )
-        self.completion = ServingCompletion(engine, self.models, config.limits)
-        self.chat = ServingChat(engine, self.models, config.limits)
-        self.routes: dict[Route, Handler] = {
-            ("GET", "/health"): self._health,
-            ("GET", "/metrics"): self._metrics,
-            ("GET", "/version"): self._version,
-            ("GET", "/v1/models"): self._list_models,
-            ("POST", "/v1/completions"): self.completion.create,
-            ("POST", "/v1/chat/completions"): self.chat.create,
-        }
+        defaults = RequestDefaults(engine.max_logprobs, engine.sampling_defaults)
+        self.completion = ServingCompletion(engine, self.models, config.limits, defaults)
+        self.chat = ServingChat(engine, self.models, config, defaults)
+        self.tokenization = ServingTokenization(engine, self.models, config)
+        sagemaker = ServingSageMaker(self.models, self.completion, self.chat)
+        self.routes = RouteTable()
+        for method, path, handler in [
+            ("GET", "/health", self._health),
+            ("GET", "/ping", sagemaker.ping),
+            ("POST", "/ping", sagemaker.ping),
+            ("GET", "/metrics", self._metrics),
+            ("GET", "/version", self._version),
+            ("GET", "/v1/models", self._list_models),
+            ("GET", "/v1/models/{model_id}", self._retrieve_model),
+            ("POST", "/v1/completions", self.completion.create),
+            ("POST", "/v1/chat/completions", self.chat.create),
+            ("POST", "/tokenize", self.tokenization.tokenize),
+            ("POST", "/detokenize", self.tokenization.detokenize),
+            ("POST", "/invocations", sagemaker.invocations),
+        ]:
+            self.routes.add(method, path, handler)
         if config.allow_runtime_lora_updating:
-            self.routes[("POST", "/v1/load_lora_adapter")] = self._load_lora
-            self.routes[("POST", "/v1/unload_lora_adapter")] = self._unload_lora
+            self.routes.add("POST", "/v1/load_lora_adapter", self._load_lora)
+            self.routes.add("POST", "/v1/unload_lora_adapter", self._unload_lora)
+            self.routes.add("POST", "/adapters", sagemaker.load_adapter)
+            self.routes.add("DELETE", "/adapters/{name}", sagemaker.unload_adapter)
 
     async def handle(self, method: str, path: str, body: Any = None) -> ServingResponse:
-        """Answer one request; ``body`` is the decoded JSON body (None for a GET)."""
+        """Answer one request; ``body`` is the decoded JSON body (None for a GET). Path
+        parameters (``/v1/models/{model_id}``) are matched here, from ``path``."""
         try:
-            handler = self.routes.get((method, path))
-            if handler is None:
+            found = self.routes.match(method, path)
+            if found is None:
                 raise NotFoundError("Not Found")
-            return await handler(body)
+            handler, parameters = found
+            return await handler(body, **parameters)
         except Exception as exc:  # the one place exceptions become statuses
             return error_response(exc)
 
@@ -64,14 +82,19 @@ class OpenAIServing:
         return ServingResponse(200)
 
     async def _metrics(self, _: Any) -> ServingResponse:
-        return ServingResponse(200, {"Content-Type": CONTENT_TYPE_LATEST},
-                               generate_latest(metrics.REGISTRY))
+        """What prometheus_client's aiohttp handler (the aiohttp app's /metrics) answers a
+        scrape that names no format: the same registry, encoder and content type."""
+        encode, content_type = choose_encoder("")
+        return ServingResponse(200, {"Content-Type": content_type}, encode(metrics.REGISTRY))
 
     async def _version(self, _: Any) -> ServingResponse:
         return json_response({"version": __version__})
 
     async def _list_models(self, _: Any) -> ServingResponse:
         return json_response(self.models.list_models())
+
+    async def _retrieve_model(self, _: Any, model_id: str) -> ServingResponse:
+        return json_response(self.models.model_card(model_id))
 
     async def _load_lora(self, body: Any) -> ServingResponse:
         return text_response(await self.models.load(LoadLoRAAdapterRequest.parse(body)))

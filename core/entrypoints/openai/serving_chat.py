@@ -12,7 +12,11 @@ from loraserve.entrypoints.openai.prompts import (
     render_chat,
     sampling_params,
 )
-from loraserve.entrypoints.openai.protocol import ChatCompletionRequest, SamplingFields
+from loraserve.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    RequestDefaults,
+    SamplingFields,
+)
 from loraserve.entrypoints.openai.responses import ServingResponse, json_response
 from loraserve.entrypoints.openai.streaming import (
     Usage,
@@ -26,7 +30,7 @@ from loraserve.entrypoints.openai.streaming import (
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
-    from loraserve.entrypoints.openai.server_config import RequestLimits
+    from loraserve.entrypoints.openai.server_config import ServerConfig
     from loraserve.entrypoints.openai.serving_models import ServingModels
     from loraserve.outputs import RequestOutput
 
@@ -36,33 +40,42 @@ Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
 class ServingChat:
     """Renders the conversation to token ids, then runs and shapes it like a completion."""
 
-    def __init__(self, engine: AsyncLLMEngine, models: ServingModels, limits: RequestLimits) -> None:
+    def __init__(self, engine: AsyncLLMEngine, models: ServingModels, config: ServerConfig,
+                 defaults: RequestDefaults) -> None:
         self.engine = engine
         self.models = models
-        self.limits = limits
+        self.limits = config.limits
+        self.chat_template = config.chat_template  # --chat-template, else the tokenizer's
+        self.response_role = config.response_role
+        self.defaults = defaults
 
     async def create(self, body: Any) -> ServingResponse:
-        req = ChatCompletionRequest.parse(body)
+        req = ChatCompletionRequest.parse(body, self.defaults)
         check_request_size(self.limits, 1, req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
         engine = self.engine
         prompt = await on_tokenizer_thread(
-            render_chat, engine.tokenizer, engine.context, req, self.models.base_model_name
+            render_chat, engine.tokenizer, engine.context, req, self.models.base_model_name,
+            self.chat_template,
         )
+        # vLLM's rule: the answer continues the last message's role unless a prompt is added
+        role = self.response_role if req.add_generation_prompt else req.messages[-1]["role"]
         params = sampling_params(req.sampling, len(prompt), engine.context)
         head = {"id": random_id("chatcmpl"), "created": now(), "model": model_name}
         usage = Usage([len(prompt)])
         outputs = merged(engine, [prompt], params, head["id"], lora)
         if req.stream:  # the stream owns the outputs from here on
-            return await sse_response(_chunks(outputs, head, req.sampling, req.include_usage, usage))
+            return await sse_response(
+                _chunks(outputs, head, req.sampling, req.include_usage, usage, role))
         try:
-            return await _whole(outputs, head, req.sampling.logprobs, usage)
+            return await _whole(outputs, head, req.sampling.logprobs, usage, role)
         finally:
             await outputs.aclose()
 
 
-async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) -> ServingResponse:
+async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage,
+                 role: str) -> ServingResponse:
     final: RequestOutput | None = None
     async for index, out in outputs:
         usage.observe(index, out)
@@ -70,7 +83,7 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage) ->
         for comp in out.outputs:  # a failed choice ends the request now, aborting the rest
             raise_if_failed(comp, comp.index)
     choices = [
-        {"index": comp.index, "message": {"role": "assistant", "content": comp.text},
+        {"index": comp.index, "message": {"role": role, "content": comp.text},
          "logprobs": None if top is None else chat_logprobs(comp.token_ids, comp.logprobs, top),
          "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
         for comp in (final.outputs if final else [])
@@ -91,7 +104,8 @@ def _chunk(
 
 
 async def _chunks(
-    outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage
+    outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage,
+    role: str,
 ) -> AsyncIterator[dict[str, Any]]:
     """A role chunk per choice first (as OpenAI sends it), then content deltas, each with the
     logprobs of the tokens generated since the choice's previous chunk when asked for.
@@ -102,18 +116,19 @@ async def _chunks(
     the stream with an error event. Ending or closing the chunks closes ``outputs``.
     """
     try:
-        async for chunk in _choice_chunks(outputs, head, sampling, include_usage, usage):
+        async for chunk in _choice_chunks(outputs, head, sampling, include_usage, usage, role):
             yield chunk
     finally:
         await outputs.aclose()
 
 
 async def _choice_chunks(
-    outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage
+    outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage,
+    role: str,
 ) -> AsyncIterator[dict[str, Any]]:
     first = await anext(outputs, None)
     for index in range(sampling.n):
-        yield _chunk(head, index, {"role": "assistant", "content": ""}, None)
+        yield _chunk(head, index, {"role": role, "content": ""}, None)
     sent: dict[int, int] = {}
     sent_tokens: dict[int, int] = {}
     finished: set[int] = set()

@@ -13,7 +13,7 @@ from loraserve.entrypoints.openai.prompts import (
     sampling_params,
     tokenize_prompts,
 )
-from loraserve.entrypoints.openai.protocol import CompletionRequest
+from loraserve.entrypoints.openai.protocol import CompletionRequest, RequestDefaults
 from loraserve.entrypoints.openai.responses import ServingResponse, json_response
 from loraserve.entrypoints.openai.streaming import (
     Usage,
@@ -37,13 +37,15 @@ Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
 class ServingCompletion:
     """Tokenizes prompts, runs them as one engine request each, and shapes the answer."""
 
-    def __init__(self, engine: AsyncLLMEngine, models: ServingModels, limits: RequestLimits) -> None:
+    def __init__(self, engine: AsyncLLMEngine, models: ServingModels, limits: RequestLimits,
+                 defaults: RequestDefaults) -> None:
         self.engine = engine
         self.models = models
         self.limits = limits
+        self.defaults = defaults
 
     async def create(self, body: Any) -> ServingResponse:
-        req = CompletionRequest.parse(body)
+        req = CompletionRequest.parse(body, self.defaults)
         check_request_size(self.limits, len(req.prompts), req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name

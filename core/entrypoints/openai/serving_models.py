@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from loraserve.entrypoints.openai.errors import NotFoundError
 from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from loraserve.entrypoints.openai.server_config import LoRAModulePath
-from loraserve.errors import InvalidRequestError, LoRAAdapterError
+from loraserve.errors import InvalidRequestError, LoRAAdapterError, LoRANotFoundError
 from loraserve.lora.request import LoRARequest
 
 if TYPE_CHECKING:
@@ -68,6 +68,14 @@ class ServingModels:
         for lora in self.engine.list_loras():
             cards.append(self._card(lora.lora_name, lora.lora_path, lora.base_model_name or base, now))
         return {"object": "list", "data": cards}
+
+    def model_card(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: the card ``/v1/models`` lists under that id (no resolver
+        is asked: retrieving a model never loads one)."""
+        for card in self.list_models()["data"]:
+            if card["id"] == model_id:
+                return card
+        raise LoRANotFoundError(model_id)
 
     async def resolve(self, model: str | None) -> LoRARequest | None:
         """None for the base model (or no ``model``); raises LoRANotFoundError (404)."""
