@@ -89,7 +89,7 @@ def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
     adapter_names = [f"a{i}" for i in range(BATCH)]
 
     def engine(loras, on: LLM = llm) -> Callable[[], None]:
-        return lambda: on.generate(token_prompts, params, lora_request=loras)
+        return lambda: on.generate(token_prompts, params, lora_request=loras, use_tqdm=False)
 
     with torch.inference_mode():
         engine(distinct)()  # warm up: parse adapters, touch every slot
@@ -124,12 +124,12 @@ def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
                   max_cpu_loras=host_adapters + BATCH, max_num_seqs=BATCH)
     for i in range(host_adapters):
         crowded.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % BATCH])))
-    crowded.generate(token_prompts, params, lora_request=distinct)
+    crowded.generate(token_prompts, params, lora_request=distinct, use_tqdm=False)
     held = crowded.engine.lora_manager.num_host_adapters
     with torch.inference_mode():
         times = best_of(rounds, {
             "16 held": engine(distinct),
-            f"{held} held": lambda: crowded.generate(token_prompts, params, lora_request=distinct),
+            f"{held} held": lambda: crowded.generate(token_prompts, params, lora_request=distinct, use_tqdm=False),
         })
     print(f"4. {held} adapters held, 16 in use / only 16 held: "
           f"{times['16 held'] / times[f'{held} held']:.2f}  (target >= 0.90)")
@@ -148,10 +148,10 @@ def demo_mix(llm: LLM, prompts: list, params: SamplingParams, rounds: int, base_
     names = ("sql", "json", "shout")
     shipped = [LoRARequest(n, 900 + i, str(SHIPPED_ADAPTERS / n)) for i, n in enumerate(names)]
     mixed = [None if i % 4 == 0 else shipped[i % 4 - 1] for i in range(len(prompts))]
-    llm.generate(prompts, params, lora_request=mixed)  # warm up: load the three
+    llm.generate(prompts, params, lora_request=mixed, use_tqdm=False)  # warm up: load the three
     with torch.inference_mode():
         times = best_of(rounds, {"base": base_run,
-                                 "mixed": lambda: llm.generate(prompts, params, lora_request=mixed)})
+                                 "mixed": lambda: llm.generate(prompts, params, lora_request=mixed, use_tqdm=False)})
     tokens = len(prompts) * params.max_tokens
     print(f"6. demo adapters (sql, json, shout) + base rows:  {tokens / times['mixed']:.1f} tok/s, "
           f"{times['base'] / times['mixed']:.2f} of base")

@@ -14,7 +14,12 @@ class LoRAServeError(Exception):
 
 
 class InvalidRequestError(LoRAServeError, ValueError):
-    """The request itself is wrong (HTTP 400)."""
+    """The request itself is wrong (HTTP 400); ``param`` names the request field at fault
+    (``"messages[0].content"``), as OpenAI's error object does."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class LoRAAdapterError(LoRAServeError, ValueError):

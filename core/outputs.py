@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraserve.logprobs import PromptLogprobs, SampleLogprobs
 
@@ -28,3 +29,6 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     lora_name: str | None = None
+    # the adapter's LoRARequest that served it; None for the base model (typed Any: a root
+    # module imports no subpackage)
+    lora_request: Any = None

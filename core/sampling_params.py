@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loraserve.errors import InvalidRequestError
 
@@ -33,6 +33,14 @@ class SamplingParams:
     logprobs: int | None = None  # report the sampled token's and the top-N log-probabilities
     prompt_logprobs: int | None = None  # the same for every prompt token (once per request)
     logit_bias: dict[int, float] | None = None  # added to the logits of these token ids
+    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest (after temperature)
+    skip_special_tokens: bool = True  # leave special tokens out of the text
+    bad_words: list[str] | None = None  # never generate these words (their token sequences)
+    truncate_prompt_tokens: int | None = None  # keep only the last k prompt tokens (-1: the context)
+    # each bad word's token ids, with and without a leading space; set by the engine (vLLM's
+    # ``update_from_tokenizer``) since only it has the tokenizer
+    _bad_words_token_ids: list[list[int]] = field(default_factory=list, init=False, repr=False,
+                                                  compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -40,11 +48,14 @@ class SamplingParams:
         self.stop = [s for s in (self.stop or []) if s]
         self.stop_token_ids = list(self.stop_token_ids or [])
         self.logit_bias = {int(t): float(b) for t, b in (self.logit_bias or {}).items()}
+        if isinstance(self.bad_words, str):
+            self.bad_words = [self.bad_words]
+        self.bad_words = list(self.bad_words or [])
         self._check()
 
     def _check(self) -> None:
         """Refuse what the sampler cannot run: a value that passes here never fails a step."""
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value)
@@ -56,6 +67,8 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_p < _FLOAT32_TINY:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p} (0 in float32)")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.top_k < 0 and self.top_k != -1:
             raise InvalidRequestError(f"top_k must be 0 or -1 (disabled) or positive, got {self.top_k}")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -81,10 +94,42 @@ class SamplingParams:
             raise InvalidRequestError(
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
             )
+        if self.truncate_prompt_tokens is not None and (
+            self.truncate_prompt_tokens == 0 or self.truncate_prompt_tokens < -1
+        ):
+            raise InvalidRequestError("truncate_prompt_tokens must be an integer >= 1 or -1, "
+                                      f"got {self.truncate_prompt_tokens}")
+        if bad := [w for w in self.bad_words if not isinstance(w, str) or not w.strip()]:
+            raise InvalidRequestError(f"bad_words must be non-empty strings, got {bad!r}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and value < 0:  # the engine bounds it (max_logprobs)
                 raise InvalidRequestError(f"{name} must be at least 0, got {value}")
+
+    def update_from_tokenizer(self, tokenizer) -> None:  # noqa: ANN001 - a loraserve Tokenizer
+        """Tokenize ``bad_words`` as vLLM does: each word (leading spaces stripped), and with one
+        leading space when that gives a different first token and as many tokens (the word
+        inside a text)."""
+        sequences: list[list[int]] = []
+        for word in self.bad_words:
+            plain = list(tokenizer.encode(word.lstrip(), add_special_tokens=False))
+            spaced = list(tokenizer.encode(" " + word.lstrip(), add_special_tokens=False))
+            if plain:
+                sequences.append(plain)
+                if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+                    sequences.append(spaced)
+        vocab = len(tokenizer)
+        if outside := [t for ids in sequences for t in ids if not 0 <= t < vocab]:
+            raise InvalidRequestError(
+                f"The model vocabulary size is {vocab}, but the following tokens were specified "
+                f"as bad: {outside}. All token id values should be integers satisfying: "
+                f"0 <= token_id <= {vocab - 1}.")
+        self._bad_words_token_ids = sequences
+
+    @property
+    def bad_words_token_ids(self) -> list[list[int]]:
+        """The banned token sequences (after ``update_from_tokenizer``)."""
+        return self._bad_words_token_ids
 
     @property
     def stop_holdback(self) -> int:

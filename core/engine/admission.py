@@ -25,17 +25,27 @@ class ContextLimit:
         """How many tokens a completion of this prompt may have (< 1: none)."""
         return self.max_model_len - prompt_tokens
 
-    def check(self, prompt_tokens: int, completion_tokens: int, prompt_chars: int | None = None) -> None:
-        """Refuse a request that cannot fit. ``prompt_chars`` says the prompt was measured in
-        characters, not tokenized: ``prompt_tokens`` is then the fewest it can tokenize to."""
-        wanted = prompt_tokens + completion_tokens
+    def check(self, prompt_tokens: int, completion_tokens: int | None,
+              prompt_chars: int | None = None) -> None:
+        """Refuse a request that cannot fit. ``completion_tokens`` None: the completion is
+        clamped to the room left (the server, as vLLM's), so only a prompt that leaves no room
+        is refused, with vLLM's server message. ``prompt_chars`` says the prompt was measured
+        in characters, not tokenized: ``prompt_tokens`` is then the fewest it can tokenize to."""
+        wanted = prompt_tokens + (1 if completion_tokens is None else completion_tokens)
         if wanted <= self.max_model_len:
             return
-        message = (
-            f"This model's maximum context length is {self.max_model_len} tokens. However, you "
-            f"requested {wanted} tokens ({prompt_tokens} in the messages, {completion_tokens} in "
-            "the completion). Please reduce the length of the messages or completion."
-        )
+        if completion_tokens is None:
+            message = (
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your request has {prompt_tokens} input tokens. Please reduce the length of the "
+                "input messages.")
+        else:
+            message = (
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {wanted} tokens ({prompt_tokens} in the messages, "
+                f"{completion_tokens} in the completion). Please reduce the length of the "
+                "messages or completion."
+            )
         if prompt_chars is not None:
             message += (
                 f" (The prompt has {prompt_chars} characters, more than that many tokens can "
@@ -43,7 +53,7 @@ class ContextLimit:
             )
         raise InvalidRequestError(message)
 
-    def check_chars(self, chars: int, max_token_chars: int, completion_tokens: int) -> None:
+    def check_chars(self, chars: int, max_token_chars: int, completion_tokens: int | None) -> None:
         """Before tokenizing: refuse a text too long whatever it tokenizes to (a multi-megabyte
         prompt would otherwise hold the tokenizer for seconds); a shorter one passes untouched."""
         fewest_tokens = math.ceil(chars / (max_token_chars * _NORMALIZATION_SLACK))
@@ -63,6 +73,17 @@ class PreparedRequest:
     lora: LoRARequest | None
     prompt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)  # reached the engine
+
+
+def truncate_prompt(prompt_token_ids: list[int], params: SamplingParams,
+                    max_model_len: int) -> list[int]:
+    """The last ``truncate_prompt_tokens`` prompt tokens (-1: the last ``max_model_len``), as
+    vLLM keeps them; the whole prompt when it is not set."""
+    keep = params.truncate_prompt_tokens
+    if keep is None:
+        return prompt_token_ids
+    keep = max_model_len if keep == -1 else keep
+    return list(prompt_token_ids[-keep:])
 
 
 def check_prompt(

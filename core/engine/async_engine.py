@@ -40,9 +40,10 @@ class AsyncLLMEngine:
         plugins = checked_plugins()
         self.engine = LLMEngine(config, lora_events=lora_events or plugins)
         self.engine.detokenize_every_step = True
-        self.engine.stat_logger = PrometheusStatLogger(
+        self.engine.stat_loggers.append(PrometheusStatLogger(
             config, self.engine.max_model_len, self.engine.scheduler.blocks.num_blocks
-        )
+        ))
+        self._log_stats = None if config.disable_log_stats else self.engine.add_log_stats()
         self.served_model_name = str(config.served_model_name)
         self.model_path = config.model
         self.max_model_len = self.engine.max_model_len
@@ -71,7 +72,7 @@ class AsyncLLMEngine:
         step thread only queues it.
         """
         arrival = time.monotonic()
-        self.engine.check_prompt(prompt_token_ids, params)
+        prompt_token_ids = self.engine.check_prompt(prompt_token_ids, params)
         lora = await self._pin(lora_request)
         prepared = PreparedRequest(prompt_token_ids, params, lora, prompt, arrival_time=arrival)
         outputs: asyncio.Queue = asyncio.Queue()
@@ -169,7 +170,7 @@ class AsyncLLMEngine:
             if not self.engine.has_unfinished_requests():
                 self._publish_gauges()  # aborts may have emptied the engine since the last step
                 self.engine.record_state()
-                self._wake.wait()
+                self._wake.wait(self._idle_wait())
                 self._wake.clear()
                 continue
             try:
@@ -181,6 +182,12 @@ class AsyncLLMEngine:
             self._publish_gauges()
             for output in outputs:
                 self._deliver(output.request_id, output)
+
+    def _idle_wait(self) -> float | None:
+        """How long the idle step thread sleeps: until the stats line still owed is due."""
+        if self._log_stats is not None and self._log_stats.pending:
+            return self._log_stats.seconds_until_due()
+        return None
 
     def _publish_gauges(self) -> None:
         metrics.QUEUE_LENGTH.set(self.engine.num_waiting)

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 # what vLLM takes from a generation config (max_new_tokens is its max_tokens)
 _KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
-_APPLIED = ("repetition_penalty", "temperature", "top_k", "top_p", "max_tokens")
+_APPLIED = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_tokens")
 
 
 def generation_config(config: EngineConfig, model_generation: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,10 @@ import torch
 
 from loraserve import metrics
 from loraserve.config import EngineConfig
-from loraserve.engine.admission import PreparedRequest, check_prompt
+from loraserve.engine.admission import PreparedRequest, check_prompt, truncate_prompt
 from loraserve.engine.builder import build_parts
-from loraserve.engine.detokenizer import update_text
+from loraserve.engine.detokenizer import IncrementalDetokenizer, update_text
+from loraserve.engine.logging_stat_logger import LoggingStatLogger, log_stats_interval
 from loraserve.engine.sampler import SampledToken, prompt_logprobs, sample
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.engine.sequence import Sequence
@@ -65,7 +66,8 @@ class LLMEngine:
         self.runner, self.scheduler = parts.runner, parts.scheduler
         self.detokenize_every_step = False  # streaming callers want text as it grows
         self._requests: dict[str, _Request] = {}
-        self.stat_logger: StatLogger | None = None  # the server's vllm:* series (none offline)
+        # who hears about every step: the server's vllm:* series, the periodic log line
+        self.stat_loggers: list[StatLogger] = []
         self._preemptions_seen = 0
         self._rng = random.Random(config.seed)
         self._next_seq_id = 0
@@ -81,7 +83,7 @@ class LLMEngine:
     ) -> None:
         """Prepare and queue a request; validation errors are raised here, before anything is
         queued (the offline API's way: an adapter not loaded yet is loaded)."""
-        self.check_prompt(prompt_token_ids, params)
+        prompt_token_ids = self.check_prompt(prompt_token_ids, params)
         prepared = PreparedRequest(prompt_token_ids, params, self.pin_lora(lora_request), prompt)
         try:
             self.admit(request_id, prepared)
@@ -89,10 +91,16 @@ class LLMEngine:
             self.unpin_lora(prepared.lora)
             raise
 
-    def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Admission's checks (vocabulary, the context limit); run once per request."""
+    def check_prompt(self, prompt_token_ids: list[int], params: SamplingParams) -> list[int]:
+        """Admission's checks (vocabulary, the context limit); run once per request. Returns
+        the prompt the request runs on (its last ``truncate_prompt_tokens`` tokens); tokenizes
+        ``bad_words``."""
+        prompt_token_ids = truncate_prompt(prompt_token_ids, params, self.max_model_len)
+        if params.bad_words:
+            params.update_from_tokenizer(self.tokenizer)
         check_prompt(prompt_token_ids, params, self.spec.vocab_size, self.context,
                      self.max_logprobs)
+        return prompt_token_ids
 
     def admit(self, request_id: str, prepared: PreparedRequest) -> None:
         """Queue a request that passed ``check_prompt`` and holds its adapter pinned."""
@@ -112,6 +120,7 @@ class LLMEngine:
                 lora=lora,
                 generator=self._generator(params, index),
                 arrival_time=prepared.arrival_time,
+                detokenizer=IncrementalDetokenizer(params.skip_special_tokens),
             )
             for index in range(params.n)
         ]
@@ -229,14 +238,25 @@ class LLMEngine:
                 stats.finished_requests.append(request.summary())
                 del self._requests[request.request_id]
                 self.unpin_lora(request.lora)
-        if self.stat_logger is not None:
-            self.stat_logger.record(self.scheduler.batch_state(), stats)
+        self._record(stats)
         return outputs
 
     def record_state(self) -> None:
-        """Tell the stat logger the batch as it is now (the step thread, when going idle)."""
-        if self.stat_logger is not None:
-            self.stat_logger.record(self.scheduler.batch_state(), None)
+        """Tell the stat loggers the batch as it is now (the step thread, when going idle)."""
+        self._record(None)
+
+    def _record(self, stats: StepStats | None) -> None:
+        if self.stat_loggers:
+            state = self.scheduler.batch_state()
+            for stat_logger in self.stat_loggers:
+                stat_logger.record(state, stats)
+
+    def add_log_stats(self) -> LoggingStatLogger:
+        """Log the periodic statistics line (unless ``disable_log_stats``)."""
+        adapters = self.lora_manager.usage if self.lora_manager is not None else None
+        stat_logger = LoggingStatLogger(log_stats_interval(), adapters)
+        self.stat_loggers.append(stat_logger)
+        return stat_logger
 
     def _begin_step(self, scheduled: ScheduledStep) -> StepStats:
         """A sequence scheduled for the first time leaves the queue now; the step's stats."""
@@ -342,6 +362,7 @@ class LLMEngine:
             outputs=[_completion(s) for s in request.seqs],
             finished=request.finished,
             lora_name=request.lora.lora_name if request.lora else None,
+            lora_request=request.lora,
         )
 
     def _times(self, seq: Sequence) -> SequenceTimes:

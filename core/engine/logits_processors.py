@@ -1,6 +1,6 @@
 """What a request's sampling params do to its logits before a token is chosen, in vLLM's order.
 
-Logit bias and ``min_tokens`` first, then the repetition, frequency and presence penalties
+Logit bias, ``min_tokens`` and ``bad_words`` first, then the repetition, frequency and presence penalties
 (the repetition penalty counts prompt and output tokens, as in vLLM and transformers; the
 other two only generated ones, as OpenAI defines them). Rows that ask for none are untouched.
 """
@@ -16,7 +16,8 @@ from loraserve.engine.sequence import Sequence
 
 def needs_processing(seq: Sequence) -> bool:
     params = seq.params
-    return bool(params.logit_bias) or params.has_penalties or _holds_off_stops(seq)
+    return (bool(params.logit_bias) or params.has_penalties or _holds_off_stops(seq)
+            or bool(params.bad_words_token_ids))
 
 
 def process_row(logits: torch.Tensor, seq: Sequence, eos_token_ids: Collection[int]) -> None:
@@ -31,8 +32,21 @@ def process_row(logits: torch.Tensor, seq: Sequence, eos_token_ids: Collection[i
         stops = {t for t in stops if 0 <= t < logits.shape[0]}  # others can never be sampled
         if stops:
             logits[torch.tensor(sorted(stops), device=logits.device)] = float("-inf")
+    if params.bad_words_token_ids:
+        ban_bad_words(logits, params.bad_words_token_ids, seq.output_token_ids)
     if params.has_penalties:
         _apply_penalties(logits, seq)
+
+
+def ban_bad_words(logits: torch.Tensor, bad_words: list[list[int]], output: list[int]) -> None:
+    """Forbid the token that would complete a bad word: a word's last id, wherever the output
+    so far ends with the ids before it (vLLM's rule: generated tokens only, not the prompt)."""
+    for ids in bad_words:
+        prefix = ids[:-1]
+        if len(prefix) > len(output):
+            continue
+        if not prefix or output[-len(prefix):] == prefix:
+            logits[ids[-1]] = float("-inf")
 
 
 def _holds_off_stops(seq: Sequence) -> bool:

@@ -72,6 +72,8 @@ def sample(
 def _sample_row(logits: torch.Tensor, seq: Sequence) -> int:
     params = seq.params
     logits = logits / params.temperature  # [vocab]
+    if params.min_p > 0.0:
+        logits = apply_min_p(logits, params.min_p)
     if params.top_k > 0 and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -83,6 +85,14 @@ def _sample_row(logits: torch.Tensor, seq: Sequence) -> int:
         logits = logits.index_fill(0, order[drop], float("-inf"))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=seq.generator).item())
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """logits: [..., vocab]. Drop every token whose probability is below ``min_p`` times the
+    likeliest token's (vLLM's MinPLogitsProcessor, applied after temperature, before top-k/p)."""
+    probs = logits.softmax(-1)
+    threshold = probs.amax(-1, keepdim=True) * min_p
+    return logits.masked_fill(probs < threshold, float("-inf"))
 
 
 @torch.inference_mode()

@@ -2,8 +2,8 @@
 batch after it (vLLM's RequestStateStats, IterationStats and SchedulerStats).
 
 The engine fills these on the step thread, every time from ``time.monotonic()``; a stat
-logger (``stat_logger.PrometheusStatLogger`` for the server) turns them into series. Nothing
-here knows Prometheus. Like vLLM, each of a request's ``n`` samples is one sequence here.
+logger turns them into series (``stat_logger.PrometheusStatLogger``, the server's) or a log
+line (``logging_stat_logger.LoggingStatLogger``). Nothing here knows Prometheus. Like vLLM, each of a request's ``n`` samples is one sequence here.
 """
 
 from __future__ import annotations

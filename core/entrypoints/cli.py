@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one base LLM with many LoRA adapters behind an OpenAI-compatible API.",
         epilog=f"Environment: {RUNTIME_LORA_ENV}=True enables /v1/load_lora_adapter, "
                "/v1/unload_lora_adapter and resolvers for unknown model names; VLLM_PLUGINS "
-               "selects plugins; VLLM_LORA_RESOLVER_CACHE_DIR is the filesystem resolver's folder.",
+               "selects plugins; VLLM_LORA_RESOLVER_CACHE_DIR is the filesystem resolver's folder; "
+               "VLLM_LOGGING_LEVEL, VLLM_CONFIGURE_LOGGING and VLLM_LOGGING_CONFIG_PATH set up "
+               "logging, VLLM_LOG_STATS_INTERVAL the statistics line's period.",
     )
     parser.add_argument("-v", "--version", action="version", version=f"loraserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -87,9 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plugins":
         return _list_plugins(args.load)
 
-    from loraserve.entrypoints.serve import configure_logging, serve
+    from loraserve.entrypoints.serve import serve
+    from loraserve.logger import configure_logging
 
-    configure_logging(args.log_level)
+    try:  # the one place the command line sets up logging (vLLM's VLLM_LOGGING_* variables)
+        configure_logging(level=args.log_level)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "demo":
         from loraserve.entrypoints.demo_command import build_demo, demo_configs, print_examples
 

@@ -123,9 +123,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help="Require 'Authorization: Bearer KEY' on every /v1 route "
                              f"(default: ${API_KEY_ENV} if set; /health and /metrics stay open).")
-    parser.add_argument("--log-level", default="info",
+    parser.add_argument("--log-level", default=None,
                         choices=["debug", "info", "warning", "error"],
-                        help="Logging verbosity (default: %(default)s).")
+                        help="Logging verbosity (default: $VLLM_LOGGING_LEVEL, or info).")
 
 
 def add_frontend_flags(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from difflib import get_close_matches
 from typing import Any
 
@@ -16,6 +17,7 @@ from loraserve.engine.builder import build_resolution, checked_plugins
 from loraserve.engine.llm_engine import LLMEngine
 from loraserve.entrypoints.vllm_options import VLLM_ONLY_OPTIONS
 from loraserve.errors import InvalidRequestError, LoRANotFoundError
+from loraserve.logger import configure_logging
 from loraserve.lora.request import LoRARequest
 from loraserve.outputs import RequestOutput
 from loraserve.sampling_params import SamplingParams
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 Prompt = str | dict[str, Any]
 LoRASpec = LoRARequest | str | None
+Conversation = list[dict[str, Any]]
 
 
 class LLM:
@@ -33,6 +36,8 @@ class LLM:
     tokenizer directory to use instead of the model's own. vLLM's engine options that mean
     nothing here (``vllm_options.VLLM_ONLY_OPTIONS``) are accepted with a warning; any other
     unknown keyword is a TypeError, as in vLLM, so a misspelt option is never dropped.
+    Logging is set up from vLLM's variables (``loraserve.logger``) on the ``loraserve`` logger,
+    as vLLM does on import, unless the application configured logging itself.
     """
 
     def __init__(
@@ -57,9 +62,10 @@ class LLM:
         block_size: int = 16,
         kv_cache_memory_bytes: int | None = None,
         lora_dtype: str = "auto",
-        disable_log_stats: bool = False,
+        disable_log_stats: bool = True,
         **vllm_options: Any,
     ) -> None:
+        configure_logging("loraserve")
         _check_vllm_options(vllm_options)
         self.config = EngineConfig(
             model=model,
@@ -85,6 +91,8 @@ class LLM:
             disable_log_stats=disable_log_stats,
         )
         self.engine = LLMEngine(self.config, lora_events=checked_plugins())
+        if not disable_log_stats:  # off by default offline, as in vLLM's LLM
+            self.engine.add_log_stats()
         self._resolution = build_resolution(
             self.config, load=lambda request: asyncio.to_thread(self.engine.load_lora, request)
         )
@@ -102,9 +110,12 @@ class LLM:
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         lora_request: LoRASpec | Sequence[LoRASpec] = None,
-        use_tqdm: bool = False,
+        use_tqdm: bool | Callable[..., tqdm] = True,
     ) -> list[RequestOutput]:
         """Generate for every prompt; one output per prompt, in order.
+
+        ``use_tqdm`` shows a "Processed prompts" progress bar on stderr, as vLLM does (False: none;
+        a callable: the ``tqdm`` class to use).
 
         ``sampling_params`` is one ``SamplingParams`` for all prompts or a list, one per prompt;
         none means ``get_default_sampling_params()``.
@@ -132,13 +143,60 @@ class LLM:
                 self.engine.abort_request(request_id)
             raise
 
-    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: Conversation | Sequence[Conversation],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora_request: LoRASpec | Sequence[LoRASpec] = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        use_tqdm: bool | Callable[..., tqdm] = True,
+    ) -> list[RequestOutput]:
+        """Generate a reply to one conversation (a list of ``{"role", "content"}`` messages) or to
+        each of a list of them; one output per conversation, in order.
+
+        Each conversation is rendered by ``chat_template`` (a template's text or name) or the
+        tokenizer's own, then generated as ``generate`` does. ``continue_final_message`` leaves
+        the last message open so the model continues it (instead of adding a generation prompt;
+        the two cannot both be set).
+        """
+        options = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt,
+                   "continue_final_message": continue_final_message,
+                   **(chat_template_kwargs or {})}  # the kwargs may set the others, as in vLLM
+        if options["continue_final_message"] and options["add_generation_prompt"]:
+            raise InvalidRequestError("continue_final_message and add_generation_prompt cannot "
+                                      "both be True; pass add_generation_prompt=False")
+        conversations = [messages] if _is_conversation(messages) else list(messages)
+        prompts = [self._render_chat(conversation, options) for conversation in conversations]
+        return self.generate(prompts, sampling_params, lora_request, use_tqdm=use_tqdm)
+
+    def _render_chat(self, conversation: Conversation, options: dict[str, Any]) -> dict[str, Any]:
+        """One conversation as ids; the template writes the special tokens itself (as vLLM).
+        The rendered text is the output's ``prompt`` (vLLM leaves it None)."""
+        try:
+            text = self.engine.tokenizer.apply_chat_template(list(conversation), **options)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"the chat template could not render the messages: {exc}") from exc
+        ids = self.engine.tokenizer.encode(text, add_special_tokens=False)
+        return {"prompt": text, "prompt_token_ids": ids}
+
+    def _run(self, ids: list[str], use_tqdm: bool | Callable[..., tqdm]) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
-        with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm) as bar:
+        with _progress_bar(use_tqdm, len(ids)) as bar:
+            started = time.perf_counter()
+            prompt_tokens = output_tokens = 0
             while self.engine.has_unfinished_requests():
                 for output in self.engine.step():
                     if output.finished:
                         finished[output.request_id] = output
+                        prompt_tokens += len(output.prompt_token_ids)
+                        output_tokens += sum(len(o.token_ids) for o in output.outputs)
+                        elapsed = max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix_str(
+                            f"est. speed input: {prompt_tokens / elapsed:.2f} toks/s, "
+                            f"output: {output_tokens / elapsed:.2f} toks/s", refresh=False)
                         bar.update(1)
         return [finished[i] for i in ids]
 
@@ -167,6 +225,19 @@ class LLM:
         if manager is None:
             raise LoRANotFoundError(lora, "LoRA is not enabled; pass enable_lora=True.")
         return manager.get(lora) or asyncio.run(self._resolution.resolve(lora))
+
+
+def _is_conversation(messages: Any) -> bool:
+    """One conversation (a list of messages) rather than a list of conversations."""
+    return not messages or not isinstance(messages[0], (list, tuple))
+
+
+def _progress_bar(use_tqdm: bool | Callable[..., tqdm], total: int) -> tqdm:
+    """vLLM's bar over prompts; ``use_tqdm`` may be the tqdm class to use."""
+    make = use_tqdm if callable(use_tqdm) else tqdm
+    return make(total=total, desc="Processed prompts", dynamic_ncols=True,
+                disable=use_tqdm is False,
+                postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
 
 
 def _check_vllm_options(options: dict[str, Any]) -> None:

@@ -18,13 +18,6 @@ from loraserve.errors import LoRAServeError, PluginError
 logger = logging.getLogger("loraserve.serve")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def base_url(config: ServerConfig, port: int) -> str:
     host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
     return f"http://{host}:{port}"

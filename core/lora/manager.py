@@ -253,11 +253,12 @@ class LoRAManager:
             if self.events:
                 self.events.notify_load_failed(request.lora_name, request.lora_path, exc)
             raise
+        seconds = time.perf_counter() - start
         metrics.LORA_LOADS.labels(outcome="ok").inc()
-        metrics.LORA_LOAD_SECONDS.observe(time.perf_counter() - start)
+        metrics.LORA_LOAD_SECONDS.observe(seconds)
         logger.info(
-            "loaded LoRA adapter %r (rank %d, %d modules) from %r",
-            request.lora_name, adapter.rank, len(adapter.target_modules), request.lora_path,
+            "Loaded LoRA adapter %r from %r: rank %d, %d modules, in %.3f s",
+            request.lora_name, request.lora_path, adapter.rank, len(adapter.target_modules), seconds,
         )
         return adapter
 
@@ -282,6 +283,12 @@ class LoRAManager:
         for slot, owner in enumerate(self._slot_owner):
             if owner == key and self._slot_refs[slot] == 0:
                 self._slot_owner[slot] = None
+
+    def usage(self) -> tuple[int, int, int]:
+        """(adapters registered, device slots in use by a sequence, device slots), for the log."""
+        with self._lock:
+            registered = len(self._registered)
+        return registered, sum(1 for refs in self._slot_refs if refs > 0), len(self._slot_refs)
 
     @property
     def num_host_adapters(self) -> int:

@@ -133,7 +133,7 @@ class AdapterMerger:
             for merged, base in zip(_projections(merge.layers), _projections(self._base_layers))
             if merged is not base
         )
-        logger.info(
+        logger.debug(
             "merged the adapter in slot %d into a copy of the base projections "
             "(%.1f MiB, %.0f ms over %d steps); steps it owns alone now skip the LoRA path",
             merge.slot, copied / 2**20, merge.seconds * 1000, len(merge.layers),
@@ -187,7 +187,7 @@ def adapter_merger_for(model: DecoderModel, slots: AdapterSlots) -> AdapterMerge
         return None
     size = sum(projection.nbytes for projection in _projections(layers))
     if size > MAX_MERGE_BYTES:
-        logger.info(
+        logger.debug(
             "not merging adapters: a merged copy of the projections would take %.1f GiB "
             "(limit %.1f GiB)", size / 2**30, MAX_MERGE_BYTES / 2**30,
         )

@@ -37,7 +37,7 @@ def test_step_stats_under_preemption(llama_dir, adapter_dirs):
     block_bytes = 2 * spec.num_layers * 16 * spec.kv_size * 4
     engine = LLMEngine(EngineConfig(**config, kv_cache_memory_bytes=8 * block_bytes))
     assert engine.scheduler.blocks.num_blocks == 8  # far less than 8 sequences need at once
-    engine.stat_logger = recorder = Recorder()
+    engine.stat_loggers.append(recorder := Recorder())
     encode = engine.tokenizer.encode
     prompts = [encode(p) for p in PROMPTS]
     for i, ids in enumerate(prompts):
@@ -77,9 +77,9 @@ def test_step_stats_under_preemption(llama_dir, adapter_dirs):
     assert states[-1] == BatchState(0, 0, 0.0, (), ())
 
 
-def test_offline_engines_have_no_stat_logger(llama_dir):
+def test_offline_engines_have_no_stat_loggers(llama_dir):
     """As vLLM's offline LLM: the vllm:* series belong to the server's engine."""
-    assert LLMEngine(EngineConfig(model=str(llama_dir))).stat_logger is None
+    assert LLMEngine(EngineConfig(model=str(llama_dir))).stat_loggers == []
 
 
 def test_token_count_buckets_are_vllms():

@@ -44,9 +44,9 @@ def test_implemented_vllm_options_take_effect(llama_dir, tmp_path, caplog):
         llm = LLM(str(llama_dir), generation_config=str(folder), max_logprobs=2,
                   max_num_batched_tokens=8, lora_dtype="bfloat16")
     assert "ignoring lora_dtype 'bfloat16': adapters run in the model's dtype (float32)" in caplog.text
-    assert "min_p=0.1 not applied" in caplog.text
     defaults = llm.get_default_sampling_params()
-    assert (defaults.temperature, defaults.top_k, defaults.max_tokens) == (0.0, 5, 3)
+    assert (defaults.temperature, defaults.top_k, defaults.min_p, defaults.max_tokens) == (
+        0.0, 5, 0.1, 3)
     long_prompt = "the quick brown fox jumps over the lazy dog " * 3  # longer than the budget
     outputs = llm.generate([long_prompt, "hello", "select name"])  # the defaults: greedy, 3
     assert [len(o.outputs[0].token_ids) for o in outputs] == [3, 3, 3]

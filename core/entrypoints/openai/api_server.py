@@ -15,6 +15,9 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 from multidict import CIMultiDict
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024 * 1024  # long token-id prompts are legitimately large
 THREAD_PARSE_BYTES = 1024 * 1024  # larger bodies are decoded on a worker thread
 SERVING_KEY = web.AppKey("serving", OpenAIServing)
+MODEL_KEY = "loraserve.model"  # the model a request named, kept on the request for its log line
 HTTP_LOG_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,
                    "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}  # uvicorn's TRACE
 
@@ -46,6 +50,29 @@ async def _json_body(request: web.Request) -> object:
     if len(raw) > THREAD_PARSE_BYTES:
         return await asyncio.to_thread(parse_json_body, raw)
     return parse_json_body(raw)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, after its last byte: client, request line, status, latency and
+    the model it named (``-`` for none), at INFO on ``aiohttp.access``."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        version = f"{request.version.major}.{request.version.minor}"
+        self.logger.info(
+            '%s - "%s %s HTTP/%s" %d %.3fs model=%s', request.remote or "-", request.method,
+            request.path_qs, version, response.status, time, _loggable(request.get(MODEL_KEY)),
+        )
+
+
+def _loggable(model: str | None, limit: int = 128) -> str:
+    """A client's model name as one safe token of a log line: escaped (no forged lines),
+    bounded (no megabyte lines), ``-`` for none."""
+    if not model:
+        return "-"
+    text = model if model.isprintable() and " " not in model else ascii(model)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _error_middleware() -> web.middleware:
@@ -133,6 +160,8 @@ def _route(serving: OpenAIServing, method: str, path: str, root_path: str = ""):
 
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await _json_body(request) if method == "POST" else None
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            request[MODEL_KEY] = body["model"]  # for the access log line
         answer = await serving.handle(method, core_path(request.path, root_path), body)
         return await _write(request, answer)
 
@@ -182,11 +211,11 @@ async def start_server(engine: AsyncLLMEngine, config: ServerConfig) -> web.AppR
     app = build_app(engine, config)
     await app[SERVING_KEY].models.load_static(config.lora_modules)
     # --uvicorn-log-level: the level of aiohttp's loggers, whose access log says one line
-    # per request at info (uvicorn's format), unless --disable-uvicorn-access-log
+    # per request at info (AccessLogger), unless --disable-uvicorn-access-log
     logging.getLogger("aiohttp").setLevel(HTTP_LOG_LEVELS[config.http_log_level])
     access = logging.getLogger("aiohttp.access") if config.access_log else None
     runner = web.AppRunner(app, handler_cancellation=True, access_log=access,
-                           access_log_format='%a - "%r" %s')
+                           access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -58,10 +58,10 @@ _TYPE_OF = {
 }
 
 
-def error_body(status: HTTPStatus, message: str) -> dict:
+def error_body(status: HTTPStatus, message: str, param: str | None = None) -> dict:
     """The JSON error object, also sent as an SSE event when a stream fails midway."""
     err_type = _TYPE_OF.get(status, "BadRequestError" if status < 500 else "InternalServerError")
-    return {"error": {"message": message, "type": err_type, "param": None, "code": int(status)}}
+    return {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
 
 
 def status_of(exc: BaseException) -> HTTPStatus:
@@ -97,4 +97,5 @@ def error_response(exc: BaseException) -> ServingResponse:
     status = status_of(exc)
     if status >= 500:
         log_failure("request failed", exc)
-    return json_response(error_body(status, message_of(exc)), status=int(status))
+    param = getattr(exc, "param", None) if isinstance(exc, InvalidRequestError) else None
+    return json_response(error_body(status, message_of(exc), param), status=int(status))

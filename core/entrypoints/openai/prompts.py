@@ -22,11 +22,26 @@ if TYPE_CHECKING:
 # event loop, and a tokenizer (not every backend is thread-safe) is never used by two at once.
 _TOKENIZER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraserve-tokenizer")
 
+UNTRUSTED_TEMPLATE = (  # vLLM's words
+    "Chat template is passed with request, but --trust-request-chat-template is not set. "
+    "Refused request with untrusted chat template."
+)
 NO_TEMPLATE = (
     "The model '{model}' has no chat template (tokenizer_config.json has no 'chat_template'), "
     "so /v1/chat/completions cannot format messages; use /v1/completions, or add a chat "
     "template to the model's tokenizer."
 )
+
+
+def chosen_chat_template(requested: str | None, server: str | None, trusted: bool) -> str | None:
+    """The request's template when the server trusts request templates (vLLM's
+    ``--trust-request-chat-template``; a 400 otherwise), else ``--chat-template`` (None: the
+    tokenizer's)."""
+    if requested is None:
+        return server
+    if not trusted:
+        raise InvalidRequestError(UNTRUSTED_TEMPLATE, param="chat_template")
+    return requested
 
 
 async def on_tokenizer_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -51,27 +66,30 @@ def check_request_size(limits: RequestLimits, prompts: int, n: int) -> None:
 
 
 def tokenize_prompts(
-    tokenizer: Any, context: ContextLimit, prompts: list[str | list[int]], max_tokens: int | None
+    tokenizer: Any, context: ContextLimit, prompts: list[str | list[int]],
+    add_special_tokens: bool = True,
 ) -> list[list[int]]:
     """Completion prompts as token ids; a text too long for any tokenization is refused
     before it is tokenized."""
-    for text in (p for p in prompts if isinstance(p, str)):
-        context.check_chars(len(text), tokenizer.max_token_chars, max_tokens or 1)
-    return [p if isinstance(p, list) else list(tokenizer.encode(p)) for p in prompts]
+    for text in (p for p in prompts if isinstance(p, str)):  # max_tokens is clamped to the room
+        context.check_chars(len(text), tokenizer.max_token_chars, None)
+    return [p if isinstance(p, list) else list(tokenizer.encode(p, add_special_tokens=add_special_tokens))
+            for p in prompts]
 
 
 def render_chat(tokenizer: Any, context: ContextLimit, req: ChatCompletionRequest,
                 model_name: str, chat_template: str | None = None) -> list[int]:
-    """The conversation through ``chat_template`` (the server's) or the tokenizer's, as ids."""
+    """The conversation through ``chat_template`` (``chosen_chat_template``'s) as ids."""
     return chat_token_ids(
         tokenizer, context, req.messages, model_name, chat_template,
-        completion_tokens=req.sampling.max_tokens or 1,
-        add_generation_prompt=req.add_generation_prompt, **req.chat_template_kwargs,
+        completion_tokens=None, add_special_tokens=req.add_special_tokens,
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message, **req.chat_template_kwargs,
     )
 
 
 def chat_token_ids(tokenizer: Any, context: ContextLimit, messages: list[dict], model_name: str,
-                   chat_template: str | None, completion_tokens: int,
+                   chat_template: str | None, completion_tokens: int | None,
                    add_special_tokens: bool = False, **template_kwargs: Any) -> list[int]:
     """Messages rendered by a chat template, then tokenized; the template writes any special
     tokens itself, as in vLLM, unless ``add_special_tokens`` asks for the tokenizer's too."""
@@ -91,11 +109,16 @@ def chat_token_ids(tokenizer: Any, context: ContextLimit, messages: list[dict], 
 
 
 def sampling_params(fields: SamplingFields, prompt_len: int, context: ContextLimit) -> SamplingParams:
-    """The engine's params; the engine checks them against the context once, at admission.
-
-    No ``max_tokens`` means "up to the context limit", as vLLM does for chat.
-    """
-    max_tokens = fields.max_tokens if fields.max_tokens is not None else max(context.room(prompt_len), 1)
+    """The engine's params for one prompt, as vLLM makes them: ``max_tokens`` is clamped to
+    the room the prompt leaves (the answer then ends with finish_reason "length"), and no
+    ``max_tokens`` means "up to the context limit". A prompt that leaves no room is a 400."""
+    keep = fields.extra.get("truncate_prompt_tokens")  # the engine keeps the prompt's tail
+    if keep is not None:
+        prompt_len = min(prompt_len, context.max_model_len if keep == -1 else keep)
+    room = context.room(prompt_len)
+    if room < 1:  # the engine checks a request that fits once more, at admission
+        context.check(prompt_len, None)
+    max_tokens = room if fields.max_tokens is None else min(fields.max_tokens, room)
     if fields.max_tokens_cap is not None:  # the generation config's max_new_tokens, as vLLM
         max_tokens = min(max_tokens, fields.max_tokens_cap)
     return SamplingParams(
@@ -116,4 +139,5 @@ def sampling_params(fields: SamplingFields, prompt_len: int, context: ContextLim
         logit_bias=fields.logit_bias,
         logprobs=fields.logprobs,
         prompt_logprobs=fields.prompt_logprobs,
+        **fields.extra,
     )

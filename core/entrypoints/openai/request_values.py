@@ -1,6 +1,7 @@
-"""Decoding request bodies, and the checks every value passes before it can reach C code
-(torch, the tokenizer): finite numbers, integers within int64, valid Unicode. Messages quote
-values through ``show``, which bounds them however large or deep they are."""
+"""Decoding request bodies, and the tests every value passes before it can reach C code
+(torch, the tokenizer): finite numbers, integers within int64, valid Unicode (the request
+models' field types in ``request_types`` apply them). Messages quote values through
+``show``, which bounds them however large or deep they are."""
 
 from __future__ import annotations
 
@@ -50,28 +51,9 @@ def is_text(value: str) -> bool:
     return True
 
 
-def check_text(name: str, value: str) -> str:
-    if not is_text(value):
-        raise InvalidRequestError(f"'{name}' must be valid Unicode text (it has a lone surrogate)")
-    return value
-
-
 def is_finite(value: int | float) -> bool:
     """Finite as a float: an integer too large for a double counts as infinite."""
     try:
         return math.isfinite(value)
     except OverflowError:
         return False
-
-
-def check_int64(name: str, value: int) -> None:
-    if not INT64[0] <= value <= INT64[1]:
-        raise InvalidRequestError(
-            f"'{name}' must be an integer in [{INT64[0]}, {INT64[1]}], got {show(value)}"
-        )
-
-
-def check_token_ids(name: str, ids: list[int]) -> None:
-    """Int64 at most; the engine checks them against the vocabulary."""
-    if any(not INT64[0] <= t <= INT64[1] for t in ids):
-        raise InvalidRequestError(f"'{name}' has token ids outside the int64 range")

@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraserve.entrypoints.openai.responses import ServingResponse
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 Handler = Callable[..., Awaitable[ServingResponse]]  # handler(body, **path_parameters)
 
@@ -25,6 +28,8 @@ class Route:
     method: str
     path: str  # "/v1/models", or "/v1/models/{model_id}"
     handler: Handler
+    body: tuple[type[BaseModel], ...] = ()  # the request models its body may be (for OpenAPI)
+    summary: str = ""
 
     @property
     def parameter(self) -> str | None:
@@ -41,10 +46,11 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: list[Route] = []
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler,
+            body: tuple[type[BaseModel], ...] = (), summary: str = "") -> None:
         if "{" in _PARAMETER.sub("", path):
             raise ValueError(f"{path!r}: only a final {{name}} parameter is supported")
-        self._routes.append(Route(method, path, handler))
+        self._routes.append(Route(method, path, handler, body, summary))
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, Any]] | None:
         """The handler for this request and its path parameters; None if no route has it."""

@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.exposition import choose_encoder
 
 from loraserve import metrics
+from loraserve.entrypoints.openai import schema
 from loraserve.entrypoints.openai.errors import NotFoundError, error_response
-from loraserve.entrypoints.openai.protocol import (
-    LoadLoRAAdapterRequest,
-    RequestDefaults,
-    UnloadLoRAAdapterRequest,
-)
+from loraserve.entrypoints.openai.openapi import docs_page, openapi_document
+from loraserve.entrypoints.openai.protocol import RequestDefaults
 from loraserve.entrypoints.openai.responses import ServingResponse, json_response, text_response
 from loraserve.entrypoints.openai.routes import RouteTable
 from loraserve.entrypoints.openai.serving_chat import ServingChat
@@ -45,26 +43,34 @@ class OpenAIServing:
         self.tokenization = ServingTokenization(engine, self.models, config)
         sagemaker = ServingSageMaker(self.models, self.completion, self.chat)
         self.routes = RouteTable()
-        for method, path, handler in [
-            ("GET", "/health", self._health),
-            ("GET", "/ping", sagemaker.ping),
-            ("POST", "/ping", sagemaker.ping),
-            ("GET", "/metrics", self._metrics),
-            ("GET", "/version", self._version),
-            ("GET", "/v1/models", self._list_models),
-            ("GET", "/v1/models/{model_id}", self._retrieve_model),
-            ("POST", "/v1/completions", self.completion.create),
-            ("POST", "/v1/chat/completions", self.chat.create),
-            ("POST", "/tokenize", self.tokenization.tokenize),
-            ("POST", "/detokenize", self.tokenization.detokenize),
-            ("POST", "/invocations", sagemaker.invocations),
+        chat_body, completion_body = (schema.ChatCompletionBody,), (schema.CompletionBody,)
+        for method, path, handler, body in [
+            ("GET", "/health", self._health, ()),
+            ("GET", "/ping", sagemaker.ping, ()),
+            ("POST", "/ping", sagemaker.ping, ()),
+            ("GET", "/metrics", self._metrics, ()),
+            ("GET", "/version", self._version, ()),
+            ("GET", "/openapi.json", self._openapi, ()),
+            ("GET", "/docs", self._docs, ()),
+            ("GET", "/v1/models", self._list_models, ()),
+            ("GET", "/v1/models/{model_id}", self._retrieve_model, ()),
+            ("POST", "/v1/completions", self.completion.create, completion_body),
+            ("POST", "/v1/chat/completions", self.chat.create, chat_body),
+            ("POST", "/tokenize", self.tokenization.tokenize,
+             (schema.TokenizeCompletionBody, schema.TokenizeChatBody)),
+            ("POST", "/detokenize", self.tokenization.detokenize, (schema.DetokenizeBody,)),
+            ("POST", "/invocations", sagemaker.invocations, completion_body + chat_body),
         ]:
-            self.routes.add(method, path, handler)
+            self.routes.add(method, path, handler, body)
         if config.allow_runtime_lora_updating:
-            self.routes.add("POST", "/v1/load_lora_adapter", self._load_lora)
-            self.routes.add("POST", "/v1/unload_lora_adapter", self._unload_lora)
-            self.routes.add("POST", "/adapters", sagemaker.load_adapter)
+            self.routes.add("POST", "/v1/load_lora_adapter", self._load_lora,
+                            (schema.LoadLoRAAdapterRequest,))
+            self.routes.add("POST", "/v1/unload_lora_adapter", self._unload_lora,
+                            (schema.UnloadLoRAAdapterRequest,))
+            self.routes.add("POST", "/adapters", sagemaker.load_adapter,
+                            (schema.SageMakerLoadAdapterRequest,))
             self.routes.add("DELETE", "/adapters/{name}", sagemaker.unload_adapter)
+        self._openapi_document: dict[str, Any] | None = None
 
     async def handle(self, method: str, path: str, body: Any = None) -> ServingResponse:
         """Answer one request; ``body`` is the decoded JSON body (None for a GET). Path
@@ -90,6 +96,19 @@ class OpenAIServing:
     async def _version(self, _: Any) -> ServingResponse:
         return json_response({"version": __version__})
 
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of this server's routes, made on first use."""
+        if self._openapi_document is None:
+            self._openapi_document = openapi_document(self.routes, "loraserve")
+        return self._openapi_document
+
+    async def _openapi(self, _: Any) -> ServingResponse:
+        return json_response(self.openapi())
+
+    async def _docs(self, _: Any) -> ServingResponse:
+        return ServingResponse(200, {"Content-Type": "text/html; charset=utf-8"},
+                               docs_page(self.openapi()).encode())
+
     async def _list_models(self, _: Any) -> ServingResponse:
         return json_response(self.models.list_models())
 
@@ -97,7 +116,8 @@ class OpenAIServing:
         return json_response(self.models.model_card(model_id))
 
     async def _load_lora(self, body: Any) -> ServingResponse:
-        return text_response(await self.models.load(LoadLoRAAdapterRequest.parse(body)))
+        return text_response(await self.models.load(schema.LoadLoRAAdapterRequest.parse(body)))
 
     async def _unload_lora(self, body: Any) -> ServingResponse:
-        return text_response(await self.models.unload(UnloadLoRAAdapterRequest.parse(body)))
+        return text_response(
+            await self.models.unload(schema.UnloadLoRAAdapterRequest.parse(body)))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from loraserve.entrypoints.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
 from loraserve.entrypoints.openai.prompts import (
     check_request_size,
+    chosen_chat_template,
     on_tokenizer_thread,
     render_chat,
     sampling_params,
@@ -46,18 +47,21 @@ class ServingChat:
         self.models = models
         self.limits = config.limits
         self.chat_template = config.chat_template  # --chat-template, else the tokenizer's
+        self.trust_request_chat_template = config.trust_request_chat_template
         self.response_role = config.response_role
         self.defaults = defaults
 
     async def create(self, body: Any) -> ServingResponse:
         req = ChatCompletionRequest.parse(body, self.defaults)
+        template = chosen_chat_template(req.chat_template, self.chat_template,
+                                        self.trust_request_chat_template)
         check_request_size(self.limits, 1, req.sampling.n)
         lora = await self.models.resolve(req.model)
         model_name = req.model or self.models.base_model_name
         engine = self.engine
         prompt = await on_tokenizer_thread(
             render_chat, engine.tokenizer, engine.context, req, self.models.base_model_name,
-            self.chat_template,
+            template,
         )
         # vLLM's rule: the answer continues the last message's role unless a prompt is added
         role = self.response_role if req.add_generation_prompt else req.messages[-1]["role"]
@@ -67,15 +71,19 @@ class ServingChat:
         outputs = merged(engine, [prompt], params, head["id"], lora)
         if req.stream:  # the stream owns the outputs from here on
             return await sse_response(
-                _chunks(outputs, head, req.sampling, req.include_usage, usage, role))
+                _chunks(outputs, head, req.sampling, req.include_usage, usage, role,
+                        prompt if req.return_token_ids else None))
         try:
-            return await _whole(outputs, head, req.sampling.logprobs, usage, role)
+            return await _whole(outputs, head, req.sampling.logprobs, usage, role,
+                                prompt if req.return_token_ids else None)
         finally:
             await outputs.aclose()
 
 
-async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage,
-                 role: str) -> ServingResponse:
+async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage, role: str,
+                 prompt_ids: list[int] | None) -> ServingResponse:
+    """With ``prompt_ids`` (return_token_ids), the response carries them and each choice its
+    token ids, as vLLM's."""
     final: RequestOutput | None = None
     async for index, out in outputs:
         usage.observe(index, out)
@@ -88,9 +96,14 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage,
          "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
         for comp in (final.outputs if final else [])
     ]
+    if prompt_ids is not None:
+        for choice, comp in zip(choices, final.outputs if final else []):
+            choice["token_ids"] = list(comp.token_ids)
     body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.usage()}
     if final is not None and final.prompt_logprobs is not None:
         body["prompt_logprobs"] = vllm_prompt_logprobs(final.prompt_logprobs)
+    if prompt_ids is not None:
+        body["prompt_token_ids"] = prompt_ids
     return json_response(body)
 
 
@@ -105,7 +118,7 @@ def _chunk(
 
 async def _chunks(
     outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage,
-    role: str,
+    role: str, prompt_ids: list[int] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """A role chunk per choice first (as OpenAI sends it), then content deltas, each with the
     logprobs of the tokens generated since the choice's previous chunk when asked for.
@@ -113,10 +126,13 @@ async def _chunks(
     The first engine output is awaited before the role chunks so that an engine error at
     admission still reaches the client as an HTTP status rather than an in-band event. A
     choice that failed in the engine sends its last chunk (finish_reason "error") and ends
-    the stream with an error event. Ending or closing the chunks closes ``outputs``.
+    the stream with an error event. Ending or closing the chunks closes ``outputs``. With
+    ``prompt_ids`` (return_token_ids), the first chunk carries them and each delta its
+    token ids, as vLLM's.
     """
     try:
-        async for chunk in _choice_chunks(outputs, head, sampling, include_usage, usage, role):
+        async for chunk in _choice_chunks(outputs, head, sampling, include_usage, usage, role,
+                                          prompt_ids):
             yield chunk
     finally:
         await outputs.aclose()
@@ -124,11 +140,14 @@ async def _chunks(
 
 async def _choice_chunks(
     outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage,
-    role: str,
+    role: str, prompt_ids: list[int] | None,
 ) -> AsyncIterator[dict[str, Any]]:
     first = await anext(outputs, None)
     for index in range(sampling.n):
-        yield _chunk(head, index, {"role": role, "content": ""}, None)
+        chunk = _chunk(head, index, {"role": role, "content": ""}, None)
+        if prompt_ids is not None and index == 0:
+            chunk["prompt_token_ids"] = prompt_ids
+        yield chunk
     sent: dict[int, int] = {}
     sent_tokens: dict[int, int] = {}
     finished: set[int] = set()
@@ -140,16 +159,19 @@ async def _choice_chunks(
             if comp.index in finished or (not delta and comp.finish_reason is None):
                 continue
             logprobs = None
+            start = sent_tokens.get(comp.index, 0)
             if sampling.logprobs is not None:
-                start = sent_tokens.get(comp.index, 0)
                 logprobs = chat_logprobs(comp.token_ids[start:], comp.logprobs[start:],
                                          sampling.logprobs)
-                sent_tokens[comp.index] = len(comp.token_ids)
+            sent_tokens[comp.index] = len(comp.token_ids)
             sent[comp.index] = len(text)
             if comp.finish_reason is not None:
                 finished.add(comp.index)
-            yield _chunk(head, comp.index, {"content": delta} if delta else {}, comp.finish_reason,
-                         comp.stop_reason, logprobs)
+            chunk = _chunk(head, comp.index, {"content": delta} if delta else {},
+                           comp.finish_reason, comp.stop_reason, logprobs)
+            if prompt_ids is not None:
+                chunk["choices"][0]["token_ids"] = list(comp.token_ids[start:])
+            yield chunk
             raise_if_failed(comp, comp.index)
     if include_usage:
         yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.usage()}

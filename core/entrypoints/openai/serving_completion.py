@@ -51,11 +51,10 @@ class ServingCompletion:
         model_name = req.model or self.models.base_model_name
         context = self.engine.context
         prompts = await on_tokenizer_thread(
-            tokenize_prompts, self.engine.tokenizer, context, req.prompts, req.sampling.max_tokens
+            tokenize_prompts, self.engine.tokenizer, context, req.prompts, req.add_special_tokens
         )
-        # completions always have a max_tokens (default 16), so one params object serves all;
-        # the engine checks each prompt against the context when it is admitted
-        params = sampling_params(req.sampling, len(prompts[0]), context)
+        # one params per prompt: max_tokens is clamped to the room each prompt leaves
+        params = [sampling_params(req.sampling, len(p), context) for p in prompts]
         head = {"id": random_id("cmpl"), "object": "text_completion", "created": now(),
                 "model": model_name}
         usage = Usage([len(p) for p in prompts], count_completions=not req.echo_only)
@@ -64,7 +63,7 @@ class ServingCompletion:
         # with echo, each choice's text starts with its prompt's (token prompts decoded)
         decode = self.engine.tokenizer.decode
         echoes = _Echoes(texts, prompts, decode) if req.echo else None
-        shape = _Shape(head, req.sampling.n, echoes, decode, req.echo_only)
+        shape = _Shape(head, req.sampling.n, echoes, decode, req.echo_only, req.return_token_ids)
         if req.stream:  # the stream owns the outputs from here on
             return await sse_response(_chunks(outputs, shape, req.include_usage, usage))
         try:
@@ -97,6 +96,7 @@ class _Shape:
     echoes: _Echoes | None  # each prompt's text, when echo is on
     decode: Callable[[list[int]], str]
     echo_only: bool = False  # the generated token is left out (echo with max_tokens 0)
+    return_token_ids: bool = False  # vLLM's prompt_token_ids and token_ids on each choice
 
     def choice(
         self, index: int, out: RequestOutput, comp: CompletionOutput, text: str,
@@ -120,6 +120,9 @@ class _Shape:
                   "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
         if first and out.prompt_logprobs is not None:
             choice["prompt_logprobs"] = vllm_prompt_logprobs(out.prompt_logprobs)
+        if self.return_token_ids:  # vLLM: the prompt's ids on a choice's first piece only
+            choice["prompt_token_ids"] = list(out.prompt_token_ids) if first else None
+            choice["token_ids"] = [] if self.echo_only else list(comp.token_ids[first_token:])
         return choice
 
     def echo_len(self, index: int) -> int:

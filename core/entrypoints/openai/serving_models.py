@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -9,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from loraserve.entrypoints.openai.errors import NotFoundError
-from loraserve.entrypoints.openai.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from loraserve.entrypoints.openai.schema import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from loraserve.entrypoints.openai.server_config import LoRAModulePath
 from loraserve.errors import InvalidRequestError, LoRAAdapterError, LoRANotFoundError
 from loraserve.lora.request import LoRARequest
@@ -37,6 +38,7 @@ class ServingModels:
         self.allow_runtime_lora_updating = allow_runtime_lora_updating
         self.aliases = [a for a in dict.fromkeys(aliases) if a != engine.served_model_name]
         self._ids = itertools.count(1)
+        self._replacing = asyncio.Lock()
 
     @property
     def base_model_name(self) -> str:
@@ -108,8 +110,7 @@ class ServingModels:
             )
             base_model_name = None
         request = LoRARequest(name, next(self._ids), path, base_model_name=base_model_name)
-        loaded = await self.engine.add_lora(request)
-        logger.info("Loaded LoRA adapter %r from %r", name, path)
+        loaded = await self.engine.add_lora(request)  # the LoRA manager logs the load
         return loaded if isinstance(loaded, LoRARequest) else request
 
     async def load_static(self, modules: list[LoRAModulePath]) -> None:
@@ -128,8 +129,32 @@ class ServingModels:
         if not request.lora_name or not request.lora_path:
             raise InvalidRequestError("Both 'lora_name' and 'lora_path' must be provided.")
         # a relative path means the server's working directory: name it in full in /v1/models
-        await self.add(request.lora_name, os.path.abspath(request.lora_path))
+        path = os.path.abspath(request.lora_path)
+        if request.load_inplace and self._loaded(request.lora_name) is not None:
+            await self._replace(request.lora_name, path)
+        else:
+            await self.add(request.lora_name, path)
         return f"Success: LoRA adapter '{request.lora_name}' added successfully"
+
+    async def _replace(self, name: str, path: str) -> None:
+        """vLLM's ``load_inplace``: new weights under a loaded name, as unload then load under
+        a new int id (an adapter that fails to load puts the old one back). A request already
+        running keeps the adapter it pinned at admission and finishes on the old weights; one
+        admitted after gets the new; none sees a mix. Between the two steps a request naming
+        the adapter is not served it (404, or a resolver). One replacement at a time."""
+        if not os.path.isdir(path):
+            raise NotFoundError(
+                f"LoRA adapter '{name}': path '{path}' does not exist or is not a directory")
+        async with self._replacing:
+            old = self._loaded(name)
+            await self.engine.remove_lora(name)
+            try:
+                await self.add(name, path, old.base_model_name if old else None)
+            except Exception:
+                if old is not None:  # put the old weights back under the name
+                    await self.add(name, old.lora_path, old.base_model_name)
+                raise
+        logger.info("Replaced LoRA adapter %r with the weights in %r", name, path)
 
     async def unload(self, request: UnloadLoRAAdapterRequest) -> str:
         """``POST /v1/unload_lora_adapter``; by name, or by ``lora_int_id`` alone."""

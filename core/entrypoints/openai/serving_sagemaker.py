@@ -4,16 +4,14 @@ field names, with the same rules as ``/v1/load_lora_adapter``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loraserve.entrypoints.openai.protocol import (
-    LoadLoRAAdapterRequest,
-    UnloadLoRAAdapterRequest,
-    _field,
-    _require_object,
-)
 from loraserve.entrypoints.openai.responses import ServingResponse, text_response
+from loraserve.entrypoints.openai.schema import (
+    LoadLoRAAdapterRequest,
+    SageMakerLoadAdapterRequest,
+    UnloadLoRAAdapterRequest,
+)
 from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -22,26 +20,11 @@ if TYPE_CHECKING:
     from loraserve.entrypoints.openai.serving_models import ServingModels
 
 
-@dataclass
-class SageMakerLoadAdapterRequest:
-    """``POST /adapters``: ``{"name", "src"}``, vLLM's load body under SageMaker's names."""
-
-    name: str
-    src: str
-
-    @classmethod
-    def parse(cls, body: Any) -> SageMakerLoadAdapterRequest:
-        body = _require_object(body)
-        name, src = _field(body, "name", "str"), _field(body, "src", "str")
-        if not name or not src:
-            raise InvalidRequestError("Both 'name' and 'src' must be provided.")
-        return cls(name, src)
-
-
 def invocation_route(body: Any) -> str:
     """Which route an ``/invocations`` body is for, as vLLM decides: one with ``messages`` is a
     chat completion, one with ``prompt`` a completion."""
-    body = _require_object(body)
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
     if body.get("messages") is not None:
         return "chat"
     if body.get("prompt") is not None:
@@ -65,7 +48,10 @@ class ServingSageMaker:
 
     async def load_adapter(self, body: Any) -> ServingResponse:
         request = SageMakerLoadAdapterRequest.parse(body)
-        return text_response(await self.models.load(LoadLoRAAdapterRequest(request.name, request.src)))
+        if not request.name or not request.src:
+            raise InvalidRequestError("Both 'name' and 'src' must be provided.")
+        load = LoadLoRAAdapterRequest(lora_name=request.name, lora_path=request.src)
+        return text_response(await self.models.load(load))
 
     async def unload_adapter(self, _: Any, name: str) -> ServingResponse:
-        return text_response(await self.models.unload(UnloadLoRAAdapterRequest(name, None)))
+        return text_response(await self.models.unload(UnloadLoRAAdapterRequest(lora_name=name)))

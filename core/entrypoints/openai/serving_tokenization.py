@@ -12,15 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loraserve.entrypoints.openai.prompts import chat_token_ids, on_tokenizer_thread
-from loraserve.entrypoints.openai.protocol import (
-    _field,
-    _is_token_ids,
-    _require_object,
-    parse_messages,
+from loraserve.entrypoints.openai.prompts import (
+    chat_token_ids,
+    chosen_chat_template,
+    on_tokenizer_thread,
 )
-from loraserve.entrypoints.openai.request_values import check_token_ids, show
+from loraserve.entrypoints.openai.protocol import chat_template_inputs
 from loraserve.entrypoints.openai.responses import ServingResponse, json_response
+from loraserve.entrypoints.openai.schema import (
+    DetokenizeBody,
+    TokenizeChatBody,
+    TokenizeCompletionBody,
+)
 from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -28,10 +31,6 @@ if TYPE_CHECKING:
     from loraserve.entrypoints.openai.server_config import ServerConfig
     from loraserve.entrypoints.openai.serving_models import ServingModels
 
-UNTRUSTED_TEMPLATE = (  # vLLM's words
-    "Chat template is passed with request, but --trust-request-chat-template is not set. "
-    "Refused request with untrusted chat template."
-)
 
 
 @dataclass
@@ -45,32 +44,24 @@ class TokenizeRequest:
 
     @classmethod
     def parse(cls, body: Any) -> TokenizeRequest:
-        body = _require_object(body)
-        model = _field(body, "model", "str")
-        token_strs = bool(_field(body, "return_token_strs", "bool", False))
-        if body.get("messages") is None:
-            prompt = _field(body, "prompt", "str")
-            if prompt is None:
-                raise InvalidRequestError("'prompt' (a string) or 'messages' is required")
-            return cls(model, prompt, None, _field(body, "add_special_tokens", "bool", True),
-                       token_strs, {})
-        if body.get("continue_final_message") and body.get("add_generation_prompt"):
-            raise InvalidRequestError(
-                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
-        tools = _field(body, "tools", "list")
-        if tools is not None and not all(isinstance(t, dict) for t in tools):
-            raise InvalidRequestError(f"'tools' must be an array of objects, got {show(tools)}")
-        extra = dict(_field(body, "chat_template_kwargs", "dict", {}))
-        template = _field(body, "chat_template", "str") or _field(extra, "chat_template", "str")
+        if not isinstance(body, dict) or body.get("messages") is None:
+            if isinstance(body, dict) and body.get("prompt") is None:
+                raise InvalidRequestError("'prompt' (a string) or 'messages' is required",
+                                          param="prompt")
+            plain = TokenizeCompletionBody.parse(body)
+            return cls(plain.model or None, plain.prompt, None, plain.add_special_tokens,
+                       plain.return_token_strs, {})
+        chat = TokenizeChatBody.parse(body)
+        rules, template = chat_template_inputs(chat)
         kwargs = {
-            **extra,
-            "add_generation_prompt": _field(body, "add_generation_prompt", "bool", True),
-            "continue_final_message": _field(body, "continue_final_message", "bool", False),
+            **rules["extra"],
+            "add_generation_prompt": rules["add_generation_prompt"],
+            "continue_final_message": rules["continue_final_message"],
             "chat_template": template,  # the request's own, if any (trusted or refused)
-            "tools": tools,
+            "tools": chat.tools,
         }
-        return cls(model, None, parse_messages(body),
-                   _field(body, "add_special_tokens", "bool", False), token_strs, kwargs)
+        return cls(chat.model or None, None, [m.as_template_input() for m in chat.messages],
+                   bool(chat.add_special_tokens), chat.return_token_strs, kwargs)
 
 
 class ServingTokenization:
@@ -84,10 +75,8 @@ class ServingTokenization:
         req = TokenizeRequest.parse(body)
         await self.models.resolve(req.model)  # an unknown model is a 404, as everywhere
         kwargs = dict(req.template_kwargs)
-        if kwargs.get("chat_template") is None:
-            kwargs["chat_template"] = self.chat_template
-        elif not self.trust_request_chat_template:
-            raise InvalidRequestError(UNTRUSTED_TEMPLATE)
+        kwargs["chat_template"] = chosen_chat_template(
+            kwargs.get("chat_template"), self.chat_template, self.trust_request_chat_template)
         ids, strs = await on_tokenizer_thread(self._tokenize, req, kwargs)
         return json_response({"count": len(ids), "max_model_len": self.engine.max_model_len,
                               "tokens": ids, "token_strs": strs})
@@ -105,16 +94,17 @@ class ServingTokenization:
         return ids, token_strings(tokenizer, ids) if req.return_token_strs else None
 
     async def detokenize(self, body: Any) -> ServingResponse:
-        body = _require_object(body)
-        tokens = body.get("tokens")
-        if not _is_token_ids(tokens):
-            raise InvalidRequestError(f"'tokens' must be an array of token ids, got {show(tokens)}")
-        check_token_ids("tokens", tokens)
-        await self.models.resolve(_field(body, "model", "str"))
+        if isinstance(body, dict) and body.get("tokens") is None:
+            raise InvalidRequestError("'tokens' must be an array of token ids, got None",
+                                      param="tokens")
+        req = DetokenizeBody.parse(body)
+        tokens = req.tokens
+        await self.models.resolve(req.model or None)
         vocabulary = len(self.engine.tokenizer)
         if outside := sorted({t for t in tokens if not 0 <= t < vocabulary}):
             raise InvalidRequestError(
-                f"'tokens' has token ids outside the vocabulary [0, {vocabulary}): {outside[:8]}")
+                f"'tokens' has token ids outside the vocabulary [0, {vocabulary}): {outside[:8]}",
+                param="tokens")
         self.engine.context.check(len(tokens), 0)
         text = await on_tokenizer_thread(self.engine.tokenizer.decode, tokens, False)
         return json_response({"prompt": text})

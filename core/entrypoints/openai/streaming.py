@@ -54,12 +54,13 @@ def streamable(text: str, finished: bool) -> str:
 async def merged(
     engine: AsyncLLMEngine,
     prompts: list[list[int]],
-    params: SamplingParams,
+    params: SamplingParams | list[SamplingParams],
     request_id: str,
     lora_request: LoRARequest | None,
     texts: list[str | None] | None = None,
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Run one engine request per prompt and yield ``(prompt_index, snapshot)`` as they come.
+    ``params`` is one for all prompts or one per prompt.
 
     Leaving early (client gone, error) cancels every pump, which closes the engine's
     generators and so aborts their sequences.
@@ -68,7 +69,8 @@ async def merged(
 
     async def pump(index: int) -> None:
         text = texts[index] if texts else None
-        gen = engine.generate(prompts[index], params, f"{request_id}-{index}", lora_request,
+        mine = params[index] if isinstance(params, list) else params
+        gen = engine.generate(prompts[index], mine, f"{request_id}-{index}", lora_request,
                               prompt=text)
         try:
             async for out in gen:
