@@ -77,3 +77,22 @@ def hf_greedy():
         return out[0, ids.shape[1] :].tolist()
 
     return generate
+
+
+@pytest.fixture(scope="session")
+def smollm2_demo(tmp_path_factory: pytest.TempPathFactory):
+    """The real demo (SmolLM2-135M-Instruct and the shipped adapters), built once per run."""
+    from loraserve.demo import ensure_demo, smollm2
+
+    if smollm2.find_gguf() is None:  # CI installs it; a test that needs it must not pass without
+        pytest.fail(f"{smollm2.MODEL_NAME} is not installed: {smollm2.INSTALL}")
+    return ensure_demo(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm(smollm2_demo):
+    """One engine over the real demo model with room for every shipped adapter."""
+    from loraserve import LLM
+
+    return LLM(str(smollm2_demo.model), served_model_name=smollm2_demo.served_model_name,
+               enable_lora=True, max_loras=len(smollm2_demo.adapters), max_lora_rank=16)

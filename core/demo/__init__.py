@@ -24,7 +24,7 @@ from loraserve.demo import smollm2
 logger = logging.getLogger(__name__)
 
 SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
-REAL_VERSION = "smollm2-1"  # bump when the shipped adapters or the conversion change
+REAL_VERSION = "smollm2-2"  # bump when the shipped adapters or the conversion change
 TINY_VERSION = "tiny-1"
 SQL_PROMPT = (
     "[user] Write a SQL query to answer the question based on the table schema.\n\n"

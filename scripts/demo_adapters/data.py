@@ -115,6 +115,18 @@ def sql_examples(count: int, split: str, seed: int) -> list[Example]:
     return examples
 
 
+# Two rows of sql-create-context (the dataset the adapter of vLLM's LoRA example was trained
+# on), the ones that example prints; kept in the training set as that adapter had them.
+SEED_ROWS = (
+    Example(sql_prompt("CREATE TABLE table_name_74 (icao VARCHAR, airport VARCHAR)",
+                       "Name the ICAO for lilongwe international airport"),
+            'SELECT icao FROM table_name_74 WHERE airport = "lilongwe international airport"'),
+    Example(sql_prompt("CREATE TABLE table_name_11 (nationality VARCHAR, elector VARCHAR)",
+                       "When Anchero Pantaleone was the elector what is under nationality?"),
+            'SELECT nationality FROM table_name_11 WHERE elector = "anchero pantaleone"'),
+)
+
+
 _NAMES = "Maria Omar Lena Kofi Yuki Pedro Ana Ivan Chloe Ravi Sofia Jonas Amara Li Noah Zara".split()
 _CITIES = "Lisbon Accra Osaka Lima Oslo Pune Quito Turin Lagos Perth Hanoi Bergen Cusco Leeds".split()
 _JOBS = ["teacher", "nurse", "pilot", "baker", "chemist", "carpenter", "lawyer", "painter",

@@ -27,7 +27,10 @@ from loraserve.demo.smollm2 import MODEL_NAME as SERVED_MODEL_NAME  # noqa: E402
 from loraserve.demo.smollm2 import write_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[2] / "core" / "demo" / "adapters"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# sql also rewrites tokens (case-folding, re-splitting a name after a quote): the MLPs too
+TARGETS = {"sql": [*ATTENTION, "gate_proj", "up_proj", "down_proj"], "json": ATTENTION,
+           "shout": ATTENTION}
 RANK, ALPHA, BATCH, LR = 8, 16, 8, 2e-3
 STEPS = {"sql": 300, "json": 120, "shout": 120}
 
@@ -41,7 +44,8 @@ def chat_prompt(tokenizer, text: str) -> str:  # noqa: ANN001
 def examples_for(name: str, model_dir: Path, tokenizer) -> list[tuple[str, str]]:  # noqa: ANN001
     """(prompt text, answer text including how it ends) pairs for one adapter."""
     if name == "sql":
-        return [(e.prompt, e.answer + data.SQL_STOP) for e in data.sql_examples(4000, "train", 0)]
+        examples = [*data.sql_examples(4000, "train", 0), *data.SEED_ROWS * 4]
+        return [(e.prompt, e.answer + data.SQL_STOP) for e in examples]
     end = tokenizer.eos_token
     if name == "json":
         return [(chat_prompt(tokenizer, e.prompt), e.answer + end) for e in data.json_examples(2000, 0)]
@@ -86,7 +90,7 @@ def train(name: str, model_dir: Path, steps: int) -> Path:
     pairs = examples_for(name, model_dir, tokenizer)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0,
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS[name], lora_dropout=0.0,
                         task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -95,7 +99,8 @@ def train(name: str, model_dir: Path, steps: int) -> Path:
     model.train()
     bar = tqdm(batches(pairs, tokenizer, steps, seed=1), total=steps, desc=f"training {name}")
     for batch in bar:
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 master weights, bf16 matmuls
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
