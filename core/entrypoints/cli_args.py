@@ -153,6 +153,10 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     front.add_argument("--trust-request-chat-template", action=argparse.BooleanOptionalAction,
                        default=False,
                        help="Let requests bring their own 'chat_template' (refused otherwise).")
+    front.add_argument("--enable-tokenizer-info-endpoint", action=argparse.BooleanOptionalAction,
+                       default=False,
+                       help="Answer GET /tokenizer_info (the tokenizer's special tokens and chat "
+                            "template; lm-eval's remote tokenizer needs it).")
     front.add_argument("--response-role", default="assistant", metavar="ROLE",
                        help="The role of chat answers when the request adds a generation "
                             "prompt (default: %(default)s).")
@@ -324,6 +328,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         limits=RequestLimits(args.max_prompts_per_request, args.max_sequences_per_request),
         chat_template=chat_template,
         trust_request_chat_template=args.trust_request_chat_template,
+        enable_tokenizer_info_endpoint=args.enable_tokenizer_info_endpoint,
         response_role=args.response_role,
         root_path=(args.root_path or "").rstrip("/"),
         cors=CORSConfig(args.allowed_origins, args.allowed_methods, args.allowed_headers,

@@ -136,7 +136,7 @@ IGNORED_OPTIONS: tuple[IgnoredOption, ...] = tuple([
     *_group("not implemented", """
         bool return_tokens_as_token_ids bool enable_request_id_headers bool disable_fastapi_docs
         bool enable_prompt_tokens_details bool enable_server_load_tracking
-        bool enable_force_include_usage bool enable_tokenizer_info_endpoint bool tokens_only""",
+        bool enable_force_include_usage bool tokens_only""",
         engine=False),
 ])
 

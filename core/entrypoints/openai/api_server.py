@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024 * 1024  # long token-id prompts are legitimately large
 THREAD_PARSE_BYTES = 1024 * 1024  # larger bodies are decoded on a worker thread
 SERVING_KEY = web.AppKey("serving", OpenAIServing)
-MODEL_KEY = "loraserve.model"  # the model a request named, kept on the request for its log line
+MODEL_KEY = web.RequestKey("model", str)  # the model a request named, for its log line
 HTTP_LOG_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,
                    "info": logging.INFO, "debug": logging.DEBUG, "trace": 5}  # uvicorn's TRACE
 

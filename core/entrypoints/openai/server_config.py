@@ -56,6 +56,7 @@ class ServerConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
     chat_template: str | None = None  # --chat-template: used instead of the tokenizer's
     trust_request_chat_template: bool = False  # requests may bring their own chat_template
+    enable_tokenizer_info_endpoint: bool = False  # GET /tokenizer_info, as vLLM's flag
     response_role: str = "assistant"  # chat answers' role when a generation prompt is added
     root_path: str = ""  # --root-path: a proxy's prefix, answered with and without it
     cors: CORSConfig = field(default_factory=CORSConfig)

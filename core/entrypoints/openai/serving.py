@@ -62,6 +62,8 @@ class OpenAIServing:
             ("POST", "/invocations", sagemaker.invocations, completion_body + chat_body),
         ]:
             self.routes.add(method, path, handler, body)
+        if config.enable_tokenizer_info_endpoint:
+            self.routes.add("GET", "/tokenizer_info", self.tokenization.tokenizer_info)
         if config.allow_runtime_lora_updating:
             self.routes.add("POST", "/v1/load_lora_adapter", self._load_lora,
                             (schema.LoadLoRAAdapterRequest,))

@@ -93,6 +93,20 @@ class ServingTokenization:
         context.check(len(ids), 0)
         return ids, token_strings(tokenizer, ids) if req.return_token_strs else None
 
+    async def tokenizer_info(self, _: Any) -> ServingResponse:
+        """vLLM's ``GET /tokenizer_info``: the special tokens and chat template a client needs
+        to tokenize as the server does (only with ``--enable-tokenizer-info-endpoint``)."""
+        tokenizer = self.engine.tokenizer
+        return json_response({
+            "tokenizer_class": type(tokenizer).__name__,
+            "bos_token": tokenizer.bos_token,
+            "eos_token": tokenizer.eos_token,
+            "pad_token": tokenizer.pad_token,
+            "unk_token": tokenizer.unk_token,
+            "chat_template": self.chat_template or tokenizer.chat_template,
+            "model_max_length": self.engine.max_model_len,
+        })
+
     async def detokenize(self, body: Any) -> ServingResponse:
         if isinstance(body, dict) and body.get("tokens") is None:
             raise InvalidRequestError("'tokens' must be an array of token ids, got None",
