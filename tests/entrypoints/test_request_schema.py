@@ -360,3 +360,36 @@ async def test_load_inplace_swaps_weights_and_running_requests_finish_on_the_old
     assert "".join(pieces) == old  # finished on the old weights, never a mix
     assert await greedy("swap") == new
     await post(f"{server.url}/v1/unload_lora_adapter", {"lora_name": "swap"})
+
+
+async def test_requests_during_load_inplace_wait_for_the_new_weights(
+        client: openai.AsyncOpenAI, server: RunningServer, server_adapters, monkeypatch):
+    """While the weights under a name are replaced, a request naming it waits and gets the
+    new weights: never a 404 (the name is briefly unregistered during the swap)."""
+    import asyncio
+
+    load = f"{server.url}/v1/load_lora_adapter"
+
+    async def greedy(model: str) -> str:
+        out = await client.completions.create(model=model, prompt="hello", max_tokens=8,
+                                              temperature=0, extra_body={"ignore_eos": True})
+        return out.choices[0].text
+
+    extra, a1 = str(server_adapters["extra"]), str(server_adapters["a1"])
+    assert (await post(load, {"lora_name": "swap2", "lora_path": extra}))[0] == 200
+    new = await greedy("a1")
+    add = server.engine.add_lora
+
+    async def slow_add(request):  # noqa: ANN001, ANN202 - runs on the server's loop
+        await asyncio.sleep(0.5)  # the old adapter is out, the new one not in yet
+        return await add(request)
+
+    monkeypatch.setattr(server.engine, "add_lora", slow_add)
+    swap = asyncio.create_task(post(load, {"lora_name": "swap2", "lora_path": a1,
+                                           "load_inplace": True}))
+    await asyncio.sleep(0.2)
+    texts = await asyncio.gather(*(greedy("swap2") for _ in range(3)))
+    assert (await swap)[0] == 200
+    assert texts == [new] * 3
+    monkeypatch.undo()
+    await post(f"{server.url}/v1/unload_lora_adapter", {"lora_name": "swap2"})

@@ -39,6 +39,7 @@ class ServingModels:
         self.aliases = [a for a in dict.fromkeys(aliases) if a != engine.served_model_name]
         self._ids = itertools.count(1)
         self._replacing = asyncio.Lock()
+        self._being_replaced: dict[str, asyncio.Event] = {}  # name -> set once it is back
 
     @property
     def base_model_name(self) -> str:
@@ -83,6 +84,8 @@ class ServingModels:
         """None for the base model (or no ``model``); raises LoRANotFoundError (404)."""
         if model is None or model in self.base_model_names:
             return None
+        if (replaced := self._being_replaced.get(model)) is not None:
+            await replaced.wait()  # served the new weights (or the old, put back), never a 404
         return await self.engine.resolve_model(model, allow_resolvers=self.allow_runtime_lora_updating)
 
     def _loaded(self, name: str) -> LoRARequest | None:
@@ -140,20 +143,25 @@ class ServingModels:
         """vLLM's ``load_inplace``: new weights under a loaded name, as unload then load under
         a new int id (an adapter that fails to load puts the old one back). A request already
         running keeps the adapter it pinned at admission and finishes on the old weights; one
-        admitted after gets the new; none sees a mix. Between the two steps a request naming
-        the adapter is not served it (404, or a resolver). One replacement at a time."""
+        admitted after gets the new; none sees a mix. A request naming the adapter while it is
+        replaced waits for the replacement. One replacement at a time."""
         if not os.path.isdir(path):
             raise NotFoundError(
                 f"LoRA adapter '{name}': path '{path}' does not exist or is not a directory")
         async with self._replacing:
             old = self._loaded(name)
-            await self.engine.remove_lora(name)
+            self._being_replaced[name] = done = asyncio.Event()
             try:
-                await self.add(name, path, old.base_model_name if old else None)
-            except Exception:
-                if old is not None:  # put the old weights back under the name
-                    await self.add(name, old.lora_path, old.base_model_name)
-                raise
+                await self.engine.remove_lora(name)
+                try:
+                    await self.add(name, path, old.base_model_name if old else None)
+                except Exception:
+                    if old is not None:  # put the old weights back under the name
+                        await self.add(name, old.lora_path, old.base_model_name)
+                    raise
+            finally:
+                del self._being_replaced[name]
+                done.set()
         logger.info("Replaced LoRA adapter %r with the weights in %r", name, path)
 
     async def unload(self, request: UnloadLoRAAdapterRequest) -> str:
