@@ -43,7 +43,6 @@ class _Request:
     prompt_token_ids: list[int]
     seqs: list[Sequence]
     lora: LoRARequest | None
-    times: list[SequenceTimes]  # one per sequence, by its index
 
     @property
     def finished(self) -> bool:
@@ -109,7 +108,6 @@ class LLMEngine:
         params, lora = prepared.params, prepared.lora
         prompt_token_ids = prepared.prompt_token_ids
         now = time.monotonic()
-        times = [SequenceTimes(arrival=prepared.arrival_time, queued=now) for _ in range(params.n)]
         seqs = [
             Sequence(
                 seq_id=self._next_seq_id + index,
@@ -119,14 +117,14 @@ class LLMEngine:
                 params=params,
                 lora=lora,
                 generator=self._generator(params, index),
-                arrival_time=prepared.arrival_time,
+                times=SequenceTimes(arrival=prepared.arrival_time, queued=now),
                 detokenizer=IncrementalDetokenizer(params.skip_special_tokens),
             )
             for index in range(params.n)
         ]
         self._next_seq_id += params.n
         self._requests[request_id] = _Request(
-            request_id, prepared.prompt, list(prompt_token_ids), seqs, lora, times
+            request_id, prepared.prompt, list(prompt_token_ids), seqs, lora
         )
         for seq in seqs:
             self.scheduler.add(seq)
@@ -262,9 +260,8 @@ class LLMEngine:
         """A sequence scheduled for the first time leaves the queue now; the step's stats."""
         now = time.monotonic()
         for seq in scheduled.seqs:
-            times = self._times(seq)
-            if times.scheduled is None:
-                times.scheduled = now
+            if seq.times.scheduled is None:
+                seq.times.scheduled = now
         preemptions = self.scheduler.num_preemptions - self._preemptions_seen
         self._preemptions_seen = self.scheduler.num_preemptions
         return StepStats(num_tokens=scheduled.num_tokens, preemptions=preemptions)
@@ -281,15 +278,14 @@ class LLMEngine:
             self._finish(seq, reason, now, stats)
 
     def _count_token(self, seq: Sequence, now: float, stats: StepStats) -> None:
-        times = self._times(seq)
-        since_previous = times.token(now)
+        since_previous = seq.times.token(now)
         self._series(metrics.GENERATION_TOKENS, seq.lora).inc()
         stats.generation_tokens += 1
         if since_previous is not None:
             stats.inter_token_latency.append(since_previous)
             return
-        seq.first_token_time = now  # the prompt is processed: vLLM counts its tokens now
-        time_to_first_token = now - times.arrival
+        # the prompt is processed: vLLM counts its tokens now
+        time_to_first_token = now - seq.times.arrival
         self._series(metrics.TIME_TO_FIRST_TOKEN, seq.lora).observe(time_to_first_token)
         stats.time_to_first_token.append(time_to_first_token)
         stats.prompt_tokens += len(seq.prompt_token_ids)
@@ -297,7 +293,7 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str, now: float, stats: StepStats) -> None:
         self.scheduler.finish(seq, reason)
         self._series(metrics.REQUESTS, seq.lora, finish_reason=reason).inc()
-        stats.finished_sequences.append(self._times(seq).finished(
+        stats.finished_sequences.append(seq.times.finished(
             now, reason, len(seq.prompt_token_ids), len(seq.output_token_ids), seq.params.max_tokens
         ))
 
@@ -364,9 +360,6 @@ class LLMEngine:
             lora_name=request.lora.lora_name if request.lora else None,
             lora_request=request.lora,
         )
-
-    def _times(self, seq: Sequence) -> SequenceTimes:
-        return self._requests[seq.request_id].times[seq.index]
 
     def _series(self, metric, lora: LoRARequest | None, **labels: str):  # noqa: ANN001, ANN202
         """A per-model loraserve_* series: the base model's, or the adapter's (bounded)."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
 import torch
 
 from loraserve.engine.detokenizer import IncrementalDetokenizer
+from loraserve.engine.stats import SequenceTimes
 from loraserve.logprobs import PromptLogprobs, SampleLogprobs
 from loraserve.lora.request import LoRARequest
 from loraserve.sampling_params import SamplingParams
@@ -29,7 +29,6 @@ class Sequence:
     params: SamplingParams
     lora: LoRARequest | None
     generator: torch.Generator | None
-    arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # tokens whose K/V are in the cache
@@ -39,7 +38,7 @@ class Sequence:
     error: str | None = None  # why it finished with "error" (it failed alone)
     text: str = ""
     detokenizer: IncrementalDetokenizer = field(default_factory=IncrementalDetokenizer, repr=False)
-    first_token_time: float | None = None
+    times: SequenceTimes = field(default_factory=SequenceTimes.starting_now, repr=False)
     lora_slot: int | None = None
     output_logprobs: SampleLogprobs = field(default_factory=list)  # one dict per output token
     cumulative_logprob: float = 0.0  # of the sampled tokens, when logprobs are asked for

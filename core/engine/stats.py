@@ -8,6 +8,7 @@ line (``logging_stat_logger.LoggingStatLogger``). Nothing here knows Prometheus.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,12 @@ class SequenceTimes:
     scheduled: float | None = None  # first put in the running batch: the queue's end
     first_token: float | None = None
     last_token: float | None = None
+
+    @classmethod
+    def starting_now(cls) -> SequenceTimes:
+        """Arrived and queued now (a sequence made outside the engine's admission)."""
+        now = time.monotonic()
+        return cls(arrival=now, queued=now)
 
     def token(self, now: float) -> float | None:
         """Note an output token at ``now``; the time since the previous one (None for the first)."""
