@@ -22,10 +22,7 @@ from loraserve.errors import AdapterDownloadError, LoRAServeError
 from loraserve.lora.peft_config import read_adapter_config
 from loraserve.resolution.download.archive import extract_adapter_archive
 from loraserve.resolution.download.config import DownloadCacheConfig
-from loraserve.resolution.download.eviction import (  # noqa: F401 (LoRAManager imports it from here)
-    Eviction,
-    register_adapter_owner,
-)
+from loraserve.resolution.download.eviction import Eviction
 from loraserve.resolution.download.flight import SingleFlight
 from loraserve.resolution.download.lease import leases
 from loraserve.resolution.download.source import (
