@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def start_in_thread(engine_config, server_config) -> tuple[RunningServer, Callab
         thread.join(10)
 
     return server, stop
+
+
+@contextmanager
+def base_model_server(model_dir: Path, **server_options) -> Iterator[RunningServer]:  # noqa: ANN003
+    """The base model alone (served as ``BASE``) on a server with these ``ServerConfig`` options."""
+    from loraserve.config import EngineConfig
+    from loraserve.entrypoints.openai.server_config import ServerConfig
+
+    running, stop = start_in_thread(EngineConfig(model=str(model_dir), served_model_name=BASE),
+                                    ServerConfig(port=0, **server_options))
+    try:
+        yield running
+    finally:
+        stop()
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 30.0,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from openai_harness import BASE, RunningServer, start_in_thread
+from openai_harness import BASE, RunningServer, base_model_server
 
 pytest.importorskip("lm_eval")
 
@@ -19,15 +19,8 @@ PAIRS = [("The capital of France is", " Paris"), ("1, 2, 3,", " 4, 5")]
 
 @pytest.fixture(scope="module")
 def tokenizer_info_server(llama_dir: Path) -> Iterator[RunningServer]:
-    from loraserve.config import EngineConfig
-    from loraserve.entrypoints.openai.server_config import ServerConfig
-
-    running, stop = start_in_thread(EngineConfig(model=str(llama_dir), served_model_name=BASE),
-                                    ServerConfig(port=0, enable_tokenizer_info_endpoint=True))
-    try:
+    with base_model_server(llama_dir, enable_tokenizer_info_endpoint=True) as running:
         yield running
-    finally:
-        stop()
 
 
 def test_tokenizer_info_is_off_unless_enabled(server: RunningServer):

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from openai_harness import BASE, RunningServer, start_in_thread
+from openai_harness import BASE, RunningServer, base_model_server
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
 TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}|{{ m['content'] }}]{% endfor %}"
@@ -31,15 +31,8 @@ def hf_tokenizer(llama_dir: Path):
 @pytest.fixture(scope="module")
 def trusting(llama_dir: Path) -> Iterator[RunningServer]:
     """A server started with --trust-request-chat-template."""
-    from loraserve.config import EngineConfig
-    from loraserve.entrypoints.openai.server_config import ServerConfig
-
-    running, stop = start_in_thread(EngineConfig(model=str(llama_dir), served_model_name=BASE),
-                                    ServerConfig(port=0, trust_request_chat_template=True))
-    try:
+    with base_model_server(llama_dir, trust_request_chat_template=True) as running:
         yield running
-    finally:
-        stop()
 
 
 async def post(url: str, body: object) -> tuple[int, object]:
@@ -324,14 +317,18 @@ async def test_openapi_is_valid_and_lists_every_route(server: RunningServer):
 # ---- load_inplace -------------------------------------------------------------------------
 
 
+async def greedy_text(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> str:
+    out = await client.completions.create(model=model, prompt="hello", max_tokens=max_tokens,
+                                          temperature=0, extra_body={"ignore_eos": True})
+    return out.choices[0].text
+
+
 async def test_load_inplace_swaps_weights_and_running_requests_finish_on_the_old(
         client: openai.AsyncOpenAI, server: RunningServer, server_adapters, monkeypatch):
     load = f"{server.url}/v1/load_lora_adapter"
 
     async def greedy(model: str) -> str:
-        out = await client.completions.create(model=model, prompt="hello", max_tokens=48,
-                                              temperature=0, extra_body={"ignore_eos": True})
-        return out.choices[0].text
+        return await greedy_text(client, model, max_tokens=48)
 
     extra, a1 = str(server_adapters["extra"]), str(server_adapters["a1"])
     assert (await post(load, {"lora_name": "swap", "lora_path": extra}))[0] == 200
@@ -367,28 +364,35 @@ async def test_requests_during_load_inplace_wait_for_the_new_weights(
     """While the weights under a name are replaced, a request naming it waits and gets the
     new weights: never a 404 (the name is briefly unregistered during the swap)."""
     import asyncio
+    import threading
 
     load = f"{server.url}/v1/load_lora_adapter"
 
     async def greedy(model: str) -> str:
-        out = await client.completions.create(model=model, prompt="hello", max_tokens=8,
-                                              temperature=0, extra_body={"ignore_eos": True})
-        return out.choices[0].text
+        return await greedy_text(client, model, max_tokens=8)
 
     extra, a1 = str(server_adapters["extra"]), str(server_adapters["a1"])
     assert (await post(load, {"lora_name": "swap2", "lora_path": extra}))[0] == 200
     new = await greedy("a1")
-    add = server.engine.add_lora
+    add, gate = server.engine.add_lora, threading.Event()
 
-    async def slow_add(request):  # noqa: ANN001, ANN202 - runs on the server's loop
-        await asyncio.sleep(0.5)  # the old adapter is out, the new one not in yet
+    async def gated_add(request):  # noqa: ANN001, ANN202 - runs on the server's loop
+        await asyncio.to_thread(gate.wait, 30)  # the old adapter is out, the new not in yet
         return await add(request)
 
-    monkeypatch.setattr(server.engine, "add_lora", slow_add)
+    monkeypatch.setattr(server.engine, "add_lora", gated_add)
     swap = asyncio.create_task(post(load, {"lora_name": "swap2", "lora_path": a1,
                                            "load_inplace": True}))
-    await asyncio.sleep(0.2)
-    texts = await asyncio.gather(*(greedy("swap2") for _ in range(3)))
+    for _ in range(300):  # until the old registration is gone (however busy the machine)
+        if "swap2" not in {m.id for m in (await client.models.list()).data}:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the old adapter was never unloaded")
+    requests = [asyncio.create_task(greedy("swap2")) for _ in range(3)]
+    await asyncio.sleep(0.3)  # let them reach the server while the name is unregistered
+    gate.set()
+    texts = await asyncio.gather(*requests)
     assert (await swap)[0] == 200
     assert texts == [new] * 3
     monkeypatch.undo()
