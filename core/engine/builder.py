@@ -19,11 +19,14 @@ from loraserve.engine.generation_defaults import generation_config, sampling_def
 from loraserve.engine.model_runner import ModelRunner
 from loraserve.engine.scheduler import Scheduler
 from loraserve.errors import InvalidRequestError
+from loraserve.kernels import lora_dtype
 from loraserve.lora.manager import LoRAEvents, LoRAManager
 from loraserve.model.checkpoint import open_checkpoint
 from loraserve.model.decoder import DecoderModel
 from loraserve.model.loader import load_weights
-from loraserve.model.spec import ModelSpec, resolve_dtype, spec_from_config
+from loraserve.model.spec import (
+    ModelSpec, cpu_has_native_bf16, parse_dtype, resolve_dtype, spec_from_config,
+)
 from loraserve.plugins import get_plugin_manager
 from loraserve.resolution.download import register_adapter_owner
 from loraserve.resolution.service import LoadAdapter, LoRAResolutionService
@@ -61,26 +64,32 @@ def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> 
     tokenizer = checkpoint.tokenizer()
     max_model_len = _max_model_len(config, spec)
     logger.info("loading %s (%s, %s) on %s", config.model, spec.architecture, dtype, device)
+    if config.dtype == "auto" and device.type == "cpu":
+        logger.info("dtype auto: %s (checkpoint %s; this CPU %s native bfloat16)",
+                    str(dtype).removeprefix("torch."), str(spec.config_dtype).removeprefix("torch."),
+                    "has" if cpu_has_native_bf16() else "lacks")
     weights = load_weights(checkpoint, spec, dtype, device)
     model = DecoderModel(spec, weights, max_model_len)
     generation = generation_config(config, checkpoint.generation_config)
     eos_token_ids = _eos_token_ids(generation, spec.eos_token_ids, tokenizer)
     defaults = sampling_defaults(config, generation)
     max_logprobs = spec.vocab_size if config.max_logprobs == -1 else config.max_logprobs
-    if config.lora_dtype not in ("auto", str(dtype).removeprefix("torch.")):
-        logger.warning("ignoring lora_dtype %r: adapters run in the model's dtype (%s)",
-                       config.lora_dtype, str(dtype).removeprefix("torch."))
+    requested = None if config.lora_dtype == "auto" else parse_dtype(config.lora_dtype)
+    slot_dtype = lora_dtype(dtype, device, requested)
+    if requested not in (None, slot_dtype):
+        logger.warning("ignoring lora_dtype %r: on %s adapters run in the model's dtype (%s)",
+                       config.lora_dtype, device.type, str(dtype).removeprefix("torch."))
 
     lora_manager: LoRAManager | None = None
     if config.enable_lora:
         lora_manager = LoRAManager(
             spec, config.max_loras, config.max_lora_rank, config.max_cpu_loras,
-            dtype, device, lora_events,
+            slot_dtype, device, lora_events,
         )
         register_adapter_owner(lora_manager)  # the download cache may unload idle ones
         logger.info(
-            "LoRA slots: %d of rank %d (%.1f MiB)",
-            config.max_loras, config.max_lora_rank, lora_manager.slots.nbytes / 2**20,
+            "LoRA slots: %d of rank %d, %s (%.1f MiB)", config.max_loras, config.max_lora_rank,
+            str(slot_dtype).removeprefix("torch."), lora_manager.slots.nbytes / 2**20,
         )
 
     num_blocks = _num_kv_blocks(config, spec, dtype, device, max_model_len)

@@ -231,8 +231,8 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     lora.add_argument("--max-cpu-loras", type=_positive_int, default=None,
                       help="Adapters kept in host memory, >= --max-loras (default: --max-loras).")
     lora.add_argument("--lora-dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
-                      help="Adapter weights' dtype; loraserve runs them in the model's, so "
-                           "another value is ignored with a warning (default: %(default)s).")
+                      help="Adapter slots' dtype on CPU (auto: the model's, float32 for a bfloat16 or "
+                           "float16 model); on a GPU they take the model's (default: %(default)s).")
     lora.add_argument("--lora-merge", action=argparse.BooleanOptionalAction, default=True,
                       help="When one adapter has owned every batch for 24 steps, run its "
                            "batches on a merged copy of the weights (float32 on CPU only; "

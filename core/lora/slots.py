@@ -47,6 +47,7 @@ class AdapterSlots:
             ]
             self._b_slices[group] = [b for stack in self._b[group] for b in stack.unbind(2)]
         self._layers = [self._layer_views(i) for i in range(layers)]
+        self._modules_per_slot = layers * len(MODULE_GROUP)  # (layer, module) pairs a slot holds
         self._versions = [0] * num_slots  # bumped on every change, so copies can tell they are stale
 
     def _layer_views(self, i: int) -> LayerLoRA:
@@ -75,25 +76,29 @@ class AdapterSlots:
         return self._versions[slot]
 
     def write(self, slot: int, adapter: LoRAAdapter) -> None:
-        """Copy an adapter into ``slot``, scaling B; modules it does not target become zero."""
-        self.clear(slot)
+        """Copy an adapter into ``slot``, scaling B; modules it does not target become zero.
+
+        One pass over the slot's bytes: an adapter of the full rank on every module overwrites
+        all of them, so only a partial one clears the slot first.
+        """
+        full = len(adapter.modules) == self._modules_per_slot and all(
+            w.a.shape[0] == self.max_rank for w in adapter.modules.values()
+        )
+        if full:
+            self._versions[slot] += 1
+        else:
+            self.clear(slot)
         max_rank = self.max_rank
-        scales = {weights.scale for weights in adapter.modules.values()}
-        one_scale = scales.pop() if len(scales) == 1 else None
         for (layer, module), weights in adapter.modules.items():
             group, index = MODULE_GROUP[module]
             r = weights.a.shape[0]
             start = index * max_rank
             self._a_rows[group][layer, slot, start : start + r].copy_(weights.a)
             b = self._b_slices[group][index][layer, slot, :r]  # [r, out]
-            if one_scale is None:
-                torch.mul(weights.b.t(), weights.scale, out=b)
-            else:
+            if weights.scale == 1.0:
                 b.copy_(weights.b.t())
-        if one_scale is not None and one_scale != 1.0:  # one pass per B instead of per module
-            for stacks in self._b.values():
-                for b in stacks:
-                    b[:, slot].mul_(one_scale)
+            else:
+                torch.mul(weights.b.t(), weights.scale, out=b)
 
     def clear(self, slot: int) -> None:
         self._versions[slot] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,33 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 
 def resolve_dtype(name: str, spec: ModelSpec, device: torch.device) -> torch.dtype:
-    """'auto' is the config's dtype, except float32 on CPU where half matmuls are slow."""
+    """'auto' is the config's dtype on GPUs. On a CPU it is bfloat16 for a bfloat16 or float16
+    checkpoint where the CPU computes in bfloat16 natively, else float32 (half matmuls
+    emulated in float32 are slow, and a float32 checkpoint stays exact)."""
     if name == "auto":
-        return torch.float32 if device.type == "cpu" else spec.config_dtype
+        if device.type != "cpu":
+            return spec.config_dtype
+        half = spec.config_dtype in (torch.bfloat16, torch.float16)
+        return torch.bfloat16 if half and cpu_has_native_bf16() else torch.float32
+    return parse_dtype(name)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """A dtype named as on the command line (float32, bfloat16, float16)."""
     if name not in _DTYPES:
         raise UnsupportedModelError(f"dtype {name!r} is not one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16; Linux x86 flags).
+
+    The one place that asks: without them oneDNN emulates bfloat16 matmuls in float32, slower
+    than float32 itself.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))

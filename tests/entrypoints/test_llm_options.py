@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 from loraserve import LLM, SamplingParams
 
@@ -31,7 +32,7 @@ def test_unknown_options_are_a_type_error_with_a_hint(tmp_path, kwargs, message)
 
 def test_implemented_vllm_options_take_effect(llama_dir, tmp_path, caplog):
     """generation_config (a directory), max_logprobs, a token budget smaller than the prompts,
-    and lora_dtype, which loraserve warns about rather than use."""
+    and lora_dtype, which on CPU sets the adapter slots' dtype."""
     import json
 
     from loraserve.errors import InvalidRequestError
@@ -42,8 +43,9 @@ def test_implemented_vllm_options_take_effect(llama_dir, tmp_path, caplog):
         {"temperature": 0.0, "top_k": 5, "max_new_tokens": 3, "min_p": 0.1}))
     with caplog.at_level(logging.WARNING):
         llm = LLM(str(llama_dir), generation_config=str(folder), max_logprobs=2,
-                  max_num_batched_tokens=8, lora_dtype="bfloat16")
-    assert "ignoring lora_dtype 'bfloat16': adapters run in the model's dtype (float32)" in caplog.text
+                  max_num_batched_tokens=8, enable_lora=True, lora_dtype="bfloat16")
+    assert llm.engine.lora_manager.slots.dtype == torch.bfloat16
+    assert "ignoring lora_dtype" not in caplog.text
     defaults = llm.get_default_sampling_params()
     assert (defaults.temperature, defaults.top_k, defaults.min_p, defaults.max_tokens) == (
         0.0, 5, 0.1, 3)

@@ -84,5 +84,10 @@ def assert_matches_reference(got: torch.Tensor, problem: LoRAProblem) -> None:
 
 
 @pytest.fixture
+def reference() -> Callable[[LoRAProblem], torch.Tensor]:
+    return per_token_reference
+
+
+@pytest.fixture
 def matches_reference() -> Callable[[torch.Tensor, LoRAProblem], None]:
     return assert_matches_reference

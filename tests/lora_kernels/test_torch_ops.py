@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.kernels import NO_ADAPTER, LoRABatch, add_lora, backend_for, torch_ops
+from loraserve.kernels import NO_ADAPTER, LoRABatch, add_lora, backend_for, lora_dtype, torch_ops
 
 N = NO_ADAPTER
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -109,6 +109,28 @@ def test_row_major_a_as_the_slots_store_it(problem_factory, matches_reference, p
     out = problem.out.clone()
     torch_ops.add_lora(out, problem.x, a_rows.transpose(-1, -2), problem.lora_b, problem.batch())
     matches_reference(out, problem)
+
+
+@pytest.mark.parametrize("out_sizes", list(OUT_SIZES))
+@pytest.mark.parametrize("pattern", list(SLOT_PATTERNS))
+def test_float32_slots_for_a_bfloat16_model(problem_factory, reference, pattern, out_sizes):
+    """The CPU engine keeps a bfloat16 model's slots in float32: the delta is summed in
+    float32 and rounded into out once, so it is within one bfloat16 rounding of the loop's."""
+    problem = problem_factory(SLOT_PATTERNS[pattern], out_sizes=OUT_SIZES[out_sizes],
+                              dtype=torch.bfloat16)
+    out = problem.out.clone()
+    torch_ops.add_lora(out, problem.x, problem.lora_a.float(), [b.float() for b in problem.lora_b],
+                       problem.batch())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), reference(problem), atol=8e-3, rtol=8e-3)
+
+
+def test_slot_dtype_is_float32_for_half_models_on_cpu_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert lora_dtype(torch.bfloat16, cpu) == lora_dtype(torch.float16, cpu) == torch.float32
+    assert lora_dtype(torch.float32, cpu) == torch.float32
+    assert lora_dtype(torch.bfloat16, cpu, requested=torch.bfloat16) == torch.bfloat16
+    assert lora_dtype(torch.bfloat16, cuda, requested=torch.float32) == torch.bfloat16
 
 
 def test_cpu_uses_torch_backend():
