@@ -56,10 +56,11 @@ def hf_greedy():
 
     cache: dict = {}
 
-    def generate(model_dir: Path, prompt: str, max_new_tokens: int, adapter: Path | None = None):
-        key = (str(model_dir), str(adapter))
+    def generate(model_dir: Path, prompt: str, max_new_tokens: int, adapter: Path | None = None,
+                 dtype: torch.dtype = torch.float32):
+        key = (str(model_dir), str(adapter), dtype)
         if key not in cache:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
             if adapter is not None:
                 model = PeftModel.from_pretrained(model, str(adapter))
             cache[key] = (model.eval(), AutoTokenizer.from_pretrained(str(model_dir)))

@@ -49,6 +49,24 @@ def test_mixed_batch_equals_each_row_alone(llm, adapter_dirs):
         assert out.outputs[0].token_ids == alone.outputs[0].token_ids
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rows_without_an_adapter_in_a_mixed_batch_get_none(llama_dir, adapter_dirs, dtype):
+    """Base rows beside adapter rows in one step run on the base weights alone (vLLM 0.32's
+    CPU path gave them the last slot's adapter): the same prompts all without an adapter, in
+    the same batch shape, give those rows the same tokens, and the adapter rows differ."""
+    llm = LLM(str(llama_dir), enable_lora=True, max_loras=4, max_lora_rank=16, dtype=dtype)
+    prompts = ["hello world", "select name from users", "the quick brown fox", "a b c", "one more"]
+    loras = [None, request("sql", adapter_dirs["sql"]), None,
+             request("chat", adapter_dirs["chat"], 2), request("mlp", adapter_dirs["mlp"], 3)]
+    mixed = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, lora_request=loras)]
+    base = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
+    for row, lora in enumerate(loras):
+        if lora is None:
+            assert mixed[row] == base[row], f"row {row} has no adapter but its output changed"
+        else:
+            assert mixed[row] != base[row], f"row {row}'s adapter {lora.lora_name} changed nothing"
+
+
 def test_more_adapters_than_slots_all_complete_correctly(llama_dir, adapter_dirs):
     llm = LLM(str(llama_dir), enable_lora=True, max_loras=1, max_cpu_loras=2, max_lora_rank=16)
     steps = []
