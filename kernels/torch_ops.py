@@ -68,17 +68,13 @@ def add_lora(
     by slot (the model runner orders sequences so), x and out are sliced too; one adapter
     is then a plain matmul, and one token per slot (decoding) a pair of batched matmuls.
     Slicing is skipped where it would select everything: at decode batch sizes each op's
-    dispatch costs about as much as its arithmetic. Slots in another dtype than x (float32
-    for a bfloat16 model on CPU, ``dispatch.lora_dtype``) get x and out converted, so the
-    delta is accumulated in the slots' dtype and rounded into out once.
+    dispatch costs about as much as its arithmetic. Slots in another dtype than out (float32
+    for a bfloat16 model on CPU, ``dispatch.lora_dtype``) get x converted, and each delta is
+    computed in the slots' dtype and added into out (``_accumulate``).
     """
     if batch.is_empty:
         return
-    if lora_a.dtype != x.dtype:  # float32 slots for a half model: add in float32, round once
-        acc = out.to(lora_a.dtype)
-        add_lora(acc, x.to(lora_a.dtype), lora_a, lora_b, batch)
-        out.copy_(acc)
-        return
+    x = x.to(lora_a.dtype)  # float32 slots of a half model: x is small, the slots are not
     num_rows, seg_len = batch.padded_tokens.shape
     first = batch.padded_first_slot
     if first != 0 or num_rows != lora_a.shape[0]:
@@ -106,7 +102,11 @@ def _add_one_adapter(
     y = torch.mm(x, lora_a[0])  # [L, n_slices * R]
     rank = lora_b[0].shape[2]
     for i, b, offset in slices(lora_b):
-        out[:, offset : offset + b.shape[-1]].addmm_(y[:, i * rank : (i + 1) * rank], b[0])
+        y_i, columns = y[:, i * rank : (i + 1) * rank], out[:, offset : offset + b.shape[-1]]
+        if out.dtype == b.dtype:
+            columns.addmm_(y_i, b[0])
+        else:
+            columns.add_(torch.mm(y_i, b[0]))
 
 
 def _add_one_token_per_slot(
@@ -124,9 +124,7 @@ def _add_one_token_per_slot(
         stack = lora_b[0]
         _, count, rank, width = stack.shape
         pairs = rows * count
-        out.view(pairs, 1, width).baddbmm_(
-            y.view(pairs, 1, rank), stack.reshape(pairs, rank, width)
-        )
+        _accumulate(out.view(pairs, 1, width), y.view(pairs, 1, rank), stack.reshape(pairs, rank, width))
         return
     y = y.view(rows, -1)
     col = offset = 0
@@ -153,7 +151,15 @@ def _add_segments(
     out = out.view(rows, seg_len, -1)
     rank = lora_b[0].shape[2]
     for i, b, offset in slices(lora_b):
-        out[..., offset : offset + b.shape[-1]].baddbmm_(y[..., i * rank : (i + 1) * rank], b)
+        _accumulate(out[..., offset : offset + b.shape[-1]], y[..., i * rank : (i + 1) * rank], b)
+
+
+def _accumulate(out: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> None:
+    """out += y @ b, batched; in place when the dtypes agree, else through one temporary."""
+    if out.dtype == b.dtype:
+        out.baddbmm_(y, b)
+    else:
+        out.add_(torch.bmm(y, b))
 
 
 _GEMV_MAX_TOKENS = 4  # measured: up to here the A-major form reads A about 1.7x faster
@@ -191,4 +197,4 @@ def _add_lora_gathered(
         delta = torch.bmm(y[..., i * rank : (i + 1) * rank], b).view(-1, width)  # [rows*L, out_i]
         if batch.padded_valid is not None:
             delta = delta[batch.padded_valid]
-        out[:, offset : offset + width].index_add_(0, tokens, delta)
+        out[:, offset : offset + width].index_add_(0, tokens, delta.to(out.dtype))
