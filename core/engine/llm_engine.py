@@ -107,11 +107,10 @@ class LLMEngine:
         return prompt_token_ids
 
     def compile_grammar(self, params: SamplingParams) -> CompiledGrammar | None:
-        """The request's structured-outputs constraint, compiled (cached by spec); None when
-        it has none. Slow for a new spec: the server calls it off the step thread."""
-        if params.structured_outputs is None:
-            return None
-        return self.grammars.compile(params.structured_outputs)
+        """The request's structured-outputs constraint, compiled (cached by spec), or None;
+        slow for a new spec, so the server calls it off the step thread."""
+        spec = params.structured_outputs
+        return None if spec is None else self.grammars.compile(spec)
 
     def admit(self, request_id: str, prepared: PreparedRequest) -> None:
         """Queue a request that passed ``check_prompt`` and holds its adapter pinned."""
@@ -284,8 +283,7 @@ class LLMEngine:
         token = choice.token_id
         seq.output_token_ids.append(token)
         if seq.matcher is not None and not seq.matcher.consume_token(token):
-            raise RuntimeError(f"structured output refused token {token}: "
-                               f"{seq.matcher.get_error()}")
+            raise RuntimeError(f"structured output refused token {token}: {seq.matcher.get_error()}")
         if choice.logprobs is not None:
             self._record_logprobs(seq, choice)
         self._count_token(seq, now, stats)

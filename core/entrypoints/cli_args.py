@@ -22,6 +22,7 @@ from loraserve.entrypoints.openai.server_config import (
     ServerConfig,
     runtime_lora_updating_from_env,
 )
+from loraserve.entrypoints.openai.tool_parsers import TOOL_PARSERS
 from loraserve.entrypoints.vllm_options import add_ignored_flags, ignored_flag_warnings
 from loraserve.version import __version__
 
@@ -157,6 +158,12 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
                        default=False,
                        help="Answer GET /tokenizer_info (the tokenizer's special tokens and chat "
                             "template; lm-eval's remote tokenizer needs it).")
+    front.add_argument("--enable-auto-tool-choice", action="store_true", default=False,
+                       help="Let chat requests use tool_choice 'auto': the model decides, and "
+                            "--tool-call-parser reads its calls.")
+    front.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                       help="How the model writes tool calls: one of "
+                            f"{', '.join(sorted(TOOL_PARSERS))} (vLLM's names).")
     front.add_argument("--response-role", default="assistant", metavar="ROLE",
                        help="The role of chat answers when the request adds a generation "
                             "prompt (default: %(default)s).")
@@ -291,6 +298,12 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
             compile_template(chat_template)  # a syntax error stops start-up, not a request
     except Exception as exc:  # the file's reason, or jinja's
         raise _flag_error(f"invalid --chat-template: {exc}") from None
+    if args.enable_auto_tool_choice and not args.tool_call_parser:  # vLLM's rule
+        raise _flag_error("--enable-auto-tool-choice needs --tool-call-parser "
+                          f"({', '.join(sorted(TOOL_PARSERS))})")
+    if args.tool_call_parser and args.tool_call_parser not in TOOL_PARSERS:
+        raise _flag_error(f"invalid --tool-call-parser {args.tool_call_parser!r}: choose from "
+                          f"{', '.join(sorted(TOOL_PARSERS))}")
     for line in ignored_flag_warnings(args):
         logger.warning(line)
     runtime = runtime_lora_updating_from_env()
@@ -330,6 +343,8 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         trust_request_chat_template=args.trust_request_chat_template,
         enable_tokenizer_info_endpoint=args.enable_tokenizer_info_endpoint,
         response_role=args.response_role,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
         root_path=(args.root_path or "").rstrip("/"),
         cors=CORSConfig(args.allowed_origins, args.allowed_methods, args.allowed_headers,
                         args.allow_credentials),

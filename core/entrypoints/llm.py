@@ -153,6 +153,7 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         use_tqdm: bool | Callable[..., tqdm] = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         """Generate a reply to one conversation (a list of ``{"role", "content"}`` messages) or to
         each of a list of them; one output per conversation, in order.
@@ -160,10 +161,10 @@ class LLM:
         Each conversation is rendered by ``chat_template`` (a template's text or name) or the
         tokenizer's own, then generated as ``generate`` does. ``continue_final_message`` leaves
         the last message open so the model continues it (instead of adding a generation prompt;
-        the two cannot both be set).
+        the two cannot both be set). ``tools`` (OpenAI's function specs) reach the template.
         """
         options = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt,
-                   "continue_final_message": continue_final_message,
+                   "continue_final_message": continue_final_message, "tools": tools,
                    **(chat_template_kwargs or {})}  # the kwargs may set the others, as in vLLM
         if options["continue_final_message"] and options["add_generation_prompt"]:
             raise InvalidRequestError("continue_final_message and add_generation_prompt cannot "
