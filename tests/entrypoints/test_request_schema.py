@@ -154,7 +154,9 @@ async def test_completion_errors_fill_param(server: RunningServer, body, param):
 
 @pytest.mark.parametrize("messages, param, fragment", [
     ([{"role": "user", "content": None}], "messages[0].content", "must be a string"),
-    ([{"role": "user"}], "messages[0].content", "is required"),
+    ([{"role": "user"}], "messages[0].content", "must be a string"),
+    ([{"role": "assistant", "content": None, "tool_calls": []}], "messages[0].content",
+     "null only"),
     ([CHAT[0], {"role": "", "content": "x"}], "messages[1].role", "non-empty"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
      "messages[0].content", "only text parts"),

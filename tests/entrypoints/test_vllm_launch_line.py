@@ -32,8 +32,7 @@ from loraserve.version import __version__
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
 IGNORED_IN_LAUNCH_LINE = ["--gpu-memory-utilization", "--tensor-parallel-size",
                           "--trust-remote-code", "--enforce-eager", "--fully-sharded-loras",
-                          "--enable-prefix-caching", "--enable-auto-tool-choice",
-                          "--tool-call-parser"]
+                          "--enable-prefix-caching"]
 
 
 def vllm_launch_line(model: str, adapter: str, template: str, tokenizer: str) -> list[str]:
@@ -73,6 +72,7 @@ def test_a_vllm_launch_line_takes_effect(tmp_path: Path, caplog, monkeypatch):
     assert server.http_log_level == "warning" and server.access_log
     assert engine.max_logprobs == 5
     assert server.trust_request_chat_template
+    assert server.enable_auto_tool_choice and server.tool_call_parser == "hermes"
     assert server.cors.allowed_origins == ["*"] and server.port == 0
     for flag in IGNORED_IN_LAUNCH_LINE:
         assert len(warnings_naming(caplog, flag)) == 1, flag

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
 from loraserve.entrypoints.openai.request_types import (
     Boolean,
@@ -214,18 +214,25 @@ def _role(value: Any) -> Any:
     return value
 
 
+def _content_or_calls(value: Any, info: ValidationInfo) -> Any:
+    if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+        raise refuse("must be a string or an array of text parts (null only in an assistant "
+                     "message with tool_calls)")
+    return value
+
+
 class ChatMessage(RequestModel):
     role: Annotated[str, BeforeValidator(_role)]
-    # null only beside tool_calls (an assistant message that calls tools)
-    content: Annotated[str | None, BeforeValidator(_content), WithJsonSchema(
+    name: Text | None = None
+    tool_calls: Objects | None = None
+    tool_call_id: Text | None = None
+    content: Annotated[str | None, BeforeValidator(_content), AfterValidator(_content_or_calls),
+                       WithJsonSchema(
         {"anyOf": [{"type": "string"},
                    {"type": "array", "items": {
                        "type": "object", "required": ["type", "text"],
                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}},
-                   {"type": "null"}]})] = None
-    name: Text | None = None
-    tool_calls: Objects | None = None
-    tool_call_id: Text | None = None
+                   {"type": "null"}]})] = Field(None, validate_default=True)
 
     def as_template_input(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role, "content": self.content}
