@@ -60,13 +60,11 @@ class GrammarCompiler:
             tokenizer = self._llg_tokenizer()
         grammar = _grammar(spec)
         error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
-        if error:
+        matcher = None if error else llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if matcher is None or matcher.is_error():
+            reason = error or matcher.get_error()
             raise InvalidRequestError(f"The {spec.kind} constraint cannot be compiled: "
-                                      f"{_first_line(error)}")
-        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
-        if matcher.is_error():
-            raise InvalidRequestError(f"The {spec.kind} constraint cannot be compiled: "
-                                      f"{_first_line(matcher.get_error())}")
+                                      f"{_first_line(reason)}")
         compiled = CompiledGrammar(matcher)
         with self._lock:
             self._cache[key] = compiled
@@ -104,7 +102,7 @@ def _grammar(spec: StructuredOutputsParams) -> str:
         if spec.choice is not None:
             return grammar_from("choice", spec.choice)
         return grammar_from("grammar", spec.grammar)  # Lark, or GBNF as vLLM's xgrammar takes
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the engine rejects is the request's fault
         raise InvalidRequestError(f"The {spec.kind} constraint is not valid: "
                                   f"{_first_line(str(exc))}") from None
 

@@ -98,7 +98,8 @@ def tool_choice(tools: list[dict] | None, choice: Any, parallel: bool | None,
     if choice is None:
         choice = "auto"  # OpenAI's default when tools are given
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
         if choice.get("type") != "function" or not isinstance(name, str):
             raise InvalidRequestError("'tool_choice' must be 'none', 'auto', 'required' or "
                                       "{\"type\": \"function\", \"function\": {\"name\": ...}}, "
