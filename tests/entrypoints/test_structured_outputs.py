@@ -245,6 +245,11 @@ def test_langchain_bind_tools_invoke(server: RunningServer):
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "'nope', which is not in 'tools'"),
     ({"tools": [{"type": "function"}], "tool_choice": "required"}, "'tools[0]'"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": ["x"]}},
+     "'tool_choice' must be"),
+    ({"guided_json": "{not json"}, "json constraint is not valid"),
+    ({"structured_outputs": {"regex": "\ud800"}}, "regex constraint is not valid"),
+    ({"structured_outputs": {"choice": []}}, "non-empty list of strings"),
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
      "cannot be combined"),
 ])
