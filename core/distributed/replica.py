@@ -101,6 +101,7 @@ class LoRAReplica:
         self.unloads: Counter[str] = Counter()
         self._fetched: dict[str, LoRARequest] = {}
         self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()  # adapters came or went: report now, not next period
         self._fetch = LoRAResolutionService(self.engine.served_model_name, load=self._downloaded)
 
         async def load(model_id: str) -> AdapterHandle:  # a function: Serve keeps its LRU on it
@@ -109,7 +110,6 @@ class LoRAReplica:
         self._adapter = serve.multiplexed(max_num_models_per_replica=max_adapters)(load)
         await self.serving.models.load_static(server_config.lora_modules)
         await self._sync_registry()
-        self._changed = asyncio.Event()  # adapters came or went: report now, not next period
         self._report()
         self._reporter = asyncio.ensure_future(self._report_loop())
 
@@ -241,6 +241,9 @@ class LoRAReplica:
                 logger.exception("Replica %s cannot write its report", self.replica_id)
 
     async def __del__(self) -> None:
-        self._reporter.cancel()
-        self.registry.forget_replica(self.replica_id)
-        await self.engine.shutdown()
+        """Serve's shutdown hook (also after a failed ``__init__``: parts may be missing)."""
+        if hasattr(self, "_reporter"):
+            self._reporter.cancel()
+            self.registry.forget_replica(self.replica_id)
+        if hasattr(self, "engine"):
+            await self.engine.shutdown()
