@@ -62,7 +62,8 @@ def _configs_from_strings(args: dict[str, str]):  # noqa: ANN202 - (EngineConfig
 def ray_options_from_args(args: argparse.Namespace) -> RayOptions:
     return RayOptions(num_replicas=args.num_replicas or 1,
                       affinity_router=args.affinity_router,
-                      replica_cpus=args.replica_cpus)
+                      replica_cpus=args.replica_cpus,
+                      state_dir=args.registry_dir)
 
 
 def build_app(args: dict[str, str] | None = None, *, engine_config=None,  # noqa: ANN001
@@ -103,6 +104,10 @@ def build_app(args: dict[str, str] | None = None, *, engine_config=None,  # noqa
 def serve_with_ray(engine_config, server_config, options: RayOptions,  # noqa: ANN001
                    ray_address: str | None = None) -> int:
     """``loraserve serve ... --num-replicas N``: start (or join) Ray, serve until a signal."""
+    temporary = None
+    if options.state_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="loraserve-ray-")
+        options.state_dir = temporary.name
     ray.init(address=ray_address, ignore_reinit_error=True)
     try:
         serve.start(http_options={"host": server_config.host, "port": server_config.port})
@@ -118,4 +123,6 @@ def serve_with_ray(engine_config, server_config, options: RayOptions,  # noqa: A
     finally:
         serve.shutdown()
         ray.shutdown()
+        if temporary is not None:
+            temporary.cleanup()
     return 0

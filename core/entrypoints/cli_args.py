@@ -267,6 +267,10 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--affinity-router", action="store_true",
                        help="Route adapters with loraserve's bounded-load affinity router "
                             "instead of Ray's stock multiplex routing.")
+    group.add_argument("--registry-dir", default=None, metavar="DIR",
+                       help="The folder replicas share for adapters loaded through the API and "
+                            "their reports; a shared mount on several nodes (default: a "
+                            "temporary folder, removed at exit).")
     group.add_argument("--replica-cpus", type=float, default=1.0, metavar="CPUS",
                        help="CPUs reserved per replica; torch uses that many threads "
                             "(default: %(default)s).")

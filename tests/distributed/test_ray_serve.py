@@ -1,7 +1,6 @@
 """loraserve through Ray Serve: a local cluster (2 CPUs), 2 replicas of the tiny model (3 after
-the scaling test), the
-affinity router, adapters from the filesystem resolver. One cluster for the module; the tests
-that change the deployment (scaling, a killed replica) run last."""
+the scaling test), the affinity router, adapters from the filesystem resolver. One cluster for
+the module; the tests that change the deployment (scaling, a killed replica) run last."""
 
 from __future__ import annotations
 
