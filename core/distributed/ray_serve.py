@@ -40,6 +40,7 @@ class RayOptions:
     affinity_router: bool = False  # opt-in: Ray's stock multiplex routing otherwise
     epsilon: float = 1.0  # the affinity bound's slack: holders up to (1 + e) x mean + 1
     replica_cpus: float = 1.0  # CPUs Ray reserves per replica; torch uses that many threads
+    replica_gpus: float = 0.0  # GPUs per replica (with --device cuda)
     max_adapters: int | None = None  # adapters a replica keeps (default: --max-cpu-loras)
     state_dir: str | None = None  # the shared registry folder (default: a new temp folder)
 
@@ -86,7 +87,7 @@ def build_app(args: dict[str, str] | None = None, *, engine_config=None,  # noqa
     replica_options = dict(
         num_replicas=options.num_replicas,
         max_ongoing_requests=2 * engine_config.max_num_seqs,  # a batch, and a batch waiting
-        ray_actor_options={"num_cpus": options.replica_cpus},
+        ray_actor_options={"num_cpus": options.replica_cpus, "num_gpus": options.replica_gpus},
         health_check_period_s=2,
     )
     if router is not None:
