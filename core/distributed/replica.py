@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -128,7 +129,7 @@ class LoRAReplica:
         try:
             await self._sync_registry()
             adapter = serve.get_multiplexed_model_id()
-            if adapter:
+            if adapter and adapter not in self.serving.models.base_model_names:
                 if self._manager_get(adapter) is None:
                     await self._prefetch(adapter)  # outside the multiplexer's lock
                 await self._adapter(adapter)
@@ -142,25 +143,27 @@ class LoRAReplica:
         return manager.get(name) if manager is not None else None
 
     async def _downloaded(self, found: LoRARequest) -> LoRARequest:
-        """The resolution service's last step here: remember where the files are, load later."""
+        """The resolution service's last step here: remember where the files are, register
+        later. (The download cache's lease ends now, not at registration: only a disk bound
+        reached in between could evict the folder, and the loader then fetches it again.)"""
         self._fetched[found.lora_name] = found
         return found
 
-    async def _prefetch(self, name: str) -> None:
-        if name in self.serving.models.base_model_names:
-            return
+    async def _prefetch(self, name: str) -> LoRARequest:
+        """Resolve and download ``name`` (single-flight per name); raises the 404 or 400."""
         if not self.serving.models.allow_runtime_lora_updating:
             raise LoRANotFoundError(name)
-        await self._fetch.resolve(name)  # single-flight per name
+        return await self._fetch.resolve(name)
 
     async def _register(self, name: str) -> AdapterHandle:
         """Serve's loader, under its per-replica lock: register files already fetched."""
         if name in self.serving.models.base_model_names or self._manager_get(name) is not None:
             return AdapterHandle(None)  # the base model, or loaded through the API
-        found = self._fetched.pop(name, None)
-        if found is None:
-            await self._prefetch(name)
-            found = self._fetched.pop(name)
+        found = self._fetched.pop(name, None) or await self._prefetch(name)
+        self._fetched.pop(name, None)
+        if not os.path.isdir(found.lora_path):  # evicted from the download cache meanwhile
+            self._fetch.forget(name)
+            found = await self._prefetch(name)
         await self.serving.models.add(name, found.lora_path)
         self._fetch.forget(name)
         self.loads[name] += 1

@@ -152,6 +152,17 @@ async def test_streamed_text_equals_the_single_engine_text(cluster, llama_dir):
     assert text == expected.outputs[0].text and text
 
 
+async def test_chat_through_the_openai_client_names_its_adapter(cluster):
+    client = openai.AsyncOpenAI(base_url=cluster.url + "/v1", api_key="none")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="a0", messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0)
+    answer = raw.parse()
+    assert answer.model == "a0" and answer.choices[0].message.content is not None
+    assert raw.headers[HEADER]
+    models = await client.models.list()
+    assert {cluster.model, "a0"} <= {m.id for m in models.data}
+
+
 async def test_more_adapters_than_slots_stay_within_the_bound_and_unload_once(cluster):
     for name in ADAPTERS[3:]:
         status, _, body = await post(cluster, "/v1/completions", completion(name))
