@@ -257,7 +257,30 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     add_server_flags(serve)
     add_frontend_flags(serve)
     add_limit_flags(serve)
+    add_distributed_flags(serve)
     add_ignored_flags(serve)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Serving through Ray Serve (the ``loraserve[ray]`` extra): docs/scaling.md."""
+    group = parser.add_argument_group("replicas (Ray Serve)")
+    group.add_argument("--num-replicas", type=_positive_int, default=None, metavar="N",
+                       help="Serve through Ray Serve with N engine replicas (needs "
+                            "'pip install loraserve[ray]'); every response names its replica "
+                            "in x-loraserve-replica.")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="Join this Ray cluster (e.g. 'auto' or ray://host:10001) instead "
+                            "of starting one.")
+    group.add_argument("--affinity-router", action="store_true",
+                       help="Route adapters with loraserve's bounded-load affinity router "
+                            "instead of Ray's stock multiplex routing.")
+    group.add_argument("--registry-dir", default=None, metavar="DIR",
+                       help="The folder replicas share for adapters loaded through the API and "
+                            "their reports; a shared mount on several nodes (default: a "
+                            "temporary folder, removed at exit).")
+    group.add_argument("--replica-cpus", type=float, default=1.0, metavar="CPUS",
+                       help="CPUs reserved per replica; torch uses that many threads "
+                            "(default: %(default)s).")
 
 
 def load_chat_template(value: str | None) -> str | None:
