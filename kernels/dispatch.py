@@ -35,6 +35,12 @@ def backend_for(device: torch.device) -> str:
     return "torch"
 
 
+def paged_decode_available(device: torch.device) -> bool:
+    """Decode attention runs the paged-decode kernel where the LoRA kernels run on Triton;
+    elsewhere the torch path (gather + SDPA) stays, the faster one on CPU."""
+    return backend_for(device) == "triton"
+
+
 def add_lora(
     out: torch.Tensor,
     x: torch.Tensor,

@@ -128,7 +128,7 @@ def _num_kv_blocks(
     max_model_len: int,
 ) -> int:
     bs = config.block_size
-    per_block = 2 * spec.num_layers * bs * spec.kv_size * torch.empty((), dtype=dtype).element_size()
+    per_block = 2 * spec.num_layers * bs * spec.kv_size * dtype.itemsize
     blocks_per_seq = -(-max_model_len // bs)
     wanted = config.max_num_seqs * blocks_per_seq
     budget = config.kv_cache_memory_bytes

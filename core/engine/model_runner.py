@@ -12,7 +12,7 @@ from itertools import accumulate
 import torch
 
 from loraserve.engine.scheduler import ScheduledStep
-from loraserve.kernels import NO_ADAPTER, LoRABatch
+from loraserve.kernels import NO_ADAPTER, LoRABatch, paged_decode_available
 from loraserve.lora.merge import AdapterMerger, adapter_merger_for
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.decoder import DecoderModel, LayerLoRA, LayerWeights
@@ -50,6 +50,7 @@ class ModelRunner:
             self.merger = adapter_merger_for(model, lora_slots)
         self.block_size = block_size
         self.device = weights.embed.device
+        self.paged_decode = paged_decode_available(self.device)  # decode attention reads blocks in place
         # [K/V, layers, blocks, block_size, kv_heads, head_dim]
         self.kv_cache = torch.zeros(
             2, spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
@@ -72,7 +73,7 @@ class ModelRunner:
             if seq.wants_prompt_logprobs and seq.num_cached_tokens == 0
         }
         prompt_rows = [
-            torch.arange(start, start + len(step.seqs[row].prompt_token_ids) - 1)
+            torch.arange(start, start + len(step.seqs[row].prompt_token_ids) - 1, device=self.device)
             for row, start in scored.items()
         ]
         batch = self._prepare(step, prompt_rows)
@@ -126,18 +127,20 @@ class ModelRunner:
         tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in step.seqs]
         max_q = max(step.query_lens)
 
-        rows = torch.arange(max_q, device=device)
-        keys = torch.arange(max_blocks * bs, device=device)
-        last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
-        mask = keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)  # [B, max_q, K]
-        sliding_mask = None
+        paged_decode = max_q == 1 and self.paged_decode  # the kernel needs no mask
+        mask = sliding_mask = None
         window = self.model.spec.sliding_window
-        if window is not None:  # also drop keys at or before last_visible - window
+        if not paged_decode:
+            rows = torch.arange(max_q, device=device)
+            keys = torch.arange(max_blocks * bs, device=device)
+            last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
+            mask = (keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)).unsqueeze(1)  # [B, 1, max_q, K]
+        if window is not None and not paged_decode:  # also drop keys at or before last_visible - window
             first_visible = last_visible - (window - 1)  # [B, max_q]
-            sliding_mask = mask & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
+            sliding_mask = mask.squeeze(1) & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
             padded = (rows.unsqueeze(0) >= q_lens.unsqueeze(1)).unsqueeze(-1)  # [B, max_q, 1]
             # padding rows are dropped after attention; keep them causal so none is all-masked (NaN)
-            sliding_mask = torch.where(padded, mask, sliding_mask).unsqueeze(1)  # [B, 1, max_q, K]
+            sliding_mask = torch.where(padded, mask.squeeze(1), sliding_mask).unsqueeze(1)
 
         query_rows = None
         if max_q > 1:
@@ -152,12 +155,14 @@ class ModelRunner:
             positions=torch.tensor(positions, device=device),
             slot_mapping=torch.tensor(slot_mapping, device=device),
             block_tables=torch.tensor(tables, device=device),
-            attn_mask=mask.unsqueeze(1),
+            attn_mask=mask,
             sliding_mask=sliding_mask,
             query_rows=query_rows,
             max_query_len=max_q,
-            logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]).to(device),
+            logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]),
             lora=LoRABatch.build(token_slots, device) if use_lora else None,
+            kv_lens=kv_lens,
+            paged_decode=paged_decode,
         )
 
 
