@@ -32,6 +32,10 @@ class LoRABatch:
     padded_token_start: int | None = None
     # The slot of every token when one adapter owns the whole step, else None.
     sole_slot: int | None = None
+    # A captured decode step's batch (``fixed``): the tensors are static buffers refilled
+    # between replays, num_tokens and max_seg_len are upper bounds, segments past the last
+    # real one have length 0, and the padded_* fields are unused.
+    fixed_shape: bool = False
 
     @property
     def num_segments(self) -> int:
@@ -66,22 +70,41 @@ class LoRABatch:
             padded.extend(tokens + [0] * (max_len - len(tokens)))
             valid.extend(range(row * max_len, row * max_len + len(tokens)))
 
-        def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
         all_valid = len(valid) == len(padded)
         contiguous = all_valid and bool(padded) and padded == list(range(padded[0], padded[0] + len(padded)))
+        # every table in one tensor: one host-to-device copy per step, then views
+        parts = [token_slots, sorted_tokens, slots, starts, lens, padded, [] if all_valid else valid]
+        packed = torch.tensor([v for part in parts for v in part], dtype=torch.long, device=device)
+        views = packed.split([len(part) for part in parts])
         return cls(
             num_tokens=len(token_slots),
-            token_slots=tensor(token_slots),
-            sorted_tokens=tensor(sorted_tokens),
-            seg_slots=tensor(slots),
-            seg_starts=tensor(starts),
-            seg_lens=tensor(lens),
+            token_slots=views[0],
+            sorted_tokens=views[1],
+            seg_slots=views[2],
+            seg_starts=views[3],
+            seg_lens=views[4],
             max_seg_len=max_len,
             padded_first_slot=first,
-            padded_tokens=tensor(padded).view(len(slot_range), max_len),
-            padded_valid=None if all_valid else tensor(valid),
+            padded_tokens=views[5].view(len(slot_range), max_len),
+            padded_valid=None if all_valid else views[6],
             padded_token_start=padded[0] if contiguous else None,
             sole_slot=slots[0] if len(slots) == 1 and lens[0] == len(token_slots) else None,
+        )
+
+    @classmethod
+    def fixed(
+        cls,
+        token_slots: torch.Tensor,  # [T] static buffer, NO_ADAPTER for base and padding rows
+        sorted_tokens: torch.Tensor,  # [T]
+        seg_slots: torch.Tensor,  # [S], S at most T: unused segments have length 0
+        seg_starts: torch.Tensor,
+        seg_lens: torch.Tensor,
+    ) -> LoRABatch:
+        """A batch whose launch shapes depend on its buffers' sizes alone (a CUDA graph's)."""
+        num_tokens = int(token_slots.numel())
+        return cls(
+            num_tokens=num_tokens, token_slots=token_slots, sorted_tokens=sorted_tokens,
+            seg_slots=seg_slots, seg_starts=seg_starts, seg_lens=seg_lens,
+            max_seg_len=num_tokens, padded_first_slot=0, padded_tokens=sorted_tokens.view(1, -1),
+            padded_valid=None, fixed_shape=True,
         )

@@ -56,7 +56,9 @@ def add_lora(
     if batch.is_empty:
         return
     backend = backend or backend_for(x.device)
-    if backend == "torch":
+    if backend == "torch" and batch.fixed_shape:
+        torch_ops.add_lora_per_token(out, x, lora_a, lora_b, batch.token_slots)
+    elif backend == "torch":
         torch_ops.add_lora(out, x, lora_a, lora_b, batch)
     elif backend == "triton":
         from loraserve.kernels import triton_ops

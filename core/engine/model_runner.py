@@ -11,6 +11,7 @@ from itertools import accumulate
 
 import torch
 
+from loraserve.engine.decode_graphs import DecodeGraphs
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.kernels import NO_ADAPTER, LoRABatch, paged_decode_available
 from loraserve.lora.merge import AdapterMerger, adapter_merger_for
@@ -51,10 +52,25 @@ class ModelRunner:
         self.block_size = block_size
         self.device = weights.embed.device
         self.paged_decode = paged_decode_available(self.device)  # decode attention reads blocks in place
-        # [K/V, layers, blocks, block_size, kv_heads, head_dim]
+        self.num_blocks = num_blocks
+        # [K/V, layers, blocks, block_size, kv_heads, head_dim]; one block more than the block
+        # manager hands out: a captured decode step's padding rows write there
         self.kv_cache = torch.zeros(
-            2, spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
+            2, spec.num_layers, num_blocks + 1, block_size, spec.num_kv_heads, spec.head_dim,
             dtype=weights.embed.dtype, device=self.device,
+        )
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool) -> None:
+        """Run decode steps through ``DecodeGraphs``: CUDA graphs, or with ``capture=False``
+        the same static buffers replayed eagerly. A graph runs the slots' LoRA operands, so
+        merged weights are off."""
+        self.merger = None
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.kv_cache, scratch_slot=self.num_blocks * self.block_size,
+            max_num_seqs=max_num_seqs, max_blocks=-(-max_model_len // self.block_size),
+            lora=self.lora_slots.layers if self.lora_slots is not None else None,
+            paged_decode=self.paged_decode, capture=capture,
         )
 
     def run(self, step: ScheduledStep) -> StepLogits:
@@ -76,6 +92,12 @@ class ModelRunner:
             torch.arange(start, start + len(step.seqs[row].prompt_token_ids) - 1, device=self.device)
             for row, start in scored.items()
         ]
+        graphs = self.decode_graphs
+        if graphs is not None and not scored and graphs.supports(step):
+            logits = graphs.run(step, [_slot_key(seq) for seq in step.seqs])
+            for seq in step.seqs:
+                seq.num_cached_tokens = seq.num_tokens
+            return StepLogits(logits)
         batch = self._prepare(step, prompt_rows)
         layers, lora = self._weights_for(batch.lora)
         logits = self.model.forward(batch, self.kv_cache, layers, lora)  # [B + prompt rows, vocab]

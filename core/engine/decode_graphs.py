@@ -1,0 +1,181 @@
+"""Decode steps replayed from CUDA graphs, one graph per batch-size bucket.
+
+A decode step launches a few hundred small kernels, and on a GPU launching them costs more
+than running them. A captured step launches as one graph, but it reads only the buffers it
+was captured with: every step refills those static buffers (tokens, positions, cache slots,
+block tables, context lengths, the LoRA segment table) with one host-to-device copy each,
+and pads the batch up to its bucket with rows that write a scratch KV slot and use no
+adapter. Adapters change between replays through the slot tensors and the segment table,
+never through the graph. Without CUDA (``capture=False``) the same buffers, padding and
+refill run with eager replay: that is how CPU tests check them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+
+import torch
+
+from loraserve.engine.scheduler import ScheduledStep
+from loraserve.kernels import NO_ADAPTER, LoRABatch
+from loraserve.model.decoder import DecoderModel, LayerLoRA
+from loraserve.model.forward_batch import ForwardBatch, decode_mask
+
+_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def bucket_sizes(max_num_seqs: int) -> list[int]:
+    """The batch sizes graphs are captured for: powers of two, then steps of half of one,
+    and ``max_num_seqs`` itself, so padding wastes at most a third of a bucket above 4."""
+    return [b for b in _BUCKETS if b < max_num_seqs] + [max_num_seqs]
+
+
+class DecodeGraphs:
+    def __init__(
+        self,
+        model: DecoderModel,
+        kv_cache: torch.Tensor,  # [2, layers, blocks, block_size, kv_heads, head_dim]
+        scratch_slot: int,  # a KV row no sequence owns: padding rows write there
+        max_num_seqs: int,
+        max_blocks: int,  # block-table width: the blocks of the longest context
+        lora: Sequence[LayerLoRA] | None,  # the slots' per-layer operands (None: no LoRA)
+        paged_decode: bool,
+        capture: bool,
+    ) -> None:
+        self.model, self.kv_cache, self.lora = model, kv_cache, lora
+        self.scratch_slot, self.max_blocks = scratch_slot, max_blocks
+        self.paged_decode, self.capture = paged_decode, capture
+        self.buckets = bucket_sizes(max_num_seqs)
+        n, device = self.buckets[-1], kv_cache.device
+        self.device = device
+        # [ids | positions | slot_mapping | kv_lens | block_tables (n * max_blocks)]
+        self._inputs = torch.zeros(n * (4 + max_blocks), dtype=torch.long, device=device)
+        ids, pos, slots, lens, tables = self._inputs.split([n, n, n, n, n * max_blocks])
+        self._ids, self._pos, self._slots, self._lens = ids, pos, slots, lens
+        self._tables = tables.view(n, max_blocks)
+        # [token_slots | sorted_tokens | seg_slots | seg_starts | seg_lens], n each
+        self._lora_table = torch.zeros(5 * n, dtype=torch.long, device=device)
+        self._logits_rows = torch.arange(n, device=device)
+        self._graphs: dict[tuple[int, bool], Callable[[], torch.Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if capture else None
+
+    @property
+    def max_batch(self) -> int:
+        return self.buckets[-1]
+
+    def supports(self, step: ScheduledStep) -> bool:
+        """A decode step (one token per sequence) that fits the largest bucket and table."""
+        return (
+            len(step.seqs) <= self.max_batch
+            and all(q == 1 for q in step.query_lens)
+            and all(len(s.block_table) <= self.max_blocks for s in step.seqs)
+        )
+
+    def run(self, step: ScheduledStep, token_slots: list[int]) -> torch.Tensor:
+        """Logits [B, vocab] float32 of a supported step, rows in ``step.seqs`` order.
+
+        ``token_slots``: each sequence's LoRA slot (NO_ADAPTER: base), grouped by slot.
+        The rows are a view of the graph's output: read them before the next step.
+        """
+        count = len(step.seqs)
+        bucket = self.buckets[bisect_left(self.buckets, count)]
+        self._fill_inputs(step, bucket)
+        use_lora = self.lora is not None and any(s != NO_ADAPTER for s in token_slots)
+        if use_lora:
+            self._fill_lora(token_slots, bucket)
+        key = (bucket, use_lora)
+        replay = self._graphs.get(key)
+        if replay is None:
+            replay = self._graphs[key] = self._record(self._forward_fn(bucket, use_lora))
+        return replay()[:count]
+
+    def _fill_inputs(self, step: ScheduledStep, bucket: int) -> None:
+        n, bs, pad = self.max_batch, self.kv_cache.shape[3], bucket - len(step.seqs)
+        ids, positions, slots, lens, tables = [], [], [], [], []
+        for seq in step.seqs:
+            pos = seq.num_tokens - 1
+            ids.append(seq.token_slice(pos, pos + 1)[0])
+            positions.append(pos)
+            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+            lens.append(seq.num_tokens)
+            tables.extend(seq.block_table + [0] * (self.max_blocks - len(seq.block_table)))
+        # padding rows: token 0 at position 0, one visible key, K/V written to the scratch slot
+        ids += [0] * pad
+        positions += [0] * pad
+        slots += [self.scratch_slot] * pad
+        lens += [1] * pad
+        tables += [0] * (pad * self.max_blocks)
+        rest = n - bucket  # rows past the bucket keep whatever they held
+        values = [ids, positions, slots, lens]
+        host = torch.tensor(
+            [v for part in values for v in part + [0] * rest] + tables + [0] * (rest * self.max_blocks),
+            dtype=torch.long, device="cpu",
+        )
+        self._inputs.copy_(host)
+
+    def _fill_lora(self, token_slots: list[int], bucket: int) -> None:
+        """The segment table of slot-grouped tokens: one segment per run of one slot."""
+        n, pad = self.max_batch, bucket - len(token_slots)
+        slots_of = token_slots + [NO_ADAPTER] * pad
+        sorted_tokens = [t for t, s in enumerate(slots_of) if s != NO_ADAPTER]
+        seg_slots, seg_starts, seg_lens = [], [], []
+        for index, token in enumerate(sorted_tokens):
+            slot = slots_of[token]
+            if not seg_slots or seg_slots[-1] != slot:
+                seg_slots.append(slot)
+                seg_starts.append(index)
+                seg_lens.append(0)
+            seg_lens[-1] += 1
+        parts = [slots_of, sorted_tokens, seg_slots, seg_starts, seg_lens]
+        host = torch.tensor([v for part in parts for v in part + [0] * (n - len(part))],
+                            dtype=torch.long, device="cpu")
+        self._lora_table.copy_(host)
+
+    def _forward_fn(self, bucket: int, use_lora: bool) -> Callable[[], torch.Tensor]:
+        """The step as a function of the static buffers alone: what a graph captures."""
+        n = self.max_batch
+        lens = self._lens[:bucket]
+        lora_batch = None
+        if use_lora:
+            table = self._lora_table.view(5, n)
+            segments = min(bucket, len(self.lora[0].qkv.a))  # at most one per slot in use
+            lora_batch = LoRABatch.fixed(
+                table[0, :bucket], table[1, :bucket], table[2, :segments], table[3, :segments],
+                table[4, :segments],
+            )
+        context = self.max_blocks * self.kv_cache.shape[3]
+        window = self.model.spec.sliding_window
+
+        def forward() -> torch.Tensor:
+            masks = (None, None)
+            if not self.paged_decode:
+                masks = (decode_mask(lens, context, None),
+                         None if window is None else decode_mask(lens, context, window))
+            batch = ForwardBatch(
+                input_ids=self._ids[:bucket], positions=self._pos[:bucket],
+                slot_mapping=self._slots[:bucket], block_tables=self._tables[:bucket],
+                attn_mask=masks[0], sliding_mask=masks[1], query_rows=None, max_query_len=1,
+                logits_indices=self._logits_rows[:bucket], lora=lora_batch, kv_lens=lens,
+                paged_decode=self.paged_decode,
+            )
+            return self.model.forward(batch, self.kv_cache, None, self.lora if use_lora else None)
+
+        return forward
+
+    def _record(self, forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        """A CUDA graph of ``forward`` (warmed up eagerly first: kernels compiled, caches filled),
+        or ``forward`` itself with eager replay."""
+        if not self.capture:
+            return forward
+        forward()  # the current step, computed for real; capturing runs nothing
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = forward()
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return out
+
+        return replay
