@@ -92,19 +92,26 @@ class LoRABatch:
         )
 
     @classmethod
-    def fixed(
-        cls,
-        token_slots: torch.Tensor,  # [T] static buffer, NO_ADAPTER for base and padding rows
-        sorted_tokens: torch.Tensor,  # [T]
-        seg_slots: torch.Tensor,  # [S], S at most T: unused segments have length 0
-        seg_starts: torch.Tensor,
-        seg_lens: torch.Tensor,
-    ) -> LoRABatch:
-        """A batch whose launch shapes depend on its buffers' sizes alone (a CUDA graph's)."""
-        num_tokens = int(token_slots.numel())
+    def fixed(cls, table: torch.Tensor, num_tokens: int, num_segments: int) -> LoRABatch:
+        """A batch of ``num_tokens`` tokens and room for ``num_segments`` segments, viewing
+        ``table`` (``segment_table``'s layout, refilled in place): its launch shapes depend
+        on these two numbers alone, as a CUDA graph's must."""
+        rows = table.view(5, -1)
         return cls(
-            num_tokens=num_tokens, token_slots=token_slots, sorted_tokens=sorted_tokens,
-            seg_slots=seg_slots, seg_starts=seg_starts, seg_lens=seg_lens,
-            max_seg_len=num_tokens, padded_first_slot=0, padded_tokens=sorted_tokens.view(1, -1),
+            num_tokens=num_tokens, token_slots=rows[0, :num_tokens],
+            sorted_tokens=rows[1, :num_tokens], seg_slots=rows[2, :num_segments],
+            seg_starts=rows[3, :num_segments], seg_lens=rows[4, :num_segments],
+            max_seg_len=num_tokens, padded_first_slot=0, padded_tokens=rows[1, :num_tokens].view(1, -1),
             padded_valid=None, fixed_shape=True,
         )
+
+
+def segment_table(token_slots: list[int], size: int) -> list[int]:
+    """A fixed batch's table, flat: token_slots, sorted_tokens, seg_slots, seg_starts and
+    seg_lens (``LoRABatch.build``'s segments), each padded to ``size`` (rows past the tokens
+    use NO_ADAPTER; segments past the last have length 0)."""
+    host = LoRABatch.build(token_slots, device="cpu")
+    parts = [token_slots, *(t.tolist() for t in (host.sorted_tokens, host.seg_slots,
+                                                  host.seg_starts, host.seg_lens))]
+    pads = [NO_ADAPTER, 0, 0, 0, 0]
+    return [v for part, pad in zip(parts, pads) for v in part + [pad] * (size - len(part))]

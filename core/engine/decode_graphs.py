@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from loraserve.engine.scheduler import ScheduledStep
-from loraserve.kernels import NO_ADAPTER, LoRABatch
+from loraserve.kernels import NO_ADAPTER, LoRABatch, segment_table
 from loraserve.model.decoder import DecoderModel, LayerLoRA
 from loraserve.model.forward_batch import ForwardBatch, decode_mask
 
@@ -83,7 +83,7 @@ class DecodeGraphs:
         self._fill_inputs(step, bucket)
         use_lora = self.lora is not None and any(s != NO_ADAPTER for s in token_slots)
         if use_lora:
-            self._fill_lora(token_slots, bucket)
+            self._fill_lora(token_slots)
         key = (bucket, use_lora)
         replay = self._graphs.get(key)
         if replay is None:
@@ -106,7 +106,7 @@ class DecodeGraphs:
         slots += [self.scratch_slot] * pad
         lens += [1] * pad
         tables += [0] * (pad * self.max_blocks)
-        rest = n - bucket  # rows past the bucket keep whatever they held
+        rest = n - bucket  # rows past the bucket: zeros, never read
         values = [ids, positions, slots, lens]
         host = torch.tensor(
             [v for part in values for v in part + [0] * rest] + tables + [0] * (rest * self.max_blocks),
@@ -114,36 +114,17 @@ class DecodeGraphs:
         )
         self._inputs.copy_(host)
 
-    def _fill_lora(self, token_slots: list[int], bucket: int) -> None:
-        """The segment table of slot-grouped tokens: one segment per run of one slot."""
-        n, pad = self.max_batch, bucket - len(token_slots)
-        slots_of = token_slots + [NO_ADAPTER] * pad
-        sorted_tokens = [t for t, s in enumerate(slots_of) if s != NO_ADAPTER]
-        seg_slots, seg_starts, seg_lens = [], [], []
-        for index, token in enumerate(sorted_tokens):
-            slot = slots_of[token]
-            if not seg_slots or seg_slots[-1] != slot:
-                seg_slots.append(slot)
-                seg_starts.append(index)
-                seg_lens.append(0)
-            seg_lens[-1] += 1
-        parts = [slots_of, sorted_tokens, seg_slots, seg_starts, seg_lens]
-        host = torch.tensor([v for part in parts for v in part + [0] * (n - len(part))],
-                            dtype=torch.long, device="cpu")
-        self._lora_table.copy_(host)
+    def _fill_lora(self, token_slots: list[int]) -> None:
+        table = segment_table(token_slots, self.max_batch)
+        self._lora_table.copy_(torch.tensor(table, dtype=torch.long, device="cpu"))
 
     def _forward_fn(self, bucket: int, use_lora: bool) -> Callable[[], torch.Tensor]:
         """The step as a function of the static buffers alone: what a graph captures."""
-        n = self.max_batch
         lens = self._lens[:bucket]
         lora_batch = None
         if use_lora:
-            table = self._lora_table.view(5, n)
-            segments = min(bucket, len(self.lora[0].qkv.a))  # at most one per slot in use
-            lora_batch = LoRABatch.fixed(
-                table[0, :bucket], table[1, :bucket], table[2, :segments], table[3, :segments],
-                table[4, :segments],
-            )
+            segments = min(bucket, len(self.lora[0].qkv.a))  # at most one per slot
+            lora_batch = LoRABatch.fixed(self._lora_table, bucket, segments)
         context = self.max_blocks * self.kv_cache.shape[3]
         window = self.model.spec.sliding_window
 
