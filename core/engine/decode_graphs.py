@@ -49,11 +49,16 @@ class DecodeGraphs:
         self.buckets = bucket_sizes(max_num_seqs)
         n, device = self.buckets[-1], kv_cache.device
         self.device = device
-        # [ids | positions | slot_mapping | kv_lens | block_tables (n * max_blocks)]
-        self._inputs = torch.zeros(n * (4 + max_blocks), dtype=torch.long, device=device)
-        ids, pos, slots, lens, tables = self._inputs.split([n, n, n, n, n * max_blocks])
-        self._ids, self._pos, self._slots, self._lens = ids, pos, slots, lens
-        self._tables = tables.view(n, max_blocks)
+        # rows: token ids, positions, slot_mapping, kv_lens; and the block tables. Each has a
+        # host mirror, written in place (numpy) and copied over whole (the rows) or by the
+        # bucket's rows (the tables: columns past a row's blocks are masked out or never read).
+        pinned = device.type == "cuda"
+        self._rows = torch.zeros(4, n, dtype=torch.long, device=device)
+        self._tables = torch.zeros(n, max_blocks, dtype=torch.long, device=device)
+        self._host_rows = torch.zeros(4, n, dtype=torch.long, device="cpu", pin_memory=pinned)
+        self._host_tables = torch.zeros(n, max_blocks, dtype=torch.long, device="cpu",
+                                        pin_memory=pinned)
+        self._ids, self._pos, self._slots, self._lens = self._rows.unbind(0)
         # [token_slots | sorted_tokens | seg_slots | seg_starts | seg_lens], n each
         self._lora_table = torch.zeros(5 * n, dtype=torch.long, device=device)
         self._logits_rows = torch.arange(n, device=device)
@@ -91,28 +96,20 @@ class DecodeGraphs:
         return replay()[:count]
 
     def _fill_inputs(self, step: ScheduledStep, bucket: int) -> None:
-        n, bs, pad = self.max_batch, self.kv_cache.shape[3], bucket - len(step.seqs)
-        ids, positions, slots, lens, tables = [], [], [], [], []
-        for seq in step.seqs:
-            pos = seq.num_tokens - 1
-            ids.append(seq.token_slice(pos, pos + 1)[0])
-            positions.append(pos)
-            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
-            lens.append(seq.num_tokens)
-            tables.extend(seq.block_table + [0] * (self.max_blocks - len(seq.block_table)))
-        # padding rows: token 0 at position 0, one visible key, K/V written to the scratch slot
-        ids += [0] * pad
-        positions += [0] * pad
-        slots += [self.scratch_slot] * pad
-        lens += [1] * pad
-        tables += [0] * (pad * self.max_blocks)
-        rest = n - bucket  # rows past the bucket: zeros, never read
-        values = [ids, positions, slots, lens]
-        host = torch.tensor(
-            [v for part in values for v in part + [0] * rest] + tables + [0] * (rest * self.max_blocks),
-            dtype=torch.long, device="cpu",
-        )
-        self._inputs.copy_(host)
+        bs, count = self.kv_cache.shape[3], len(step.seqs)
+        rows, tables = self._host_rows.numpy(), self._host_tables.numpy()
+        columns = []
+        for row, seq in enumerate(step.seqs):
+            pos, table = seq.num_tokens - 1, seq.block_table
+            columns.append((seq.token_slice(pos, pos + 1)[0], pos,
+                            table[pos // bs] * bs + pos % bs, seq.num_tokens))
+            tables[row, : len(table)] = table
+        rows[:, :count] = list(zip(*columns))
+        # padding rows: token 0 at position 0, one visible key (a block left from an earlier
+        # step, or 0: any is a valid index), K/V written to the scratch slot
+        rows[:, count:bucket] = [[0], [0], [self.scratch_slot], [1]]
+        self._rows.copy_(self._host_rows)
+        self._tables[:bucket].copy_(self._host_tables[:bucket])
 
     def _fill_lora(self, token_slots: list[int]) -> None:
         table = segment_table(token_slots, self.max_batch)
