@@ -14,6 +14,9 @@ import triton
 import triton.language as tl
 
 
+_NO_WINDOW = 2**30  # longer than any context
+
+
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
@@ -29,15 +32,13 @@ def _paged_decode_kernel(
 ):  # fmt: skip
     """out[seq, heads of kv_head] = softmax(q K^T * scale) V over the sequence's visible keys.
 
-    The query sits at position kv_len - 1; with ``window`` > 0 it sees keys at positions
-    >= kv_len - window (the sliding-window rule of the torch path's mask).
+    The query sits at position kv_len - 1 and sees keys at positions >= kv_len - window
+    (the sliding-window rule of the torch path's mask; no window is passed as 2**30).
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     kv_len = tl.load(kv_lens_ptr + seq)
-    first_pos = 0
-    if window > 0:
-        first_pos = tl.maximum(kv_len - window, 0)
+    first_pos = tl.maximum(kv_len - window, 0)  # one expression: compiled Triton types both branches
 
     g = tl.arange(0, BLOCK_G)
     heads = kv_head * GROUP + g
@@ -95,7 +96,7 @@ def paged_decode(
     _paged_decode_kernel[(num_seqs, kv_heads)](
         q, k_cache, v_cache, out,
         block_tables, kv_lens,
-        head_dim**-0.5, window or 0,
+        head_dim**-0.5, window or _NO_WINDOW,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
