@@ -13,7 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-
 _NO_WINDOW = 2**30  # longer than any context
 
 
