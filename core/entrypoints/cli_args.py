@@ -223,6 +223,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                              "on CPU).")
     parser.add_argument("--disable-log-stats", action="store_true",
                         help="No periodic statistics line in the log.")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="Run every step eagerly: no CUDA graphs for decode steps (on CUDA "
+                             "they are captured per batch-size bucket; CPU always runs eagerly).")
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False,
                       help="Serve LoRA adapters as extra model names on top of MODEL.")
@@ -353,6 +356,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         generation_config=args.generation_config,
         override_generation_config=args.override_generation_config,
         disable_log_stats=args.disable_log_stats,
+        enforce_eager=args.enforce_eager,
     )
     server = ServerConfig(
         host=args.host,

@@ -63,6 +63,7 @@ class LLM:
         kv_cache_memory_bytes: int | None = None,
         lora_dtype: str = "auto",
         disable_log_stats: bool = True,
+        enforce_eager: bool = False,
         **vllm_options: Any,
     ) -> None:
         configure_logging("loraserve")
@@ -89,6 +90,7 @@ class LLM:
             generation_config=generation_config,
             override_generation_config=override_generation_config,
             disable_log_stats=disable_log_stats,
+            enforce_eager=enforce_eager,
         )
         self.engine = LLMEngine(self.config, lora_events=checked_plugins())
         if not disable_log_stats:  # off by default offline, as in vLLM's LLM

@@ -63,8 +63,9 @@ IGNORED_OPTIONS: tuple[IgnoredOption, ...] = tuple([
     *_group("loraserve has no prefix cache: every prompt is prefilled", """
         bool enable_prefix_caching value prefix_caching_hash_algo bool kv_sharing_fast_prefill
         bool disable_hybrid_kv_cache_manager"""),
-    *_group("loraserve runs PyTorch eagerly (no CUDA graphs, no torch.compile)", """
-        bool enforce_eager value max_seq_len_to_capture values cuda_graph_sizes
+    *_group("loraserve captures CUDA graphs for decode steps at its own batch-size buckets, "
+            "for any context length, without torch.compile (--enforce-eager turns them off)", """
+        value max_seq_len_to_capture values cuda_graph_sizes
         value max_cudagraph_capture_size value compilation_config/-O
         bool disable_cascade_attn value override_attention_dtype value attention_backend
         value additional_config"""),
