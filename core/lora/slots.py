@@ -97,8 +97,10 @@ class AdapterSlots:
             b = self._b_slices[group][index][layer, slot, :r]  # [r, out]
             if weights.scale == 1.0:
                 b.copy_(weights.b.t())
-            else:
+            elif b.device == weights.b.device:  # scaled in the copy: one pass
                 torch.mul(weights.b.t(), weights.scale, out=b)
+            else:  # host -> device copy; a mul with out= cannot cross devices
+                b.copy_(weights.b.t()).mul_(weights.scale)
 
     def clear(self, slot: int) -> None:
         self._versions[slot] += 1
