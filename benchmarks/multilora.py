@@ -57,21 +57,28 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
+def build_workload(work: Path, model: str) -> tuple[Path, list[Path], list[list[int]]]:
+    """The model and its ``BATCH`` adapters written under ``work``, and ``BATCH`` random
+    prompts of plain tokens: what every engine compared here runs."""
     print(f"building the model and {BATCH} adapters in {work} ...", flush=True)
     if model == "smollm2":
         from loraserve.demo.smollm2 import write_model
 
         model_dir = write_model(work / "model")
         vocab = 49152 - 17  # SmolLM2's plain tokens come after its 17 special ones
-    else:
-        model_dir = make_tiny_model(work / "model", seed=0, **MODEL)
+    else:  # "tiny" (a smoke test's) or the benchmark model
+        model_dir = make_tiny_model(work / "model", seed=0, **({} if model == "tiny" else MODEL))
         vocab = 300  # plain (non-special) tokens of the trained tokenizer
     adapters = [
         make_adapter(model_dir, work / f"adapter{i}", rank=RANK, alpha=32, seed=100 + i)
         for i in range(BATCH)
     ]
     prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (BATCH, PROMPT_LEN)).tolist()
+    return model_dir, adapters, prompts
+
+
+def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
+    model_dir, adapters, prompts = build_workload(work, model)
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     token_prompts = [{"prompt_token_ids": p} for p in prompts]
 
