@@ -16,7 +16,7 @@ that rows without an adapter in a batch that mixes them get the base model's tok
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args()
-    logging.getLogger("loraserve").setLevel(logging.WARNING)  # not a line per adapter load
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # both engines: no line per adapter
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="loraserve-vs-vllm-"))
     try:
