@@ -119,12 +119,15 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
-                     max_tokens: int) -> dict:
+async def one_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str | list[int],
+                     max_tokens: int, **fields) -> dict:
+    """One streamed completion (``fields`` go into the body). ``chunk_times`` are seconds from
+    the start to each chunk with text or token ids (with ``return_token_ids=True``, every
+    token's, even one whose text waits for the rest of its UTF-8 character)."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True}
+            "ignore_eos": True, "stream": True, **fields}
     start = time.perf_counter()
-    text, status, times = [], None, []  # times: seconds from start to each non-empty chunk
+    text, status, times = [], None, []
     async with session.post(f"{url}/v1/completions", json=body) as response:
         status = response.status
         async for raw in response.content:
@@ -132,8 +135,9 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, promp
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            piece = chunk["choices"][0]["text"] if chunk.get("choices") else ""
-            if piece:
+            choice = chunk["choices"][0] if chunk.get("choices") else {}
+            piece = choice.get("text", "")
+            if piece or choice.get("token_ids"):
                 times.append(time.perf_counter() - start)
             text.append(piece)
     return {"status": status, "ttft": times[0] if times else None, "text": "".join(text),

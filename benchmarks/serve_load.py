@@ -35,7 +35,7 @@ from pathlib import Path
 
 import aiohttp
 from load_test import SERVED, build_fixtures, one_stream, percentile, start_server, stop_server
-from multilora import NEW_TOKENS, PROMPT_LEN, RANK
+from multilora import NEW_TOKENS, PROMPT_LEN, RANK, TINY
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_cpu import vllm_env
 
@@ -66,18 +66,26 @@ def free_port() -> int:
 
 def start_vllm(python: str, model: Path, adapters: Path, max_loras: int, max_num_seqs: int,
                log: Path) -> tuple[subprocess.Popen, str]:
-    """``vllm serve`` with the same resolver settings ``start_server`` gives loraserve."""
+    """``vllm serve`` with the same resolver settings ``start_server`` gives loraserve.
+
+    vLLM 0.32's resolvers match an adapter's ``base_model_name_or_path`` against the model
+    path it was started with, not the served name loraserve matches: so it is started in the
+    model's parent folder on the relative path ``SERVED`` (a link to the model), and the same
+    adapter files serve both."""
+    link = model.parent / SERVED
+    if not link.exists():
+        link.symlink_to(model.name)
     port = free_port()
     env = {**vllm_env(python), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
            "VLLM_PLUGINS": "lora_filesystem_resolver",
            "VLLM_LORA_RESOLVER_CACHE_DIR": str(adapters)}
     proc = subprocess.Popen(
-        [python, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
+        [python, "-m", "vllm.entrypoints.cli.main", "serve", SERVED,
          "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
          "--enable-lora", "--max-loras", str(max_loras), "--max-lora-rank", str(RANK),
          "--max-num-seqs", str(max_num_seqs), "--dtype", "float32", "--enforce-eager",
-         "--no-enable-prefix-caching", "--max-model-len", "512"],
-        env=env, cwd=tempfile.gettempdir(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+         "--no-enable-prefix-caching", "--max-model-len", "256"],
+        env=env, cwd=model.parent, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -133,7 +141,8 @@ async def run_rate(url: str, load: Load, rate: float) -> dict:
         async def send(at: float, adapter: str, prompt: list[int]) -> dict:
             await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
             try:
-                return await one_stream(session, url, adapter, prompt, load.max_tokens)
+                return await one_stream(session, url, adapter, prompt, load.max_tokens,
+                                        return_token_ids=True)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 return {"status": None, "error": repr(exc)}
 
@@ -205,7 +214,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="loraserve-serve-load-"))
     try:
         print(f"building the model and {max(counts)} adapters in {work} ...", flush=True)
-        shape = {} if args.quick else BENCHMARK_MODEL
+        shape = TINY if args.quick else BENCHMARK_MODEL
         model, names = build_fixtures(work, max(counts), rank=RANK, **shape)
         best: dict[tuple[str, int], float] = {}
         for m in counts:  # engines interleaved per M, so both see the machine of that moment
