@@ -50,7 +50,7 @@ def test_serve_load_quick_sweep_completes_every_request():
     for section in (one, four.split("highest rate")[0]):
         rows = rate_rows(section)
         assert rows, section
-        for rate, sent, done, *_ in rows:
+        for _rate, sent, done, *_ in rows:
             assert int(sent) > 0 and done == sent, section
     # one adapter loaded during warm-up: no load under load; four adapters through two slots:
     # the resolver found the ones the warm-up did not, and /metrics counted them
