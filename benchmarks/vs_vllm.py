@@ -22,12 +22,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from multilora import BATCH, NEW_TOKENS, RANK, best_of, build_workload
+from multilora import ADAPTERS, NEW_TOKENS, RANK, best_of, build_workload
 from vllm_cpu import OfflineVLLM
 
 from loraserve import LLM, SamplingParams
 from loraserve.lora.request import LoRARequest
 
+BATCH = ADAPTERS  # one prompt per adapter, as multilora.py's default
 Lora = tuple[str, int, str]  # (name, id, path): what both engines' LoRARequest take
 # vLLM's workers keep polling their queue for 1 s after a step (shm_broadcast's busy loop):
 # each run starts after that, so neither engine runs beside the other's spinning threads

@@ -33,6 +33,7 @@ class EngineConfig:
     generation_config: str = "auto"
     override_generation_config: dict | None = None  # set over generation_config's defaults
     disable_log_stats: bool = False  # no periodic statistics log line
+    enforce_eager: bool = False  # no CUDA graphs for decode steps (vLLM's flag)
 
     def __post_init__(self) -> None:
         if self.served_model_name is None:

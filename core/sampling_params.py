@@ -10,6 +10,38 @@ from loraserve.errors import InvalidRequestError
 _FLOAT32_MAX = 3.4028234663852886e38  # the sampler computes in float32: larger is inf there
 _FLOAT32_TINY = 1.401298464324817e-45  # smallest float32 above 0: below it top_p is 0
 SEED_RANGE = (-(2**63), 2**63 - 1)  # vLLM's bound (int64)
+_CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """One constraint on the generated text, vLLM's fields: a JSON schema (``json``, a dict or
+    its JSON text), any JSON object (``json_object``), a ``regex``, one of ``choice``'s strings,
+    or a Lark ``grammar``. Exactly one is set."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False  # JSON without whitespace between tokens
+
+    def __post_init__(self) -> None:
+        given = [name for name in _CONSTRAINTS if getattr(self, name) not in (None, False)]
+        if len(given) != 1:  # vLLM's words
+            raise InvalidRequestError(
+                "You can only use one kind of structured outputs constraint but multiple are "
+                f"specified: {given}" if given else
+                "structured outputs need one of 'json', 'regex', 'choice', 'grammar' or "
+                "'json_object'")
+        if self.choice is not None and (not self.choice or not all(
+                isinstance(c, str) for c in self.choice)):
+            raise InvalidRequestError(f"'choice' must be a non-empty list of strings, "
+                                      f"got {self.choice!r}")
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in _CONSTRAINTS if getattr(self, name) not in (None, False))
 
 
 @dataclass
@@ -37,6 +69,7 @@ class SamplingParams:
     skip_special_tokens: bool = True  # leave special tokens out of the text
     bad_words: list[str] | None = None  # never generate these words (their token sequences)
     truncate_prompt_tokens: int | None = None  # keep only the last k prompt tokens (-1: the context)
+    structured_outputs: StructuredOutputsParams | None = None  # constrain the text (JSON, regex...)
     # each bad word's token ids, with and without a leading space; set by the engine (vLLM's
     # ``update_from_tokenizer``) since only it has the tokenizer
     _bad_words_token_ids: list[list[int]] = field(default_factory=list, init=False, repr=False,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loraserve.chat_template import render_chat
+from loraserve.errors import InvalidRequestError
 
 # transformers' named special tokens, in its order (all_special_ids keeps it)
 NAMED_SPECIAL_TOKENS = (
@@ -77,6 +78,10 @@ class Tokenizer:
         if index is None and token != self.unk_token and self.unk_token is not None:
             return self.unk_token_id
         return index
+
+    def tokenizer_json(self) -> str:
+        """The whole tokenizer as ``tokenizer.json`` text: what the grammar engine reads."""
+        return self._backend.to_str()
 
     @functools.cached_property
     def max_token_chars(self) -> int:
@@ -208,6 +213,13 @@ class TransformersTokenizer(Tokenizer):
 
     def __len__(self) -> int:
         return len(self._backend)
+
+    def tokenizer_json(self) -> str:
+        fast = getattr(self._backend, "backend_tokenizer", None)
+        if fast is None:
+            raise InvalidRequestError("structured outputs need a fast tokenizer (a model "
+                                      "directory with tokenizer.json)")
+        return fast.to_str()
 
 
 def clean_up_tokenization(text: str) -> str:

@@ -4,8 +4,8 @@
 when Triton is installed and the torch path otherwise (see docs/kernels.md).
 """
 
-from loraserve.kernels.batch import NO_ADAPTER, LoRABatch
-from loraserve.kernels.dispatch import add_lora, backend_for
+from loraserve.kernels.batch import NO_ADAPTER, LoRABatch, segment_table
+from loraserve.kernels.dispatch import add_lora, backend_for, paged_decode_available
 from loraserve.kernels.operands import LoRAOperands
 
-__all__ = ["NO_ADAPTER", "LoRABatch", "LoRAOperands", "add_lora", "backend_for"]
+__all__ = ["NO_ADAPTER", "LoRABatch", "LoRAOperands", "add_lora", "backend_for", "paged_decode_available", "segment_table"]

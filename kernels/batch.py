@@ -32,6 +32,10 @@ class LoRABatch:
     padded_token_start: int | None = None
     # The slot of every token when one adapter owns the whole step, else None.
     sole_slot: int | None = None
+    # A captured decode step's batch (``fixed``): the tensors are static buffers refilled
+    # between replays, num_tokens and max_seg_len are upper bounds, segments past the last
+    # real one have length 0, and the padded_* fields are unused.
+    fixed_shape: bool = False
 
     @property
     def num_segments(self) -> int:
@@ -66,22 +70,48 @@ class LoRABatch:
             padded.extend(tokens + [0] * (max_len - len(tokens)))
             valid.extend(range(row * max_len, row * max_len + len(tokens)))
 
-        def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
         all_valid = len(valid) == len(padded)
         contiguous = all_valid and bool(padded) and padded == list(range(padded[0], padded[0] + len(padded)))
+        # every table in one tensor: one host-to-device copy per step, then views
+        parts = [token_slots, sorted_tokens, slots, starts, lens, padded, [] if all_valid else valid]
+        packed = torch.tensor([v for part in parts for v in part], dtype=torch.long, device=device)
+        views = packed.split([len(part) for part in parts])
         return cls(
             num_tokens=len(token_slots),
-            token_slots=tensor(token_slots),
-            sorted_tokens=tensor(sorted_tokens),
-            seg_slots=tensor(slots),
-            seg_starts=tensor(starts),
-            seg_lens=tensor(lens),
+            token_slots=views[0],
+            sorted_tokens=views[1],
+            seg_slots=views[2],
+            seg_starts=views[3],
+            seg_lens=views[4],
             max_seg_len=max_len,
             padded_first_slot=first,
-            padded_tokens=tensor(padded).view(len(slot_range), max_len),
-            padded_valid=None if all_valid else tensor(valid),
+            padded_tokens=views[5].view(len(slot_range), max_len),
+            padded_valid=None if all_valid else views[6],
             padded_token_start=padded[0] if contiguous else None,
             sole_slot=slots[0] if len(slots) == 1 and lens[0] == len(token_slots) else None,
         )
+
+    @classmethod
+    def fixed(cls, table: torch.Tensor, num_tokens: int, num_segments: int) -> LoRABatch:
+        """A batch of ``num_tokens`` tokens and room for ``num_segments`` segments, viewing
+        ``table`` (``segment_table``'s layout, refilled in place): its launch shapes depend
+        on these two numbers alone, as a CUDA graph's must."""
+        rows = table.view(5, -1)
+        return cls(
+            num_tokens=num_tokens, token_slots=rows[0, :num_tokens],
+            sorted_tokens=rows[1, :num_tokens], seg_slots=rows[2, :num_segments],
+            seg_starts=rows[3, :num_segments], seg_lens=rows[4, :num_segments],
+            max_seg_len=num_tokens, padded_first_slot=0, padded_tokens=rows[1, :num_tokens].view(1, -1),
+            padded_valid=None, fixed_shape=True,
+        )
+
+
+def segment_table(token_slots: list[int], size: int) -> list[int]:
+    """A fixed batch's table, flat: token_slots, sorted_tokens, seg_slots, seg_starts and
+    seg_lens (``LoRABatch.build``'s segments), each padded to ``size`` (rows past the tokens
+    use NO_ADAPTER; segments past the last have length 0)."""
+    host = LoRABatch.build(token_slots, device="cpu")
+    parts = [token_slots, *(t.tolist() for t in (host.sorted_tokens, host.seg_slots,
+                                                  host.seg_starts, host.seg_lens))]
+    pads = [NO_ADAPTER, 0, 0, 0, 0]
+    return [v for part, pad in zip(parts, pads) for v in part + [pad] * (size - len(part))]

@@ -35,6 +35,12 @@ def backend_for(device: torch.device) -> str:
     return "torch"
 
 
+def paged_decode_available(device: torch.device) -> bool:
+    """Decode attention runs the paged-decode kernel where the LoRA kernels run on Triton;
+    elsewhere the torch path (gather + SDPA) stays, the faster one on CPU."""
+    return backend_for(device) == "triton"
+
+
 def add_lora(
     out: torch.Tensor,
     x: torch.Tensor,
@@ -50,7 +56,9 @@ def add_lora(
     if batch.is_empty:
         return
     backend = backend or backend_for(x.device)
-    if backend == "torch":
+    if backend == "torch" and batch.fixed_shape:
+        torch_ops.add_lora_per_token(out, x, lora_a, lora_b, batch.token_slots)
+    elif backend == "torch":
         torch_ops.add_lora(out, x, lora_a, lora_b, batch)
     elif backend == "triton":
         from loraserve.kernels import triton_ops

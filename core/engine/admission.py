@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraserve.errors import InvalidRequestError
 from loraserve.lora.request import LoRARequest
@@ -73,6 +74,7 @@ class PreparedRequest:
     lora: LoRARequest | None
     prompt: str | None = None
     arrival_time: float = field(default_factory=time.monotonic)  # reached the engine
+    grammar: Any = None  # the compiled structured-outputs constraint (a CompiledGrammar)
 
 
 def truncate_prompt(prompt_token_ids: list[int], params: SamplingParams,

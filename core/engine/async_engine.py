@@ -73,8 +73,12 @@ class AsyncLLMEngine:
         """
         arrival = time.monotonic()
         prompt_token_ids = self.engine.check_prompt(prompt_token_ids, params)
+        grammar = None
+        if params.structured_outputs is not None:  # compiled off the loop and the step thread
+            grammar = await asyncio.to_thread(self.engine.compile_grammar, params)
         lora = await self._pin(lora_request)
-        prepared = PreparedRequest(prompt_token_ids, params, lora, prompt, arrival_time=arrival)
+        prepared = PreparedRequest(prompt_token_ids, params, lora, prompt, arrival_time=arrival,
+                                   grammar=grammar)
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         self._send("add", (request_id, prepared))

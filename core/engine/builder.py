@@ -86,6 +86,8 @@ def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> 
     num_blocks = _num_kv_blocks(config, spec, dtype, device, max_model_len)
     slots = None if lora_manager is None else lora_manager.slots
     runner = ModelRunner(model, num_blocks, config.block_size, slots, config.lora_merge)
+    if decode_graphs_wanted(config, device):
+        runner.enable_decode_graphs(config.max_num_seqs, max_model_len, capture=True)
     batched_tokens = config.max_num_batched_tokens or max(4096, max_model_len)
     if batched_tokens < max_model_len:
         logger.info("max_num_batched_tokens %d < max_model_len %d: a longer prompt is prefilled "
@@ -128,7 +130,7 @@ def _num_kv_blocks(
     max_model_len: int,
 ) -> int:
     bs = config.block_size
-    per_block = 2 * spec.num_layers * bs * spec.kv_size * torch.empty((), dtype=dtype).element_size()
+    per_block = 2 * spec.num_layers * bs * spec.kv_size * dtype.itemsize
     blocks_per_seq = -(-max_model_len // bs)
     wanted = config.max_num_seqs * blocks_per_seq
     budget = config.kv_cache_memory_bytes
@@ -146,6 +148,11 @@ def _num_kv_blocks(
         )
     logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", blocks, bs, blocks * per_block / 2**20)
     return blocks
+
+
+def decode_graphs_wanted(config: EngineConfig, device: torch.device) -> bool:
+    """CUDA graphs for decode steps: on CUDA, unless ``enforce_eager`` (vLLM's rule)."""
+    return device.type == "cuda" and not config.enforce_eager
 
 
 def _pick_device(name: str) -> torch.device:

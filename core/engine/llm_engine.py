@@ -26,6 +26,7 @@ from loraserve.engine.sampler import SampledToken, prompt_logprobs, sample
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.engine.sequence import Sequence
 from loraserve.engine.stats import FinishedRequest, SequenceTimes, StatLogger, StepStats
+from loraserve.engine.structured_output import CompiledGrammar, GrammarCompiler
 from loraserve.errors import InvalidRequestError, LoRAAlreadyLoadedError
 from loraserve.logprobs import Logprob
 from loraserve.lora.ids import next_lora_id
@@ -63,6 +64,8 @@ class LLMEngine:
         self.sampling_defaults, self.max_logprobs = parts.sampling_defaults, parts.max_logprobs
         self.lora_manager = parts.lora_manager
         self.runner, self.scheduler = parts.runner, parts.scheduler
+        self.grammars = GrammarCompiler(self.tokenizer.tokenizer_json, self.spec.vocab_size,
+                                        sorted(self.eos_token_ids))
         self.detokenize_every_step = False  # streaming callers want text as it grows
         self._requests: dict[str, _Request] = {}
         # who hears about every step: the server's vllm:* series, the periodic log line
@@ -83,7 +86,9 @@ class LLMEngine:
         """Prepare and queue a request; validation errors are raised here, before anything is
         queued (the offline API's way: an adapter not loaded yet is loaded)."""
         prompt_token_ids = self.check_prompt(prompt_token_ids, params)
-        prepared = PreparedRequest(prompt_token_ids, params, self.pin_lora(lora_request), prompt)
+        grammar = self.compile_grammar(params)
+        prepared = PreparedRequest(prompt_token_ids, params, self.pin_lora(lora_request), prompt,
+                                   grammar=grammar)
         try:
             self.admit(request_id, prepared)
         except BaseException:
@@ -100,6 +105,12 @@ class LLMEngine:
         check_prompt(prompt_token_ids, params, self.spec.vocab_size, self.context,
                      self.max_logprobs)
         return prompt_token_ids
+
+    def compile_grammar(self, params: SamplingParams) -> CompiledGrammar | None:
+        """The request's structured-outputs constraint, compiled (cached by spec), or None;
+        slow for a new spec, so the server calls it off the step thread."""
+        spec = params.structured_outputs
+        return None if spec is None else self.grammars.compile(spec)
 
     def admit(self, request_id: str, prepared: PreparedRequest) -> None:
         """Queue a request that passed ``check_prompt`` and holds its adapter pinned."""
@@ -119,6 +130,7 @@ class LLMEngine:
                 generator=self._generator(params, index),
                 times=SequenceTimes(arrival=prepared.arrival_time, queued=now),
                 detokenizer=IncrementalDetokenizer(params.skip_special_tokens),
+                matcher=prepared.grammar.new_matcher() if prepared.grammar else None,
             )
             for index in range(params.n)
         ]
@@ -270,6 +282,8 @@ class LLMEngine:
         """Append the sampled token, record its logprobs and metrics, finish if it is done."""
         token = choice.token_id
         seq.output_token_ids.append(token)
+        if seq.matcher is not None and not seq.matcher.consume_token(token):
+            raise RuntimeError(f"structured output refused token {token}: {seq.matcher.get_error()}")
         if choice.logprobs is not None:
             self._record_logprobs(seq, choice)
         self._count_token(seq, now, stats)
@@ -337,6 +351,9 @@ class LLMEngine:
             if (stop := update_text(seq, self.tokenizer, find_stop=find_stop)) is not None:
                 seq.stop_reason = stop
                 return "stop"
+        if seq.matcher is not None and seq.matcher.is_stopped():  # the grammar is complete
+            update_text(seq, self.tokenizer, find_stop=False, final=True)
+            return "stop"
         return self._length_reason(seq)
 
     def _length_reason(self, seq: Sequence) -> str | None:

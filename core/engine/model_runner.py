@@ -11,8 +11,9 @@ from itertools import accumulate
 
 import torch
 
+from loraserve.engine.decode_graphs import DecodeGraphs
 from loraserve.engine.scheduler import ScheduledStep
-from loraserve.kernels import NO_ADAPTER, LoRABatch
+from loraserve.kernels import NO_ADAPTER, LoRABatch, paged_decode_available
 from loraserve.lora.merge import AdapterMerger, adapter_merger_for
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.decoder import DecoderModel, LayerLoRA, LayerWeights
@@ -50,10 +51,26 @@ class ModelRunner:
             self.merger = adapter_merger_for(model, lora_slots)
         self.block_size = block_size
         self.device = weights.embed.device
-        # [K/V, layers, blocks, block_size, kv_heads, head_dim]
+        self.paged_decode = paged_decode_available(self.device)  # decode attention reads blocks in place
+        self.num_blocks = num_blocks
+        # [K/V, layers, blocks, block_size, kv_heads, head_dim]; one block more than the block
+        # manager hands out: a captured decode step's padding rows write there
         self.kv_cache = torch.zeros(
-            2, spec.num_layers, num_blocks, block_size, spec.num_kv_heads, spec.head_dim,
+            2, spec.num_layers, num_blocks + 1, block_size, spec.num_kv_heads, spec.head_dim,
             dtype=weights.embed.dtype, device=self.device,
+        )
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool) -> None:
+        """Run decode steps through ``DecodeGraphs``: CUDA graphs, or with ``capture=False``
+        the same static buffers replayed eagerly. A graph runs the slots' LoRA operands, so
+        merged weights are off."""
+        self.merger = None
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.kv_cache, scratch_slot=self.num_blocks * self.block_size,
+            max_num_seqs=max_num_seqs, max_blocks=-(-max_model_len // self.block_size),
+            lora=self.lora_slots.layers if self.lora_slots is not None else None,
+            paged_decode=self.paged_decode, capture=capture,
         )
 
     def run(self, step: ScheduledStep) -> StepLogits:
@@ -72,9 +89,15 @@ class ModelRunner:
             if seq.wants_prompt_logprobs and seq.num_cached_tokens == 0
         }
         prompt_rows = [
-            torch.arange(start, start + len(step.seqs[row].prompt_token_ids) - 1)
+            torch.arange(start, start + len(step.seqs[row].prompt_token_ids) - 1, device=self.device)
             for row, start in scored.items()
         ]
+        graphs = self.decode_graphs
+        if graphs is not None and not scored and graphs.supports(step):
+            logits = graphs.run(step, [_slot_key(seq) for seq in step.seqs])
+            for seq in step.seqs:
+                seq.num_cached_tokens = seq.num_tokens
+            return StepLogits(logits)
         batch = self._prepare(step, prompt_rows)
         layers, lora = self._weights_for(batch.lora)
         logits = self.model.forward(batch, self.kv_cache, layers, lora)  # [B + prompt rows, vocab]
@@ -126,18 +149,20 @@ class ModelRunner:
         tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in step.seqs]
         max_q = max(step.query_lens)
 
-        rows = torch.arange(max_q, device=device)
-        keys = torch.arange(max_blocks * bs, device=device)
-        last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
-        mask = keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)  # [B, max_q, K]
-        sliding_mask = None
+        paged_decode = max_q == 1 and self.paged_decode  # the kernel needs no mask
+        mask = sliding_mask = None
         window = self.model.spec.sliding_window
-        if window is not None:  # also drop keys at or before last_visible - window
+        if not paged_decode:
+            rows = torch.arange(max_q, device=device)
+            keys = torch.arange(max_blocks * bs, device=device)
+            last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
+            mask = (keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)).unsqueeze(1)  # [B, 1, max_q, K]
+        if window is not None and not paged_decode:  # also drop keys at or before last_visible - window
             first_visible = last_visible - (window - 1)  # [B, max_q]
-            sliding_mask = mask & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
+            sliding_mask = mask.squeeze(1) & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
             padded = (rows.unsqueeze(0) >= q_lens.unsqueeze(1)).unsqueeze(-1)  # [B, max_q, 1]
             # padding rows are dropped after attention; keep them causal so none is all-masked (NaN)
-            sliding_mask = torch.where(padded, mask, sliding_mask).unsqueeze(1)  # [B, 1, max_q, K]
+            sliding_mask = torch.where(padded, mask.squeeze(1), sliding_mask).unsqueeze(1)
 
         query_rows = None
         if max_q > 1:
@@ -152,12 +177,14 @@ class ModelRunner:
             positions=torch.tensor(positions, device=device),
             slot_mapping=torch.tensor(slot_mapping, device=device),
             block_tables=torch.tensor(tables, device=device),
-            attn_mask=mask.unsqueeze(1),
+            attn_mask=mask,
             sliding_mask=sliding_mask,
             query_rows=query_rows,
             max_query_len=max_q,
-            logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]).to(device),
+            logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]),
             lora=LoRABatch.build(token_slots, device) if use_lora else None,
+            kv_lens=kv_lens,
+            paged_decode=paged_decode,
         )
 
 

@@ -9,6 +9,7 @@ import torch
 
 from loraserve.engine.logits_processors import needs_processing, process_row
 from loraserve.engine.sequence import Sequence
+from loraserve.engine.structured_output import apply_grammar_masks
 from loraserve.logprobs import Logprob, PromptLogprobs
 
 
@@ -32,8 +33,9 @@ def sample(
 ) -> list[SampledToken]:
     """logits: [B, vocab] float32, changed in place. Greedy rows take argmax (ties: lowest id).
 
-    Log-probabilities come from the raw logits, before penalties, bias or temperature
-    (vLLM's default, ``raw_logprobs``), so they describe the model, not the sampler.
+    Log-probabilities come from the raw logits, before a structured-output mask, penalties,
+    bias or temperature (vLLM's default, ``raw_logprobs``), so they describe the model, not
+    the sampler.
     Rows fail alone: whatever goes wrong for one row (non-finite logits, a processor or the
     draw raising) becomes that row's ``error`` and every other row is sampled as usual.
     """
@@ -46,6 +48,11 @@ def sample(
     logprob_rows = [row for row, seq in enumerate(seqs) if seq.params.logprobs is not None]
     raw = logits[logprob_rows].log_softmax(-1) if logprob_rows else None  # [rows asking, vocab]
     raw_row = {row: i for i, row in enumerate(logprob_rows)}
+    # structured outputs: only rows with a matcher pay for a mask
+    constrained = [(row, seq.matcher) for row, seq in enumerate(seqs)
+                   if seq.matcher is not None and row not in failed]
+    if constrained:
+        failed.update(apply_grammar_masks(logits, constrained))
     for row, seq in enumerate(seqs):
         if row not in failed and needs_processing(seq):
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ class Sequence:
     output_logprobs: SampleLogprobs = field(default_factory=list)  # one dict per output token
     cumulative_logprob: float = 0.0  # of the sampled tokens, when logprobs are asked for
     prompt_logprobs: PromptLogprobs | None = None  # on sample 0 only, once its prefill ran
+    matcher: Any = None  # its structured-output grammar state; None: an unconstrained row
     _prompt_mask: torch.Tensor | None = field(default=None, repr=False)  # [vocab] bool, lazily
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -111,7 +112,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoRAServeError as exc:  # EngineConfig's own checks (e.g. --max-cpu-loras too small)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.num_replicas is not None:
+        return _serve_with_ray(args, engine_config, server_config)
     return serve(engine_config, server_config)
+
+
+# loraserve.distributed sits above entrypoints (it serves the OpenAI core through Ray), so the
+# command line finds it by name, as plugins are found, and imports Ray only when asked to
+RAY_SERVE_MODULE = "loraserve.distributed.ray_serve"
+
+
+def _serve_with_ray(args: argparse.Namespace, engine_config, server_config) -> int:  # noqa: ANN001
+    try:
+        ray_serve = importlib.import_module(RAY_SERVE_MODULE)
+    except ImportError as exc:
+        print(f"error: --num-replicas needs Ray Serve: pip install 'loraserve[ray]' ({exc})",
+              file=sys.stderr)
+        return 2
+    return ray_serve.serve_with_ray(engine_config, server_config,
+                                    ray_serve.ray_options_from_args(args), args.ray_address)
 
 
 if __name__ == "__main__":

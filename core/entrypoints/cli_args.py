@@ -22,6 +22,7 @@ from loraserve.entrypoints.openai.server_config import (
     ServerConfig,
     runtime_lora_updating_from_env,
 )
+from loraserve.entrypoints.openai.tool_parsers import TOOL_PARSERS
 from loraserve.entrypoints.vllm_options import add_ignored_flags, ignored_flag_warnings
 from loraserve.version import __version__
 
@@ -157,6 +158,12 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
                        default=False,
                        help="Answer GET /tokenizer_info (the tokenizer's special tokens and chat "
                             "template; lm-eval's remote tokenizer needs it).")
+    front.add_argument("--enable-auto-tool-choice", action="store_true", default=False,
+                       help="Let chat requests use tool_choice 'auto': the model decides, and "
+                            "--tool-call-parser reads its calls.")
+    front.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                       help="How the model writes tool calls: one of "
+                            f"{', '.join(sorted(TOOL_PARSERS))} (vLLM's names).")
     front.add_argument("--response-role", default="assistant", metavar="ROLE",
                        help="The role of chat answers when the request adds a generation "
                             "prompt (default: %(default)s).")
@@ -216,6 +223,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                              "on CPU).")
     parser.add_argument("--disable-log-stats", action="store_true",
                         help="No periodic statistics line in the log.")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="Run every step eagerly: no CUDA graphs for decode steps (on CUDA "
+                             "they are captured per batch-size bucket; CPU always runs eagerly).")
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False,
                       help="Serve LoRA adapters as extra model names on top of MODEL.")
@@ -250,7 +260,30 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     add_server_flags(serve)
     add_frontend_flags(serve)
     add_limit_flags(serve)
+    add_distributed_flags(serve)
     add_ignored_flags(serve)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Serving through Ray Serve (the ``loraserve[ray]`` extra): docs/scaling.md."""
+    group = parser.add_argument_group("replicas (Ray Serve)")
+    group.add_argument("--num-replicas", type=_positive_int, default=None, metavar="N",
+                       help="Serve through Ray Serve with N engine replicas (needs "
+                            "'pip install loraserve[ray]'); every response names its replica "
+                            "in x-loraserve-replica.")
+    group.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="Join this Ray cluster (e.g. 'auto' or ray://host:10001) instead "
+                            "of starting one.")
+    group.add_argument("--affinity-router", action="store_true",
+                       help="Route adapters with loraserve's bounded-load affinity router "
+                            "instead of Ray's stock multiplex routing.")
+    group.add_argument("--registry-dir", default=None, metavar="DIR",
+                       help="The folder replicas share for adapters loaded through the API and "
+                            "their reports; a shared mount on several nodes (default: a "
+                            "temporary folder, removed at exit).")
+    group.add_argument("--replica-cpus", type=float, default=1.0, metavar="CPUS",
+                       help="CPUs reserved per replica; torch uses that many threads "
+                            "(default: %(default)s).")
 
 
 def load_chat_template(value: str | None) -> str | None:
@@ -291,6 +324,12 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
             compile_template(chat_template)  # a syntax error stops start-up, not a request
     except Exception as exc:  # the file's reason, or jinja's
         raise _flag_error(f"invalid --chat-template: {exc}") from None
+    if args.enable_auto_tool_choice and not args.tool_call_parser:  # vLLM's rule
+        raise _flag_error("--enable-auto-tool-choice needs --tool-call-parser "
+                          f"({', '.join(sorted(TOOL_PARSERS))})")
+    if args.tool_call_parser and args.tool_call_parser not in TOOL_PARSERS:
+        raise _flag_error(f"invalid --tool-call-parser {args.tool_call_parser!r}: choose from "
+                          f"{', '.join(sorted(TOOL_PARSERS))}")
     for line in ignored_flag_warnings(args):
         logger.warning(line)
     runtime = runtime_lora_updating_from_env()
@@ -317,6 +356,7 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         generation_config=args.generation_config,
         override_generation_config=args.override_generation_config,
         disable_log_stats=args.disable_log_stats,
+        enforce_eager=args.enforce_eager,
     )
     server = ServerConfig(
         host=args.host,
@@ -330,6 +370,8 @@ def configs_from_args(args: argparse.Namespace):  # noqa: ANN201 - (EngineConfig
         trust_request_chat_template=args.trust_request_chat_template,
         enable_tokenizer_info_endpoint=args.enable_tokenizer_info_endpoint,
         response_role=args.response_role,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
         root_path=(args.root_path or "").rstrip("/"),
         cors=CORSConfig(args.allowed_origins, args.allowed_methods, args.allowed_headers,
                         args.allow_credentials),

@@ -63,6 +63,7 @@ class LLM:
         kv_cache_memory_bytes: int | None = None,
         lora_dtype: str = "auto",
         disable_log_stats: bool = True,
+        enforce_eager: bool = False,
         **vllm_options: Any,
     ) -> None:
         configure_logging("loraserve")
@@ -89,6 +90,7 @@ class LLM:
             generation_config=generation_config,
             override_generation_config=override_generation_config,
             disable_log_stats=disable_log_stats,
+            enforce_eager=enforce_eager,
         )
         self.engine = LLMEngine(self.config, lora_events=checked_plugins())
         if not disable_log_stats:  # off by default offline, as in vLLM's LLM
@@ -153,6 +155,7 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         use_tqdm: bool | Callable[..., tqdm] = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         """Generate a reply to one conversation (a list of ``{"role", "content"}`` messages) or to
         each of a list of them; one output per conversation, in order.
@@ -160,10 +163,10 @@ class LLM:
         Each conversation is rendered by ``chat_template`` (a template's text or name) or the
         tokenizer's own, then generated as ``generate`` does. ``continue_final_message`` leaves
         the last message open so the model continues it (instead of adding a generation prompt;
-        the two cannot both be set).
+        the two cannot both be set). ``tools`` (OpenAI's function specs) reach the template.
         """
         options = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt,
-                   "continue_final_message": continue_final_message,
+                   "continue_final_message": continue_final_message, "tools": tools,
                    **(chat_template_kwargs or {})}  # the kwargs may set the others, as in vLLM
         if options["continue_final_message"] and options["add_generation_prompt"]:
             raise InvalidRequestError("continue_final_message and add_generation_prompt cannot "

@@ -63,8 +63,9 @@ IGNORED_OPTIONS: tuple[IgnoredOption, ...] = tuple([
     *_group("loraserve has no prefix cache: every prompt is prefilled", """
         bool enable_prefix_caching value prefix_caching_hash_algo bool kv_sharing_fast_prefill
         bool disable_hybrid_kv_cache_manager"""),
-    *_group("loraserve runs PyTorch eagerly (no CUDA graphs, no torch.compile)", """
-        bool enforce_eager value max_seq_len_to_capture values cuda_graph_sizes
+    *_group("loraserve captures CUDA graphs for decode steps at its own batch-size buckets, "
+            "for any context length, without torch.compile (--enforce-eager turns them off)", """
+        value max_seq_len_to_capture values cuda_graph_sizes
         value max_cudagraph_capture_size value compilation_config/-O
         bool disable_cascade_attn value override_attention_dtype value attention_backend
         value additional_config"""),
@@ -102,7 +103,8 @@ IGNORED_OPTIONS: tuple[IgnoredOption, ...] = tuple([
         values allowed_media_domains value default_mm_loras"""),
     *_group("loraserve has no speculative decoding", """
         value speculative_config value speculative_model value num_speculative_tokens"""),
-    *_group("structured output is not implemented yet", """
+    *_group("structured outputs always use llguidance, with JSON whitespace as the request "
+            "says", """
         value structured_outputs_config value guided_decoding_backend
         bool guided_decoding_disable_fallback bool guided_decoding_disable_any_whitespace
         bool guided_decoding_disable_additional_properties"""),
@@ -117,9 +119,9 @@ IGNORED_OPTIONS: tuple[IgnoredOption, ...] = tuple([
         value otlp_traces_endpoint value collect_detailed_traces
         value show_hidden_metrics_for_version"""),
     # Frontend flags: the server's, not the engine's (LLM(...) never took them)
-    *_group("tool calling is not implemented yet", """
-        bool enable_auto_tool_choice value tool_call_parser value tool_parser_plugin
-        value tool_server bool exclude_tools_when_tool_choice_none""", engine=False),
+    *_group("tool parsers are built in (--tool-call-parser); no tool servers", """
+        value tool_parser_plugin value tool_server bool exclude_tools_when_tool_choice_none""",
+            engine=False),
     *_group("loraserve serves plain HTTP on a TCP port; put a TLS or socket proxy in front", """
         value ssl_keyfile value ssl_certfile value ssl_ca_certs value ssl_cert_reqs
         bool enable_ssl_refresh value uds value h11_max_incomplete_event_size

@@ -112,7 +112,7 @@ def read_header(path: Path) -> tuple[int, dict]:
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of the file as views into one buffer filled by a single read."""
     size = path.stat().st_size
-    buffer = torch.empty(size, dtype=torch.uint8)
+    buffer = torch.empty(size, dtype=torch.uint8, device="cpu")  # host by design
     with path.open("rb") as f:
         if f.readinto(buffer.numpy()) != size:
             raise SafetensorsError("the file changed while it was read")
@@ -127,7 +127,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         shape, offset = entry.shape, start + entry.begin
         if offset % itemsize or not shape or entry.end == entry.begin:
             raw = buffer[offset : start + entry.end]  # unaligned, scalar or empty: plain view
-            tensors[name] = raw.view(dtype).view(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
+            tensors[name] = raw.view(dtype).view(shape) if raw.numel() else torch.empty(shape, dtype=dtype, device="cpu")
             continue
         if dtype not in flat:
             flat[dtype] = buffer[: size - size % itemsize].view(dtype)

@@ -86,10 +86,9 @@ class AdapterSlots:
             start = index * max_rank
             self._a_rows[group][layer, slot, start : start + r].copy_(weights.a)
             b = self._b_slices[group][index][layer, slot, :r]  # [r, out]
+            b.copy_(weights.b.t())  # host -> device copy; a mul with out= cannot cross devices
             if one_scale is None:
-                torch.mul(weights.b.t(), weights.scale, out=b)
-            else:
-                b.copy_(weights.b.t())
+                b.mul_(weights.scale)
         if one_scale is not None and one_scale != 1.0:  # one pass per B instead of per module
             for stacks in self._b.values():
                 for b in stacks:

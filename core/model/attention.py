@@ -1,7 +1,9 @@
-"""Paged attention over the KV cache with torch's scaled_dot_product_attention.
+"""Paged attention over the KV cache.
 
-The cache holds fixed-size blocks; each sequence's block table lists its blocks in order,
-so gathering a sequence's keys is one index operation and memory grows with tokens used.
+The cache holds fixed-size blocks; each sequence's block table lists its blocks in order.
+Decode steps on CUDA read the blocks in place with the paged-decode kernel
+(``loraserve.kernels.paged_decode``); every other step gathers each sequence's blocks (one
+index operation) and runs torch's scaled_dot_product_attention, the CPU's fastest path.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ def paged_attention(
     k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
     v_cache: torch.Tensor,
     batch: ForwardBatch,
-    attn_mask: torch.Tensor,  # [B, 1, max_q, context] bool: the layer's causal or sliding mask
+    window: int | None,  # the layer's sliding window; None: full causal attention
 ) -> torch.Tensor:
-    """Write this step's K/V into the cache, then attend over the context the mask lets through."""
+    """Write this step's K/V into the cache, then attend over the context the layer sees."""
     num_blocks, block_size, kv_heads, head_dim = k_cache.shape
     k_cache.view(-1, kv_heads, head_dim).index_copy_(0, batch.slot_mapping, k)
     v_cache.view(-1, kv_heads, head_dim).index_copy_(0, batch.slot_mapping, v)
+    if batch.paged_decode:
+        from loraserve.kernels.paged_decode import paged_decode
+
+        return paged_decode(q, k_cache, v_cache, batch.block_tables, batch.kv_lens, window)
 
     num_seqs = batch.block_tables.shape[0]
     context = batch.block_tables.shape[1] * block_size
+    attn_mask = batch.mask_for(window)
     blocks = batch.block_tables.view(-1)  # index_select is several times faster than indexing
     keys = k_cache.index_select(0, blocks).view(num_seqs, context, kv_heads, head_dim)
     values = v_cache.index_select(0, blocks).view(num_seqs, context, kv_heads, head_dim)

@@ -85,9 +85,9 @@ class DecoderModel:
         rope = self.rotary.tables(batch.positions)
         for index, layer in enumerate(self.weights.layers if layers is None else layers):
             kv = (kv_cache[0, index], kv_cache[1, index])
-            mask = batch.mask_for(self.spec.layer_windows[index])
+            window = self.spec.layer_windows[index]
             layer_lora = None if lora is None else lora[index]
-            hidden = self._layer(hidden, layer, kv, batch, mask, rope, layer_lora)
+            hidden = self._layer(hidden, layer, kv, batch, window, rope, layer_lora)
         last = hidden[batch.logits_indices]  # [B, hidden]
         last = rms_norm(last, self.weights.final_norm, self.spec.rms_norm_eps)
         return self.weights.lm_head(last).float()  # [B, vocab]
@@ -98,7 +98,7 @@ class DecoderModel:
         w: LayerWeights,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         batch: ForwardBatch,
-        attn_mask: torch.Tensor,  # [B, 1, max_q, context] bool, this layer's causal or sliding mask
+        window: int | None,  # this layer's sliding window; None: full causal attention
         rope: tuple[torch.Tensor, torch.Tensor],
         lora: LayerLoRA | None,
     ) -> torch.Tensor:
@@ -117,7 +117,7 @@ class DecoderModel:
             q, k = qk.split(heads, dim=1)
             q = rotate(rms_norm(q, w.q_norm, spec.rms_norm_eps), *rope)
             k = rotate(rms_norm(k, w.k_norm, spec.rms_norm_eps), *rope)
-        attn = paged_attention(q, k, v, *kv_cache, batch, attn_mask)  # [T, q]
+        attn = paged_attention(q, k, v, *kv_cache, batch, window)  # [T, q]
         o = w.o(attn)
         if lora is not None:
             add_lora(o, attn, lora.o.a, lora.o.b, batch.lora)

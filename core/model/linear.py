@@ -59,7 +59,7 @@ def _prepack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | 
         return None
     try:
         packed = _reorder(weight)
-        probe = torch.randn(3, weight.shape[1], dtype=weight.dtype)
+        probe = torch.randn(3, weight.shape[1], dtype=weight.dtype, device=weight.device)
         got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
     except (RuntimeError, AttributeError) as exc:  # an older torch or an unusual CPU
         logger.info("oneDNN prepacking unavailable (%s); using F.linear", exc)

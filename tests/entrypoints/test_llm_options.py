@@ -13,8 +13,8 @@ from loraserve import LLM, SamplingParams
 def test_vllm_only_options_are_accepted_with_a_warning(llama_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="loraserve.entrypoints.llm"):
         llm = LLM(str(llama_dir), gpu_memory_utilization=0.8, tensor_parallel_size=1,
-                  enforce_eager=True)
-    assert "enforce_eager, gpu_memory_utilization, tensor_parallel_size" in caplog.text
+                  cuda_graph_sizes=[8])
+    assert "cuda_graph_sizes, gpu_memory_utilization, tensor_parallel_size" in caplog.text
     assert llm.generate("hi", SamplingParams(max_tokens=2))[0].outputs[0].token_ids
 
 

@@ -69,14 +69,12 @@ async def chat_prompt_ids(server: RunningServer, messages: list[dict], **fields)
 # ---- refused fields: a 400 naming the field, in the message and in `param` -------------------
 
 REFUSED = [
-    ("chat", "tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser'),
-    ("chat", "tool_choice", "required", "tool choice requires"),
-    ("chat", "response_format", {"type": "json_object"}, "structured outputs"),
-    ("chat", "structured_outputs", {"json": {"type": "object"}}, "structured outputs"),
-    ("chat", "guided_json", {"type": "object"}, "structured outputs"),
-    ("chat", "guided_regex", "a+", "structured outputs"),
-    ("chat", "guided_choice", ["a", "b"], "structured outputs"),
+    ("chat", "tool_choice", "required", "`tools` must be set"),
+    ("chat", "functions", [{"name": "f"}], "use 'tools'"),
+    ("chat", "function_call", "auto", "use 'tool_choice'"),
+    ("chat", "structural_tag", {"type": "structural_tag"}, "'structural_tag'"),
+    ("chat", "guided_decoding_backend", "xgrammar", "llguidance"),
+    ("chat", "guided_whitespace_pattern", " *", "'guided_whitespace_pattern'"),
     ("chat", "echo", True, "'echo'"),
     ("chat", "reasoning_effort", "low", "'reasoning_effort'"),
     ("chat", "use_beam_search", True, "beam search"),
@@ -86,7 +84,7 @@ REFUSED = [
     ("chat", "audio", {"voice": "alloy"}, "'audio'"),
     ("completion", "best_of", 2, "'best_of'"),
     ("completion", "suffix", "x", "'suffix'"),
-    ("completion", "response_format", {"type": "json_schema"}, "structured outputs"),
+    ("completion", "response_format", {"type": "json_schema"}, "json_schema.schema"),
     ("completion", "prompt_embeds", "AAAA", "'prompt_embeds'"),
     ("completion", "return_tokens_as_token_ids", True, "'return_tokens_as_token_ids'"),
     ("completion", "spaces_between_special_tokens", False, "'spaces_between_special_tokens'"),
@@ -156,7 +154,9 @@ async def test_completion_errors_fill_param(server: RunningServer, body, param):
 
 @pytest.mark.parametrize("messages, param, fragment", [
     ([{"role": "user", "content": None}], "messages[0].content", "must be a string"),
-    ([{"role": "user"}], "messages[0].content", "is required"),
+    ([{"role": "user"}], "messages[0].content", "must be a string"),
+    ([{"role": "assistant", "content": None, "tool_calls": []}], "messages[0].content",
+     "null only"),
     ([CHAT[0], {"role": "", "content": "x"}], "messages[1].role", "non-empty"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
      "messages[0].content", "only text parts"),

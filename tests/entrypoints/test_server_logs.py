@@ -98,7 +98,7 @@ def test_disable_log_stats_turns_the_stats_line_off(start_server, caplog):
 def run_cli(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """``loraserve serve`` on a missing model with an ignored vLLM flag: one WARNING line from
     the command line, then it exits 1 (the model does not load)."""
-    return subprocess.run([*loraserve_cmd(), "serve", str(tmp_path / "none"), "--enforce-eager"],
+    return subprocess.run([*loraserve_cmd(), "serve", str(tmp_path / "none"), "--cuda-graph-sizes", "8"],
                           env={**clean_env(), **env}, capture_output=True, text=True, timeout=60)
 
 
@@ -106,12 +106,12 @@ def test_default_logging_is_vllms_format_at_info(tmp_path):
     proc = run_cli(tmp_path)
     assert proc.returncode == 1
     assert "WARNING " in proc.stderr and "[cli_args.py:" in proc.stderr
-    assert "ignoring --enforce-eager" in proc.stderr
+    assert "ignoring --cuda-graph-sizes" in proc.stderr
 
 
 def test_vllm_logging_level_filters(tmp_path):
     proc = run_cli(tmp_path, VLLM_LOGGING_LEVEL="ERROR")
-    assert proc.returncode == 1 and "ignoring --enforce-eager" not in proc.stderr
+    assert proc.returncode == 1 and "ignoring --cuda-graph-sizes" not in proc.stderr
     assert "error: cannot load model" in proc.stderr
     bad = run_cli(tmp_path, VLLM_LOGGING_LEVEL="LOUD")
     assert bad.returncode == 2 and "VLLM_LOGGING_LEVEL must be a logging level" in bad.stderr
@@ -120,7 +120,7 @@ def test_vllm_logging_level_filters(tmp_path):
 def test_vllm_configure_logging_zero_leaves_logging_alone(tmp_path):
     proc = run_cli(tmp_path, VLLM_CONFIGURE_LOGGING="0")
     assert "[cli_args.py:" not in proc.stderr  # Python's last-resort handler: the bare message
-    assert "ignoring --enforce-eager" in proc.stderr
+    assert "ignoring --cuda-graph-sizes" in proc.stderr
 
 
 def test_vllm_logging_config_path_is_a_dict_config(tmp_path):
@@ -133,7 +133,7 @@ def test_vllm_logging_config_path_is_a_dict_config(tmp_path):
         "root": {"handlers": ["err"], "level": "INFO"},
     }))
     proc = run_cli(tmp_path, VLLM_LOGGING_CONFIG_PATH=str(config))
-    assert "CUSTOM|loraserve.entrypoints.cli|ignoring --enforce-eager" in proc.stderr
+    assert "CUSTOM|loraserve.entrypoints.cli|ignoring --cuda-graph-sizes" in proc.stderr
     both = run_cli(tmp_path, VLLM_LOGGING_CONFIG_PATH=str(config), VLLM_CONFIGURE_LOGGING="0")
     assert both.returncode == 2 and "VLLM_CONFIGURE_LOGGING evaluated to false" in both.stderr
     missing = run_cli(tmp_path, VLLM_LOGGING_CONFIG_PATH=str(tmp_path / "nope.json"))

@@ -31,15 +31,14 @@ from loraserve.version import __version__
 
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
 IGNORED_IN_LAUNCH_LINE = ["--gpu-memory-utilization", "--tensor-parallel-size",
-                          "--trust-remote-code", "--enforce-eager", "--fully-sharded-loras",
-                          "--enable-prefix-caching", "--enable-auto-tool-choice",
-                          "--tool-call-parser"]
+                          "--trust-remote-code", "--cuda-graph-sizes", "--fully-sharded-loras",
+                          "--enable-prefix-caching"]
 
 
 def vllm_launch_line(model: str, adapter: str, template: str, tokenizer: str) -> list[str]:
     return ["serve", model, "--enable-lora", "--lora-modules", f"a={adapter}",
             "--gpu-memory-utilization", "0.9", "--tensor-parallel-size", "1",
-            "--trust-remote-code", "--enforce-eager", "--max-num-batched-tokens", "2048",
+            "--trust-remote-code", "--enforce-eager", "--cuda-graph-sizes", "8", "--max-num-batched-tokens", "2048",
             "--chat-template", template, "--tokenizer", tokenizer, "--lora-dtype", "auto",
             "--fully-sharded-loras", "--generation-config", "auto",
             "--uvicorn-log-level", "warning", "--enable-prefix-caching", "--max-logprobs", "5",
@@ -73,6 +72,7 @@ def test_a_vllm_launch_line_takes_effect(tmp_path: Path, caplog, monkeypatch):
     assert server.http_log_level == "warning" and server.access_log
     assert engine.max_logprobs == 5
     assert server.trust_request_chat_template
+    assert server.enable_auto_tool_choice and server.tool_call_parser == "hermes"
     assert server.cors.allowed_origins == ["*"] and server.port == 0
     for flag in IGNORED_IN_LAUNCH_LINE:
         assert len(warnings_naming(caplog, flag)) == 1, flag
@@ -145,13 +145,13 @@ def test_config_file_flags_with_the_command_line_winning(tmp_path: Path, caplog)
     config.write_text("model: /models/from-yaml\nport: 6001\nmax_num_seqs: 3\nenable-lora: true\n"
                       "lora-modules: [a=/a, '{\"name\": \"b\", \"path\": \"/b\"}']\n"
                       "allowed-origins: ['https://a.example']\ntensor-parallel-size: 2\n"
-                      "enforce-eager: true\nenable-prefix-caching: false\n"
+                      "enforce-eager: true\ncuda-graph-sizes: [8]\nenable-prefix-caching: false\n"
                       "override-generation-config: {temperature: 0.3}\n")
     with caplog.at_level(logging.WARNING):
         engine, server = configs_from_args(
             parse_args(["serve", "--config", str(config), "--port", "7001"]))
     assert engine.model == "/models/from-yaml" and server.port == 7001  # the command line wins
-    assert engine.max_num_seqs == 3 and engine.enable_lora
+    assert engine.max_num_seqs == 3 and engine.enable_lora and engine.enforce_eager
     assert server.lora_modules == [LoRAModulePath("a", "/a"), LoRAModulePath("b", "/b")]
     assert server.cors.allowed_origins == ["https://a.example"]
     assert engine.override_generation_config == {"temperature": 0.3}
@@ -226,7 +226,7 @@ def test_help_lists_what_is_implemented_and_not_the_ignored(capsys):
                  "--disable-log-stats", "--uvicorn-log-level", "--trust-request-chat-template",
                  "--device", "--config", "--version"):
         assert flag in out, flag
-    assert "--gpu-memory-utilization" not in out and "--enforce-eager" not in out
+    assert "--gpu-memory-utilization" not in out and "--cuda-graph-sizes" not in out
     assert "Every other flag of 'vllm serve' is accepted and ignored with one warning" in out
 
 
@@ -255,7 +255,7 @@ def test_one_list_serves_llm_and_the_command_line():
     assert not parameters & VLLM_ONLY_OPTIONS
     implemented = {"max_num_batched_tokens", "max_logprobs", "generation_config",
                    "override_generation_config", "lora_dtype", "disable_log_stats", "tokenizer",
-                   "block_size", "kv_cache_memory_bytes", "device"}
+                   "block_size", "kv_cache_memory_bytes", "device", "enforce_eager"}
     assert implemented <= parameters
     flags = vars(parse_args(["serve", "/m"]))
     assert implemented <= set(flags) and not implemented & VLLM_ONLY_OPTIONS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraserve.kernels import NO_ADAPTER, LoRABatch, add_lora, backend_for, torch_ops
+from loraserve.kernels import NO_ADAPTER, LoRABatch, add_lora, backend_for, segment_table, torch_ops
 
 N = NO_ADAPTER
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -121,3 +121,26 @@ def test_unknown_backend_is_an_error(problem_factory):
         add_lora(
             problem.out, problem.x, problem.lora_a, problem.lora_b, problem.batch(), backend="cuda"
         )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_sizes", OUT_SIZES.values(), ids=OUT_SIZES.keys())
+def test_fixed_shape_batch_takes_the_per_token_path(problem_factory, matches_reference, dtype,
+                                                    out_sizes):
+    """A captured decode step's batch (padding rows last, spare segment rows) on the torch
+    path: each token's own A and B, whatever the segments."""
+    slots = [N, 0, 2, 2, 3, N, N]
+    problem = problem_factory(slots, rank=8, out_sizes=out_sizes, dtype=dtype)
+    batch = LoRABatch.fixed(torch.tensor(segment_table(slots, 9), device="cpu"), len(slots), 4)
+    out = problem.out.clone()
+    add_lora(out, problem.x, problem.lora_a, problem.lora_b, batch)
+    matches_reference(out, problem)
+
+
+def test_segment_table_pads_tokens_and_segments():
+    table = segment_table([N, 1, 1, 3], 6)
+    assert table == [N, 1, 1, 3, N, N,  # token slots
+                     1, 2, 3, 0, 0, 0,  # sorted tokens
+                     1, 3, 0, 0, 0, 0,  # segment slots
+                     0, 2, 0, 0, 0, 0,  # segment starts
+                     2, 1, 0, 0, 0, 0]  # segment lengths

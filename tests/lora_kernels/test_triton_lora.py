@@ -16,7 +16,15 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="Triton is not installed: pip install 'loraserve[triton]'")
 
-from loraserve.kernels import NO_ADAPTER, add_lora, backend_for, dispatch, torch_ops  # noqa: E402
+from loraserve.kernels import (  # noqa: E402
+    NO_ADAPTER,
+    LoRABatch,
+    add_lora,
+    backend_for,
+    dispatch,
+    segment_table,
+    torch_ops,
+)
 from loraserve.kernels.triton_ops import ExpandParams, ShrinkParams, expand, shrink  # noqa: E402
 
 DEVICE = "cpu" if os.environ["TRITON_INTERPRET"] == "1" else "cuda"
@@ -166,3 +174,17 @@ def test_dispatch_params_cover_rank(rank):
     params = dispatch.expand_params(300, 16, rank)
     assert params.block_r >= rank
     assert params.block_r & (params.block_r - 1) == 0  # tl.dot tiles are powers of two
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fixed_shape_batch_of_a_captured_decode_step(problem_factory, matches_reference, dtype):
+    """A graph's batch: base rows first (the runner's order), padding rows last, a table
+    wider than the batch and more segment rows than segments (length 0, skipped)."""
+    slots = [N, N, 0, 2, 2, 3, N, N]
+    problem = problem_factory(slots, in_features=48, rank=16, out_sizes=GQA_QKV, dtype=dtype)
+    table = torch.tensor(segment_table(slots, 12), device=DEVICE)
+    batch = LoRABatch.fixed(table, len(slots), num_segments=4)
+    assert batch.seg_lens.tolist() == [1, 2, 1, 0]
+    out = problem.out.clone()
+    add_lora(out, problem.x, problem.lora_a, problem.lora_b, batch, backend="triton")
+    matches_reference(out, problem)

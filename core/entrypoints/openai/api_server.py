@@ -9,7 +9,6 @@ caller cleans up.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from multidict import CIMultiDict
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from loraserve import metrics
+from loraserve.entrypoints.openai.auth import check_key, needs_key
 from loraserve.entrypoints.openai.cors import CORSPolicy, cors_middleware, cors_on_prepare
 from loraserve.entrypoints.openai.errors import HTTPError, error_response
 from loraserve.entrypoints.openai.request_values import parse_json_body
@@ -101,22 +101,13 @@ def _header_bytes(request: web.Request, name: str) -> bytes:
 
 
 def _auth_middleware(api_key: str, root_path: str) -> web.middleware:
-    """Every ``/v1`` route needs ``Authorization: Bearer <key>`` (under ``--root-path`` too);
-    the others (/health, /metrics, /tokenize, /invocations, ...) do not, as in vLLM.
-
-    Header bytes that are not UTF-8 arrive as surrogate escapes; they are compared as the
-    bytes they were, so any header at all is a 401 rather than an encoding error.
-    """
-    expected = f"Bearer {api_key}".encode()
+    """``auth``'s rule, under ``--root-path`` too. Header bytes that are not UTF-8 arrive as
+    surrogate escapes and are compared as the bytes they were."""
 
     @web.middleware
     async def auth(request: web.Request, handler):  # noqa: ANN001, ANN202
-        if core_path(request.path, root_path).startswith("/v1") and request.method != "OPTIONS":
-            if not hmac.compare_digest(_header_bytes(request, "Authorization"), expected):
-                raise HTTPError(
-                    HTTPStatus.UNAUTHORIZED,
-                    "Unauthorized: send the server's API key as 'Authorization: Bearer <key>'",
-                )
+        if needs_key(core_path(request.path, root_path), request.method):
+            check_key(_header_bytes(request, "Authorization"), api_key)
         return await handler(request)
 
     return auth

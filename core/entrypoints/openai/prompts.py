@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from loraserve.entrypoints.openai.request_values import is_text
+from loraserve.entrypoints.openai.tools import template_messages
 from loraserve.errors import InvalidRequestError
 from loraserve.sampling_params import SamplingParams
 
@@ -80,11 +81,14 @@ def tokenize_prompts(
 def render_chat(tokenizer: Any, context: ContextLimit, req: ChatCompletionRequest,
                 model_name: str, chat_template: str | None = None) -> list[int]:
     """The conversation through ``chat_template`` (``chosen_chat_template``'s) as ids."""
+    extra = dict(req.chat_template_kwargs)
+    if req.tools:
+        extra["tools"] = req.tools
     return chat_token_ids(
-        tokenizer, context, req.messages, model_name, chat_template,
+        tokenizer, context, template_messages(req.messages), model_name, chat_template,
         completion_tokens=None, add_special_tokens=req.add_special_tokens,
         add_generation_prompt=req.add_generation_prompt,
-        continue_final_message=req.continue_final_message, **req.chat_template_kwargs,
+        continue_final_message=req.continue_final_message, **extra,
     )
 
 
@@ -139,5 +143,6 @@ def sampling_params(fields: SamplingFields, prompt_len: int, context: ContextLim
         logit_bias=fields.logit_bias,
         logprobs=fields.logprobs,
         prompt_logprobs=fields.prompt_logprobs,
+        structured_outputs=fields.structured,
         **fields.extra,
     )

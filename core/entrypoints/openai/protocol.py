@@ -16,9 +16,10 @@ from loraserve.entrypoints.openai.schema import (
     SamplingBody,
     UnloadLoRAAdapterRequest,
 )
+from loraserve.entrypoints.openai.structured import structured_outputs
 from loraserve.errors import InvalidRequestError
 from loraserve.logprobs import MAX_LOGPROBS
-from loraserve.sampling_params import SamplingParams
+from loraserve.sampling_params import SamplingParams, StructuredOutputsParams
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "LoadLoRAAdapterRequest",
            "RequestDefaults", "SamplingFields", "UnloadLoRAAdapterRequest"]
@@ -62,6 +63,7 @@ class SamplingFields:
     logprobs: int | None  # how many top alternatives per token; None: no logprobs
     prompt_logprobs: int | None  # the same for the prompt's tokens (vLLM's extra field)
     max_tokens_cap: int | None = None  # the generation config's max_new_tokens
+    structured: StructuredOutputsParams | None = None  # the text's constraint (JSON, regex...)
     extra: dict[str, Any] = field(default_factory=dict)  # vLLM's fields passed through by name
 
     @classmethod
@@ -96,6 +98,7 @@ class SamplingFields:
             logprobs=logprobs,
             prompt_logprobs=_prompt_logprobs(body, defaults.max_logprobs),
             max_tokens_cap=given.get("max_tokens"),
+            structured=structured_outputs(body),
             extra=_pass_through(body),
         )
 
@@ -192,7 +195,7 @@ class ChatCompletionRequest:
     """``POST /v1/chat/completions``: messages rendered with a chat template."""
 
     model: str | None
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     sampling: SamplingFields
     stream: bool = False
     include_usage: bool = False
@@ -202,6 +205,9 @@ class ChatCompletionRequest:
     chat_template: str | None = None  # the request's own (refused unless trusted)
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     return_token_ids: bool = False
+    tools: list[dict[str, Any]] | None = None  # checked with tool_choice by ``tools.tool_choice``
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
     @classmethod
     def parse(cls, body: Any, defaults: RequestDefaults = RequestDefaults()) -> ChatCompletionRequest:
@@ -221,6 +227,8 @@ class ChatCompletionRequest:
             continue_final_message=kwargs["continue_final_message"],
             add_special_tokens=bool(req.add_special_tokens), chat_template=template,
             chat_template_kwargs=kwargs["extra"], return_token_ids=bool(req.return_token_ids),
+            tools=req.tools, tool_choice=req.tool_choice,
+            parallel_tool_calls=req.parallel_tool_calls,
         )
 
 

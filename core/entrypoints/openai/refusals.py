@@ -16,8 +16,7 @@ from loraserve.errors import InvalidRequestError
 # vLLM's words for a tool-calling request to a server without a tool parser
 AUTO_TOOLS = ('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
               "to be set")
-STRUCTURED = ("is not supported: structured outputs (JSON schema, regex, choice, grammar) are "
-              "not implemented yet")
+BACKEND = "is not supported: structured outputs always use llguidance"
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,6 @@ def _is(*values: Any) -> Callable[[Any], bool]:
         value is v or (type(value) is type(v) and value == v) for v in values)
 
 
-def _text_format(value: Any) -> bool:
-    return value is None or value == {"type": "text"}
-
-
 _SHARED = [
     Refusal("use_beam_search", "beam search is not supported", _is(False)),
     Refusal("length_penalty", "applies to beam search, which is not supported", _is(1, 1.0)),
@@ -43,16 +38,10 @@ _SHARED = [
     Refusal("logits_processors", "is not supported (no --logits-processor-pattern)"),
     Refusal("return_tokens_as_token_ids", "is not supported", _is(False)),
     Refusal("spaces_between_special_tokens", "is not supported", _is(True)),
-    Refusal("response_format", "other than {'type': 'text'} " + STRUCTURED,
-            _text_format),
-    Refusal("structured_outputs", STRUCTURED),
-    Refusal("guided_json", STRUCTURED),
-    Refusal("guided_regex", STRUCTURED),
-    Refusal("guided_choice", STRUCTURED),
-    Refusal("guided_grammar", STRUCTURED),
-    Refusal("structural_tag", STRUCTURED),
-    Refusal("guided_decoding_backend", STRUCTURED),
-    Refusal("guided_whitespace_pattern", STRUCTURED),
+    Refusal("structural_tag", "is not supported (structured outputs take json, regex, choice "
+            "or grammar)"),
+    Refusal("guided_decoding_backend", BACKEND, _is("auto", "guidance", "llguidance")),
+    Refusal("guided_whitespace_pattern", "is not supported"),
     Refusal("priority", "needs priority scheduling, which this server does not have", _is(0)),
     Refusal("request_id", "is not supported; the server names each request"),
     Refusal("cache_salt", "is not supported (no prefix cache)"),
@@ -72,10 +61,9 @@ COMPLETION = [
 
 CHAT = [
     *_SHARED,
-    Refusal("tools", AUTO_TOOLS, lambda value: value is None or value == []),
-    Refusal("tool_choice", AUTO_TOOLS, _is("none")),
-    Refusal("functions", AUTO_TOOLS),
-    Refusal("function_call", AUTO_TOOLS, _is("none")),
+    Refusal("functions", "is deprecated by OpenAI and not supported; use 'tools'"),
+    Refusal("function_call", "is deprecated by OpenAI and not supported; use 'tool_choice'",
+            _is("none")),
     Refusal("echo", "is not supported for chat completions", _is(False)),
     Refusal("reasoning_effort", "is not supported (no reasoning parser)"),
     Refusal("audio", "is not supported (text-only models)"),

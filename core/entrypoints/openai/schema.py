@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, WithJsonSchema
 
 from loraserve.entrypoints.openai.request_types import (
     Boolean,
@@ -71,6 +71,14 @@ def _prompts(prompt: Any) -> Any:
     return [list(p) if isinstance(p, list) else p for p in prompts]
 
 
+def _json_schema(value: Any) -> Any:
+    if not isinstance(value, (dict, str)):
+        raise refuse(f"must be a JSON schema (an object or its JSON text), got {show(value)}")
+    if isinstance(value, str) and not is_text(value):
+        raise refuse("must be valid Unicode text (it has a lone surrogate)")
+    return value
+
+
 _TOKEN_LIST = {"type": "array", "items": {"type": "integer"}}
 LogitBias = Annotated[Any, BeforeValidator(_logit_bias), WithJsonSchema(
     {"type": "object", "additionalProperties": {"type": "number"},
@@ -78,6 +86,8 @@ LogitBias = Annotated[Any, BeforeValidator(_logit_bias), WithJsonSchema(
 Prompts = Annotated[Any, BeforeValidator(_prompts), WithJsonSchema(
     {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                _TOKEN_LIST, {"type": "array", "items": _TOKEN_LIST}]})]
+JsonSchema = Annotated[Any, BeforeValidator(_json_schema), WithJsonSchema(
+    {"anyOf": [{"type": "object"}, {"type": "string"}]})]
 Refused = Annotated[Any, Field(description="Refused with a 400 unless null or its no-op "
                                            "value (see docs/server.md)")]
 
@@ -124,12 +134,14 @@ class SamplingBody(RequestModel):
     logits_processors: Refused = None
     return_tokens_as_token_ids: Refused = None
     spaces_between_special_tokens: Refused = None
-    response_format: Refused = None
-    structured_outputs: Refused = None
-    guided_json: Refused = None
-    guided_regex: Refused = None
-    guided_choice: Refused = None
-    guided_grammar: Refused = None
+    response_format: Object | None = Field(None, description="OpenAI's: {'type': 'text' | "
+                                           "'json_object' | 'json_schema', 'json_schema': ...}")
+    structured_outputs: Object | None = Field(None, description="vLLM's: one of json, regex, "
+                                              "choice, grammar, json_object")
+    guided_json: JsonSchema | None = None
+    guided_regex: Text | None = None
+    guided_choice: Texts | None = None
+    guided_grammar: Text | None = None
     structural_tag: Refused = None
     guided_decoding_backend: Refused = None
     guided_whitespace_pattern: Refused = None
@@ -159,6 +171,8 @@ class CompletionBody(SamplingBody):
 
 def _content(value: Any) -> Any:
     """A message's content: a string, or text parts joined with "\\n" as vLLM does."""
+    if value is None:
+        return None
     if isinstance(value, str):
         texts = [value]
     elif isinstance(value, list):
@@ -200,21 +214,31 @@ def _role(value: Any) -> Any:
     return value
 
 
+def _content_or_calls(value: Any, info: ValidationInfo) -> Any:
+    if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+        raise refuse("must be a string or an array of text parts (null only in an assistant "
+                     "message with tool_calls)")
+    return value
+
+
 class ChatMessage(RequestModel):
     role: Annotated[str, BeforeValidator(_role)]
-    content: Annotated[str, BeforeValidator(_content), WithJsonSchema(
+    name: Text | None = None
+    tool_calls: Objects | None = None
+    tool_call_id: Text | None = None
+    content: Annotated[str | None, BeforeValidator(_content), AfterValidator(_content_or_calls),
+                       WithJsonSchema(
         {"anyOf": [{"type": "string"},
                    {"type": "array", "items": {
                        "type": "object", "required": ["type", "text"],
-                       "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]})]
-    name: Text | None = None
-    tool_calls: Refused = None
-    tool_call_id: Refused = None
+                       "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}},
+                   {"type": "null"}]})] = Field(None, validate_default=True)
 
-    def as_template_input(self) -> dict[str, str]:
-        message = {"role": self.role, "content": self.content}
-        if self.name is not None:
-            message["name"] = self.name
+    def as_template_input(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
         return message
 
 
@@ -240,7 +264,8 @@ class ChatTemplateFields(RequestModel):
         None, description="A Jinja template; refused unless --trust-request-chat-template")
     chat_template_kwargs: Object | None = None
     documents: Objects | None = None
-    tools: Refused = None
+    tools: Objects | None = Field(None, description="OpenAI's function tools, shown to the "
+                                                    "chat template")
 
 
 class ChatCompletionBody(SamplingBody, ChatTemplateFields):
@@ -249,9 +274,11 @@ class ChatCompletionBody(SamplingBody, ChatTemplateFields):
     max_completion_tokens: Integer | None = None
     logprobs: Boolean | None = None
     top_logprobs: Integer | None = None
-    tool_choice: Refused = None
-    parallel_tool_calls: Boolean | None = Field(None, description="Accepted; no effect "
-                                                                  "without tools")
+    tool_choice: Any = Field(None, description="'none', 'auto' (needs --enable-auto-tool-choice"
+                                               "), 'required' or {'type': 'function', "
+                                               "'function': {'name': ...}}")
+    parallel_tool_calls: Boolean | None = Field(None, description="false: at most one call "
+                                                                  "under tool_choice required")
     functions: Refused = None
     function_call: Refused = None
     echo: Refused = None
@@ -308,7 +335,6 @@ class TokenizeChatBody(ChatTemplateFields):
 
     model: Text | None = None
     return_token_strs: Boolean = False
-    tools: Objects | None = None
 
 
 class DetokenizeBody(RequestModel):

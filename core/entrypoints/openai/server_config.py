@@ -58,6 +58,8 @@ class ServerConfig:
     trust_request_chat_template: bool = False  # requests may bring their own chat_template
     enable_tokenizer_info_endpoint: bool = False  # GET /tokenizer_info, as vLLM's flag
     response_role: str = "assistant"  # chat answers' role when a generation prompt is added
+    enable_auto_tool_choice: bool = False  # tool_choice "auto" allowed (needs tool_call_parser)
+    tool_call_parser: str | None = None  # --tool-call-parser: a name in tool_parsers
     root_path: str = ""  # --root-path: a proxy's prefix, answered with and without it
     cors: CORSConfig = field(default_factory=CORSConfig)
     http_log_level: str = "info"  # --uvicorn-log-level: the HTTP server's loggers

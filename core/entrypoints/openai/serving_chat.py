@@ -28,12 +28,20 @@ from loraserve.entrypoints.openai.streaming import (
     sse_response,
     streamable,
 )
+from loraserve.entrypoints.openai.tool_parsers import ToolParser, tool_parser
+from loraserve.entrypoints.openai.tools import (
+    ToolReader,
+    message_tool_calls,
+    tool_choice,
+    tool_reader,
+)
+from loraserve.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from loraserve.engine.async_engine import AsyncLLMEngine
     from loraserve.entrypoints.openai.server_config import ServerConfig
     from loraserve.entrypoints.openai.serving_models import ServingModels
-    from loraserve.outputs import RequestOutput
+    from loraserve.outputs import CompletionOutput, RequestOutput
 
 Outputs = AsyncIterator[tuple[int, "RequestOutput"]]
 
@@ -50,9 +58,14 @@ class ServingChat:
         self.trust_request_chat_template = config.trust_request_chat_template
         self.response_role = config.response_role
         self.defaults = defaults
+        # --enable-auto-tool-choice --tool-call-parser NAME: "auto" tool choice reads calls so
+        self.tool_parser: ToolParser | None = (
+            tool_parser(config.tool_call_parser)
+            if config.enable_auto_tool_choice and config.tool_call_parser else None)
 
     async def create(self, body: Any) -> ServingResponse:
         req = ChatCompletionRequest.parse(body, self.defaults)
+        tools = tool_reader(self._tool_choice(req), self.tool_parser)
         template = chosen_chat_template(req.chat_template, self.chat_template,
                                         self.trust_request_chat_template)
         check_request_size(self.limits, 1, req.sampling.n)
@@ -72,16 +85,29 @@ class ServingChat:
         if req.stream:  # the stream owns the outputs from here on
             return await sse_response(
                 _chunks(outputs, head, req.sampling, req.include_usage, usage, role,
-                        prompt if req.return_token_ids else None))
+                        prompt if req.return_token_ids else None, tools))
         try:
             return await _whole(outputs, head, req.sampling.logprobs, usage, role,
-                                prompt if req.return_token_ids else None)
+                                prompt if req.return_token_ids else None, tools)
         finally:
             await outputs.aclose()
 
+    def _tool_choice(self, req: ChatCompletionRequest):  # noqa: ANN202 - a ToolChoice or None
+        """The request's tools; "required" and named calls constrain the text to their schema."""
+        choice = tool_choice(req.tools, req.tool_choice, req.parallel_tool_calls,
+                             self.tool_parser is not None)
+        if choice is not None and choice.constrained:
+            if req.sampling.structured is not None:
+                raise InvalidRequestError(
+                    "tool_choice 'required' or a named function decodes the calls under their "
+                    "own schema; it cannot be combined with another structured-output "
+                    "constraint", param="tool_choice")
+            req.sampling.structured = choice.structured_outputs()
+        return choice
+
 
 async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage, role: str,
-                 prompt_ids: list[int] | None) -> ServingResponse:
+                 prompt_ids: list[int] | None, tools: ToolReader | None) -> ServingResponse:
     """With ``prompt_ids`` (return_token_ids), the response carries them and each choice its
     token ids, as vLLM's."""
     final: RequestOutput | None = None
@@ -91,9 +117,9 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage, ro
         for comp in out.outputs:  # a failed choice ends the request now, aborting the rest
             raise_if_failed(comp, comp.index)
     choices = [
-        {"index": comp.index, "message": {"role": role, "content": comp.text},
+        {"index": comp.index, **_message(comp, role, tools),
          "logprobs": None if top is None else chat_logprobs(comp.token_ids, comp.logprobs, top),
-         "finish_reason": comp.finish_reason, "stop_reason": comp.stop_reason}
+         "stop_reason": comp.stop_reason}
         for comp in (final.outputs if final else [])
     ]
     if prompt_ids is not None:
@@ -107,6 +133,32 @@ async def _whole(outputs: Outputs, head: dict, top: int | None, usage: Usage, ro
     return json_response(body)
 
 
+def _message(comp: CompletionOutput, role: str, tools: ToolReader | None) -> dict[str, Any]:
+    """A finished choice's message and finish_reason: its tool calls, if it made any."""
+    content, calls = tools.finish(comp.text, comp.finish_reason) if tools else (comp.text, [])
+    if not calls:
+        return {"message": {"role": role, "content": comp.text},
+                "finish_reason": comp.finish_reason}
+    return {"message": {"role": role, "content": content,
+                        "tool_calls": message_tool_calls(calls)},
+            "finish_reason": "tool_calls"}
+
+
+def _tool_call_chunks(head: dict, index: int, content: str | None, sent: int,
+                      calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rest of a choice's content, then each call as OpenAI streams it: its id and name
+    with empty arguments, then the arguments."""
+    chunks = []
+    if content and content[sent:]:
+        chunks.append(_chunk(head, index, {"content": content[sent:]}, None))
+    for number, call in enumerate(calls):
+        opening = {**call, "index": number, "function": {**call["function"], "arguments": ""}}
+        chunks.append(_chunk(head, index, {"tool_calls": [opening]}, None))
+        arguments = {"index": number, "function": {"arguments": call["function"]["arguments"]}}
+        chunks.append(_chunk(head, index, {"tool_calls": [arguments]}, None))
+    return chunks
+
+
 def _chunk(
     head: dict, index: int, delta: dict, finish_reason: str | None,
     stop_reason: str | int | None = None, logprobs: dict[str, Any] | None = None,
@@ -118,7 +170,7 @@ def _chunk(
 
 async def _chunks(
     outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage,
-    role: str, prompt_ids: list[int] | None = None,
+    role: str, prompt_ids: list[int] | None = None, tools: ToolReader | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """A role chunk per choice first (as OpenAI sends it), then content deltas, each with the
     logprobs of the tokens generated since the choice's previous chunk when asked for.
@@ -132,7 +184,7 @@ async def _chunks(
     """
     try:
         async for chunk in _choice_chunks(outputs, head, sampling, include_usage, usage, role,
-                                          prompt_ids):
+                                          prompt_ids, tools):
             yield chunk
     finally:
         await outputs.aclose()
@@ -140,7 +192,7 @@ async def _chunks(
 
 async def _choice_chunks(
     outputs: Outputs, head: dict, sampling: SamplingFields, include_usage: bool, usage: Usage,
-    role: str, prompt_ids: list[int] | None,
+    role: str, prompt_ids: list[int] | None, tools: ToolReader | None,
 ) -> AsyncIterator[dict[str, Any]]:
     first = await anext(outputs, None)
     for index in range(sampling.n):
@@ -155,8 +207,19 @@ async def _choice_chunks(
         usage.observe(prompt_index, out)
         for comp in out.outputs:
             text = streamable(comp.text, comp.finish_reason is not None)
+            finish_reason = comp.finish_reason
+            if tools is not None and finish_reason is None:
+                text = tools.shown(text)
+            elif tools is not None and comp.index not in finished:
+                content, calls = tools.finish(comp.text, finish_reason)
+                if calls:  # the calls go out as tool_calls deltas, the final chunk is empty
+                    for chunk in _tool_call_chunks(head, comp.index, content,
+                                                   sent.get(comp.index, 0),
+                                                   message_tool_calls(calls)):
+                        yield chunk
+                    text, finish_reason = text[:sent.get(comp.index, 0)], "tool_calls"
             delta = text[sent.get(comp.index, 0):]
-            if comp.index in finished or (not delta and comp.finish_reason is None):
+            if comp.index in finished or (not delta and finish_reason is None):
                 continue
             logprobs = None
             start = sent_tokens.get(comp.index, 0)
@@ -165,10 +228,10 @@ async def _choice_chunks(
                                          sampling.logprobs)
             sent_tokens[comp.index] = len(comp.token_ids)
             sent[comp.index] = len(text)
-            if comp.finish_reason is not None:
+            if finish_reason is not None:
                 finished.add(comp.index)
             chunk = _chunk(head, comp.index, {"content": delta} if delta else {},
-                           comp.finish_reason, comp.stop_reason, logprobs)
+                           finish_reason, comp.stop_reason, logprobs)
             if prompt_ids is not None:
                 chunk["choices"][0]["token_ids"] = list(comp.token_ids[start:])
             yield chunk
