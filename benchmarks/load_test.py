@@ -38,16 +38,18 @@ import aiohttp
 SERVED = "bench-base"
 
 
-def build_fixtures(root: Path, num_adapters: int) -> tuple[Path, list[str]]:
-    """A tiny Llama and ``num_adapters`` random PEFT adapters (one made by PEFT, cloned)."""
+def build_fixtures(root: Path, num_adapters: int, rank: int = 8,
+                   **model_config) -> tuple[Path, list[str]]:
+    """A tiny Llama (or one of ``model_config``'s shape) and ``num_adapters`` random PEFT
+    adapters on all seven projections (one made by PEFT, cloned)."""
     import torch
     from safetensors.torch import load_file, save_file
 
     from loraserve.testing import make_adapter, make_tiny_model
 
-    model = make_tiny_model(root / "model", seed=3)
+    model = make_tiny_model(root / "model", seed=3, **model_config)
     adapters = root / "adapters"
-    template = make_adapter(model, root / "template", rank=8, seed=1, base_model_name=SERVED)
+    template = make_adapter(model, root / "template", rank=rank, seed=1, base_model_name=SERVED)
     tensors = load_file(str(template / "adapter_model.safetensors"))
     names = [f"lora-{i:02d}" for i in range(num_adapters)]
     for i, name in enumerate(names):
@@ -117,12 +119,15 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
-                     max_tokens: int) -> dict:
+async def one_stream(session: aiohttp.ClientSession, url: str, model: str, prompt: str | list[int],
+                     max_tokens: int, **fields) -> dict:
+    """One streamed completion (``fields`` go into the body). ``chunk_times`` are seconds from
+    the start to each chunk with text or token ids (with ``return_token_ids=True``, every
+    token's, even one whose text waits for the rest of its UTF-8 character)."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True}
+            "ignore_eos": True, "stream": True, **fields}
     start = time.perf_counter()
-    ttft, text, status = None, [], None
+    text, status, times = [], None, []
     async with session.post(f"{url}/v1/completions", json=body) as response:
         status = response.status
         async for raw in response.content:
@@ -130,12 +135,13 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, promp
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            piece = chunk["choices"][0]["text"] if chunk.get("choices") else ""
-            if piece and ttft is None:
-                ttft = time.perf_counter() - start
+            choice = chunk["choices"][0] if chunk.get("choices") else {}
+            piece = choice.get("text", "")
+            if piece or choice.get("token_ids"):
+                times.append(time.perf_counter() - start)
             text.append(piece)
-    return {"status": status, "ttft": ttft, "text": "".join(text),
-            "latency": time.perf_counter() - start}
+    return {"status": status, "ttft": times[0] if times else None, "text": "".join(text),
+            "chunk_times": times, "latency": time.perf_counter() - start}
 
 
 async def fire(url: str, names: list[str], prompts: list[str], max_tokens: int,

@@ -36,15 +36,19 @@ from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
 
 ADAPTERS, PROMPT_LEN, NEW_TOKENS, RANK = 16, 32, 32, 16
+# A smoke test's model, not a benchmark: heads of 64 as vLLM CPU's attention kernels need
+TINY = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=2)
 
 
-def best_of(rounds: int, runs: dict[str, Callable[[], None]]) -> dict[str, float]:
+def best_of(rounds: int, runs: dict[str, Callable[[], None]], pause: float = 0.0) -> dict[str, float]:
     """Seconds of the fastest run of each callable, rounds interleaved so drift hits all alike
-    (on a GPU each run ends with a synchronize: HF's generate returns before the device is done)."""
+    (on a GPU each run ends with a synchronize: HF's generate returns before the device is done);
+    ``pause`` seconds of sleep before each run, untimed, let another process go idle first."""
     best = {name: float("inf") for name in runs}
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(rounds):
         for name, run in runs.items():
+            time.sleep(pause)
             sync()
             start = time.perf_counter()
             run()
@@ -91,23 +95,32 @@ class Setup:
     float32_base_too: bool = False  # --dtype both
 
 
-def run(work: Path, rounds: int, host_adapters: int, model: str, setup: Setup) -> None:
-    BATCH, ADAPTERS, NEW_TOKENS = setup.batch, setup.adapters, setup.new_tokens  # noqa: N806
-    print(f"# batch {BATCH}, {ADAPTERS} adapters, {setup.device} {setup.dtype}", flush=True)
-    print(f"building the model and {ADAPTERS} adapters in {work} ...", flush=True)
+def build_workload(work: Path, model: str, batch: int = ADAPTERS, adapters: int = ADAPTERS,
+                   ) -> tuple[Path, list[Path], list[list[int]]]:
+    """The model ("bench", "smollm2" or a smoke test's "tiny") and ``adapters`` adapters
+    written under ``work``, and ``batch`` random prompts of plain tokens: what every engine
+    compared here runs."""
+    print(f"building the model and {adapters} adapters in {work} ...", flush=True)
     if model == "smollm2":
         from loraserve.demo.smollm2 import write_model
 
         model_dir = write_model(work / "model")
         vocab = 49152 - 17  # SmolLM2's plain tokens come after its 17 special ones
     else:
-        model_dir = make_tiny_model(work / "model", seed=0, **MODEL)
+        model_dir = make_tiny_model(work / "model", seed=0, **(TINY if model == "tiny" else MODEL))
         vocab = 300  # plain (non-special) tokens of the trained tokenizer
-    adapters = [
+    paths = [
         make_adapter(model_dir, work / f"adapter{i}", rank=RANK, alpha=32, seed=100 + i)
-        for i in range(ADAPTERS)
+        for i in range(adapters)
     ]
-    prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (BATCH, PROMPT_LEN)).tolist()
+    prompts = torch.randint(17 if model == "smollm2" else 3, vocab, (batch, PROMPT_LEN)).tolist()
+    return model_dir, paths, prompts
+
+
+def run(work: Path, rounds: int, host_adapters: int, model: str, setup: Setup) -> None:
+    BATCH, ADAPTERS, NEW_TOKENS = setup.batch, setup.adapters, setup.new_tokens  # noqa: N806
+    print(f"# batch {BATCH}, {ADAPTERS} adapters, {setup.device} {setup.dtype}", flush=True)
+    model_dir, adapters, prompts = build_workload(work, model, BATCH, ADAPTERS)
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     token_prompts = [{"prompt_token_ids": p} for p in prompts]
 
