@@ -61,12 +61,15 @@ def is_token_ids(value: Any) -> bool:
         isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
-def _token_ids(value: Any) -> Any:
-    if not is_token_ids(value):
-        raise refuse(f"must be an array of integers, got {show(value)}")
-    if any(not INT64[0] <= t <= INT64[1] for t in value):
-        raise refuse("has token ids outside the int64 range")
-    return value
+def token_ids(name: str) -> Any:
+    """A list of int64 token ids; ``name`` is what the 400 says was expected."""
+    def check(value: Any) -> Any:
+        if not is_token_ids(value):
+            raise refuse(f"must be {name}, got {show(value)}")
+        if any(not INT64[0] <= t <= INT64[1] for t in value):
+            raise refuse("has token ids outside the int64 range")
+        return value
+    return Annotated[list[int], BeforeValidator(check)]
 
 
 def _texts(value: Any) -> Any:
@@ -85,7 +88,7 @@ Text = Annotated[str, BeforeValidator(_text)]
 Boolean = Annotated[bool, BeforeValidator(_kind("a boolean", lambda v: isinstance(v, bool)))]
 Object = Annotated[dict[str, Any],
                    BeforeValidator(_kind("an object", lambda v: isinstance(v, dict)))]
-TokenIds = Annotated[list[int], BeforeValidator(_token_ids)]
+TokenIds = token_ids("an array of integers")
 # a string or an array of strings, always read as the array
 Texts = Annotated[list[str], BeforeValidator(_texts),
                   WithJsonSchema({"anyOf": [{"type": "string"},

@@ -26,6 +26,7 @@ from loraserve.entrypoints.openai.request_types import (
     TokenIds,
     is_token_ids,
     refuse,
+    token_ids,
 )
 from loraserve.entrypoints.openai.request_values import INT64, is_finite, is_text, show
 
@@ -195,15 +196,8 @@ def _objects(value: Any) -> Any:
     return value
 
 
-def _detokenize_ids(value: Any) -> Any:
-    if not is_token_ids(value):
-        raise refuse(f"must be an array of token ids, got {show(value)}")
-    if any(not INT64[0] <= t <= INT64[1] for t in value):
-        raise refuse("has token ids outside the int64 range")
-    return value
-
-
 Objects = Annotated[list[dict[str, Any]], BeforeValidator(_objects)]
+DetokenizeIds = token_ids("an array of token ids")
 
 
 def _role(value: Any) -> Any:
@@ -341,4 +335,4 @@ class DetokenizeBody(RequestModel):
     """``POST /detokenize``."""
 
     model: Text | None = None
-    tokens: Annotated[list[int], BeforeValidator(_detokenize_ids)]
+    tokens: DetokenizeIds
