@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from loraserve import LLM, SamplingParams
+from loraserve.allocator import preloaded_allocator, relaunch_with_tcmalloc
 from loraserve.lora.request import LoRARequest
 from loraserve.testing import BENCHMARK_MODEL as MODEL
 from loraserve.testing import make_adapter, make_tiny_model
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=ADAPTERS, help="distinct adapters (16)")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args()
+    relaunch_with_tcmalloc()  # the allocator `loraserve serve` runs on (LORASERVE_ALLOCATOR=system: not)
     for batch in args.batch:
         torch.manual_seed(0)
         work = Path(tempfile.mkdtemp(prefix="loraserve-bench-"))
@@ -304,7 +306,8 @@ def cpu_description() -> str:
                  if line.startswith("model name")), "unknown")
     flags = set(info.split())
     return (f"{name}, {os.cpu_count()} cores, avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
-            f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, torch {torch.__version__}")
+            f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, torch {torch.__version__}, "
+            f"malloc {preloaded_allocator() or 'glibc/system'}")
 
 
 def reference_models(model_dir: Path, adapters: list[Path], setup: Setup):

