@@ -48,7 +48,8 @@ def find_tcmalloc() -> str | None:
 def relaunch_with_tcmalloc() -> None:
     """Run this process's command line again with tcmalloc preloaded; return if there is
     nothing to do (not Linux, opted out, a fast allocator already in place, no tcmalloc)."""
-    if sys.platform != "linux" or os.environ.get(ALLOCATOR_ENV) == "system" or preloaded_allocator():
+    if (sys.platform != "linux" or not sys.executable or preloaded_allocator()
+            or os.environ.get(ALLOCATOR_ENV) == "system"):
         return
     library = find_tcmalloc()
     if library is None:

@@ -6,11 +6,18 @@ slot, as Punica's SGMV does; tokens with ``NO_ADAPTER`` are in no segment at all
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import torch
 
 NO_ADAPTER = -1
+# The torch path pads every slot's tokens to the longest segment. A step that mixes a prompt
+# with decode tokens would pad every slot to the prompt's length (2x the LoRA time of such a
+# step, measured), so a long run of one slot's consecutive tokens is taken out and done as
+# its own matmul when that is cheaper; one such matmul costs about as much as this many
+# padded rows (its dispatch, measured at decode sizes on CPU).
+PEEL_COST_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,9 @@ class LoRABatch:
     padded_token_start: int | None = None
     # The slot of every token when one adapter owns the whole step, else None.
     sole_slot: int | None = None
+    # (slot, start, stop): runs of consecutive tokens the torch path does as one-adapter
+    # matmuls on x[start:stop]; the padded_* view holds only the other tokens
+    peeled: tuple[tuple[int, int, int], ...] = ()
     # A captured decode step's batch (``fixed``): the tensors are static buffers refilled
     # between replays, num_tokens and max_seg_len are upper bounds, segments past the last
     # real one have length 0, and the padded_* fields are unused.
@@ -49,24 +59,23 @@ class LoRABatch:
     @classmethod
     def build(cls, token_slots: list[int], device: torch.device | str = "cpu") -> LoRABatch:
         """Group token indices by slot; cheap host work, done once per engine step."""
-        groups: dict[int, list[int]] = {}
-        for token, slot in enumerate(token_slots):
-            if slot != NO_ADAPTER:
-                groups.setdefault(slot, []).append(token)
+        groups = _groups(token_slots, range(len(token_slots)))
         slots = sorted(groups)
         lens = [len(groups[s]) for s in slots]
-        max_len = max(lens, default=0)
         sorted_tokens: list[int] = []
         starts: list[int] = []
         for slot in slots:
             starts.append(len(sorted_tokens))
             sorted_tokens.extend(groups[slot])
-        first = slots[0] if slots else 0
-        slot_range = range(first, slots[-1] + 1) if slots else range(0)
+        peeled, rest = _peel_long_runs(token_slots, groups)
+        rest_slots = sorted(rest)
+        max_len = max((len(tokens) for tokens in rest.values()), default=0)
+        first = rest_slots[0] if rest_slots else 0
+        slot_range = range(first, rest_slots[-1] + 1) if rest_slots else range(0)
         padded: list[int] = []
         valid: list[int] = []
         for row, slot in enumerate(slot_range):
-            tokens = groups.get(slot, [])
+            tokens = rest.get(slot, [])
             padded.extend(tokens + [0] * (max_len - len(tokens)))
             valid.extend(range(row * max_len, row * max_len + len(tokens)))
 
@@ -83,12 +92,13 @@ class LoRABatch:
             seg_slots=views[2],
             seg_starts=views[3],
             seg_lens=views[4],
-            max_seg_len=max_len,
+            max_seg_len=max(lens, default=0),
             padded_first_slot=first,
             padded_tokens=views[5].view(len(slot_range), max_len),
             padded_valid=None if all_valid else views[6],
             padded_token_start=padded[0] if contiguous else None,
             sole_slot=slots[0] if len(slots) == 1 and lens[0] == len(token_slots) else None,
+            peeled=tuple(peeled),
         )
 
     @classmethod
@@ -104,6 +114,45 @@ class LoRABatch:
             max_seg_len=num_tokens, padded_first_slot=0, padded_tokens=rows[1, :num_tokens].view(1, -1),
             padded_valid=None, fixed_shape=True,
         )
+
+
+def _groups(token_slots: list[int], tokens) -> dict[int, list[int]]:  # noqa: ANN001
+    """Each slot's tokens among ``tokens``, in order; base-model tokens in none."""
+    groups: dict[int, list[int]] = {}
+    for token in tokens:
+        if token_slots[token] != NO_ADAPTER:
+            groups.setdefault(token_slots[token], []).append(token)
+    return groups
+
+
+def _peel_long_runs(
+    token_slots: list[int], groups: dict[int, list[int]],
+) -> tuple[list[tuple[int, int, int]], dict[int, list[int]]]:
+    """The longest runs to take out of the padded view, as many as give the lowest cost (rows
+    padded, plus each peeled run's rows and ``PEEL_COST_ROWS``), and the groups left."""
+    runs, start = [], 0
+    for token in range(1, len(token_slots) + 1):
+        if token == len(token_slots) or token_slots[token] != token_slots[start]:
+            if token_slots[start] != NO_ADAPTER and token - start > 1:
+                runs.append((token_slots[start], start, token))
+            start = token
+    best_cost, best, peeled, rest = _padded_rows(groups), ([], groups), [], groups
+    for slot, start, stop in sorted(runs, key=lambda run: run[1] - run[2]):
+        tokens = rest[slot]  # ascending: the run is one slice of it
+        left = tokens[: bisect_left(tokens, start)] + tokens[bisect_left(tokens, stop):]
+        rest = {s: t for s, t in rest.items() if s != slot} | ({slot: left} if left else {})
+        peeled = [*peeled, (slot, start, stop)]
+        cost = _padded_rows(rest) + sum(b - a + PEEL_COST_ROWS for _, a, b in peeled)
+        if cost < best_cost:
+            best_cost, best = cost, (peeled, rest)
+    return best
+
+
+def _padded_rows(groups: dict[int, list[int]]) -> int:
+    """Rows of the padded view: one per slot in the range, each as long as the longest."""
+    if not groups:
+        return 0
+    return (max(groups) - min(groups) + 1) * max(len(tokens) for tokens in groups.values())
 
 
 def segment_table(token_slots: list[int], size: int) -> list[int]:

@@ -67,6 +67,8 @@ def add_lora(
     gathered, so no adapter weights are copied. When the step's tokens are already grouped
     by slot (the model runner orders sequences so), x and out are sliced too; one adapter
     is then a plain matmul, and one token per slot (decoding) a pair of batched matmuls.
+    Long runs the batch peeled off (a prompt among decode tokens, ``LoRABatch.peeled``) are
+    plain matmuls of their own, so the other slots are not padded to a prompt's length.
     Slicing is skipped where it would select everything: at decode batch sizes each op's
     dispatch costs about as much as its arithmetic. Slots in another dtype than out (float32
     for a bfloat16 model on CPU, ``dispatch.lora_dtype``) get x converted, and each delta is
@@ -75,7 +77,12 @@ def add_lora(
     if batch.is_empty:
         return
     x = x.to(lora_a.dtype)  # float32 slots of a half model: x is small, the slots are not
+    for slot, start, stop in batch.peeled:  # long runs (prompts) beside short segments
+        _add_one_adapter(out[start:stop], x[start:stop], lora_a[slot : slot + 1],
+                         [b[slot : slot + 1] for b in lora_b])
     num_rows, seg_len = batch.padded_tokens.shape
+    if num_rows == 0:
+        return
     first = batch.padded_first_slot
     if first != 0 or num_rows != lora_a.shape[0]:
         lora_a = lora_a[first : first + num_rows]

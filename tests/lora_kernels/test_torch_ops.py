@@ -21,6 +21,10 @@ SLOT_PATTERNS = {
     "sorted_equal_segments": [N, N, 1, 1, 2, 2, 3, 3],  # the slicing shortcut (decode steps)
     "sorted_with_slot_gap": [0, 0, 2, 2],  # slot 1 unused inside the slot range
     "decode_one_token_per_slot": [N, 0, 1, 2, 3],  # the batched in-place expand
+    # a prompt among decode tokens: its run is peeled off, the rest padded to 2 rows
+    "prompt_among_decode": [0, 0, 1, N, *[2] * 40, 2, 3, 0],
+    "prompt_only_then_decode": [*[1] * 40, 0, 2, 3],  # everything left is one row per slot
+    "two_prompts": [N, *[3] * 30, *[1] * 30, 0, 2, 2],
 }
 # B stacks: q/k/v with GQA (two stacks), q/k/v or gate/up without (one), o or down (one slice)
 OUT_SIZES = {"gqa_qkv": (16, 8, 8), "equal_slices": (8, 8, 8), "one_slice": (12,)}
@@ -29,6 +33,22 @@ OUT_SIZES = {"gqa_qkv": (16, 8, 8), "equal_slices": (8, 8, 8), "one_slice": (12,
 def test_sorted_equal_segments_take_the_slicing_shortcut(problem_factory):
     assert problem_factory(SLOT_PATTERNS["sorted_equal_segments"]).batch().padded_token_start == 2
     assert problem_factory(SLOT_PATTERNS["padded_segments"]).batch().padded_token_start is None
+
+
+@pytest.mark.parametrize(
+    ("slots", "peeled", "padded_shape"),
+    [(SLOT_PATTERNS["prompt_among_decode"], ((2, 4, 45),), (4, 3)),
+     (SLOT_PATTERNS["prompt_only_then_decode"], ((1, 0, 40),), (4, 1)),
+     (SLOT_PATTERNS["two_prompts"], ((3, 1, 31), (1, 31, 61)), (3, 2)),  # only both pay
+     ([0] * 32 + [1] * 32, (), (2, 32)),  # equal prompts: padding costs nothing, keep one view
+     ([0, 0, 0, 1, 2, 3], (), (4, 3)),  # a short run: a matmul of its own costs more
+     ([*[0] * 10, 1, 2, 2], (), (3, 10)),  # peeling saves 3 x 10 - 2 x 2 rows, costs 10 + 16
+     ([*[0] * 30, 1, N, 2, 2], ((0, 0, 30),), (2, 2))])
+def test_long_runs_are_peeled_only_where_that_is_cheaper(slots, peeled, padded_shape):
+    batch = LoRABatch.build(slots)
+    assert batch.peeled == peeled
+    assert tuple(batch.padded_tokens.shape) == padded_shape
+    assert batch.max_seg_len == max(slots.count(s) for s in set(slots) - {N})  # the kernels' view
 
 
 @pytest.mark.parametrize(
