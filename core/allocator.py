@@ -1,16 +1,17 @@
 """The host memory allocator a CPU engine runs on: tcmalloc when the system has it.
 
 A CPU decode step makes and frees thousands of tensors. Under glibc's malloc the large ones
-go back to the kernel and are page-faulted in again on the next step (17,000-25,000 faults,
-35-53 ms of system time per 512-token run of ``benchmarks/multilora.py``'s workload with 16
-adapters), and small ones are slower to get. tcmalloc keeps both in user space: 5-14 % more
-tokens/s on that workload (docs/benchmarks.md). vLLM's CPU backend asks for the same preload.
+go back to the kernel and are page-faulted in again on the next step (15,000-25,000 faults,
+28-53 ms of system time per 512-token run of ``benchmarks/multilora.py``'s workload with 16
+adapters), and small ones are slower to get. tcmalloc keeps both in user space: 7-16 % more
+tokens/s on that workload (``benchmarks/allocator.py``). vLLM's CPU backend asks for the same
+preload.
 
 An allocator is chosen when a process starts (``LD_PRELOAD``), so the ``loraserve`` command
 runs itself again once with tcmalloc preloaded (``relaunch_with_tcmalloc``). A process that
 is already running, such as a script using the offline ``LLM``, keeps glibc's malloc, tuned
-to keep freed memory instead of returning it to the kernel (``configure_host_allocator``:
-about half of the gain). ``LORASERVE_ALLOCATOR=system`` leaves the allocator alone in both cases.
+to keep freed memory instead of returning it to the kernel (``configure_host_allocator``: no
+more page faults, -2 to +6 % in speed). ``LORASERVE_ALLOCATOR=system`` leaves the allocator alone in both cases.
 """
 
 from __future__ import annotations
