@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from loraserve.entrypoints.cpu_threads import front_end_threads, keep_cores_for_front_end
 from loraserve.entrypoints.openai.server_config import ServerConfig
 from loraserve.errors import LoRAServeError, PluginError
 
@@ -32,9 +33,14 @@ def serve(engine_config, server_config: ServerConfig,  # noqa: ANN001 - EngineCo
           on_ready: Callable[[str], None] | None = None) -> int:
     """Blocking entry point of ``loraserve serve`` / ``demo``; returns the exit status."""
     try:
+        threads = front_end_threads()  # read before the model loads: a bad value fails fast
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
         from loraserve.engine.async_engine import AsyncLLMEngine
 
         engine = AsyncLLMEngine(engine_config)
+        keep_cores_for_front_end(engine.engine.device, threads)
     except PluginError as exc:  # a wrong VLLM_PLUGINS, caught before the model loads
         return _fail(str(exc))
     except (LoRAServeError, OSError, ValueError) as exc:
