@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                "VLLM_LOGGING_LEVEL, VLLM_CONFIGURE_LOGGING and VLLM_LOGGING_CONFIG_PATH set up "
                "logging, VLLM_LOG_STATS_INTERVAL the statistics line's period. serve and demo "
                "run again with tcmalloc preloaded when the system has it (faster on CPU); "
-               f"{ALLOCATOR_ENV}=system keeps the system's allocator.",
+               f"{ALLOCATOR_ENV}=system keeps the system's allocator. On CPU the server keeps "
+               "VLLM_CPU_NUM_OF_RESERVED_CPU CPUs (default 1) for HTTP and gives torch the rest "
+               "(OMP_NUM_THREADS overrides).",
     )
     parser.add_argument("-v", "--version", action="version", version=f"loraserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
