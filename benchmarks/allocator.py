@@ -1,13 +1,10 @@
-"""What the host allocator is worth: the multilora workload under three allocators.
+"""What the host allocator is worth: the multilora workload on glibc's malloc and on tcmalloc.
 
-``core/allocator.py`` preloads tcmalloc for ``loraserve serve`` and tunes glibc's malloc in a
-running process. This measures why: ``vs_vllm.py``'s workload (16 prompts x 32 tokens + 32
-new, base and 16 distinct adapters) in child processes that differ only in the allocator,
-started in alternation so drift hits all three alike:
-
-- ``glibc``: glibc's malloc as it comes (``LORASERVE_ALLOCATOR=system``);
-- ``glibc tuned``: what an offline ``LLM`` on CPU gets (``configure_host_allocator``);
-- ``tcmalloc``: preloaded, what ``loraserve serve`` gets.
+``core/allocator.py`` preloads tcmalloc for ``loraserve serve``. This measures why:
+``vs_vllm.py``'s workload (16 prompts x 32 tokens + 32 new, base and 16 distinct adapters)
+in child processes that differ only in the allocator, started in alternation so drift hits
+both alike: ``glibc`` (what an offline ``LLM`` gets unless its script is started with
+``LD_PRELOAD``) and ``tcmalloc`` (preloaded, what ``loraserve serve`` gets).
 
 It prints tokens/s (median and best over the processes), page faults and system time per
 run, and each allocator's ratio to glibc's.
@@ -29,7 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-MODES = ("glibc", "glibc tuned", "tcmalloc")
+MODES = ("glibc", "tcmalloc")
 
 
 def child(model: str, dtypes: list[str], rounds: int) -> None:
@@ -59,10 +56,8 @@ def child(model: str, dtypes: list[str], rounds: int) -> None:
 
 
 def environment(mode: str, tcmalloc: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LORASERVE_ALLOCATOR")}
-    if mode == "glibc":
-        env["LORASERVE_ALLOCATOR"] = "system"
-    elif mode == "tcmalloc":
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if mode == "tcmalloc":
         env["LD_PRELOAD"] = tcmalloc
     return env
 
@@ -105,14 +100,14 @@ def main() -> None:
 
 def report(rows: dict[tuple[str, str], list[dict]], modes: tuple[str, ...]) -> None:
     cases = list(dict.fromkeys(case for _, case in rows))
-    print(f"\n{'case':<22}{'allocator':<13}{'tok/s median':>13}{'best':>8}{'/ glibc':>9}"
+    print(f"\n{'case':<22}{'allocator':<10}{'tok/s median':>13}{'best':>8}{'/ glibc':>9}"
           f"{'faults/run':>12}{'sys ms/run':>12}")
     for case in cases:
         glibc = statistics.median(row["tok/s"] for row in rows["glibc", case])
         for mode in modes:
             runs = rows[mode, case]
             speed = statistics.median(row["tok/s"] for row in runs)
-            print(f"{case:<22}{mode:<13}{speed:>13.0f}{max(row['tok/s'] for row in runs):>8.0f}"
+            print(f"{case:<22}{mode:<10}{speed:>13.0f}{max(row['tok/s'] for row in runs):>8.0f}"
                   f"{speed / glibc:>9.2f}{statistics.median(row['faults'] for row in runs):>12.0f}"
                   f"{statistics.median(row['sys ms'] for row in runs):>12.1f}")
 

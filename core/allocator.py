@@ -8,31 +8,27 @@ tokens/s on that workload (``benchmarks/allocator.py``). vLLM's CPU backend asks
 preload.
 
 An allocator is chosen when a process starts (``LD_PRELOAD``), so the ``loraserve`` command
-runs itself again once with tcmalloc preloaded (``relaunch_with_tcmalloc``). A process that
-is already running, such as a script using the offline ``LLM``, keeps glibc's malloc, tuned
-to keep freed memory instead of returning it to the kernel (``configure_host_allocator``: no
-more page faults, -2 to +6 % in speed). ``LORASERVE_ALLOCATOR=system`` leaves the allocator alone in both cases.
+runs itself again once with tcmalloc preloaded (``relaunch_with_tcmalloc``);
+``LORASERVE_ALLOCATOR=system`` opts out. A process that is already running, such as a script
+using the offline ``LLM``, keeps its allocator: the engine logs which it is and how to preload
+tcmalloc (``log_host_allocator``). Tuning glibc there instead (mallopt: no trimming, no mmap
+below 32 MiB) removed the faults but moved the speed only -2 to +6 %, and it changes malloc
+for everything else in the process (a Ray worker's own threads, for one), so loraserve
+does not do it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ctypes.util
 import functools
 import logging
 import os
-import platform
 import sys
 
 logger = logging.getLogger(__name__)
 
-ALLOCATOR_ENV = "LORASERVE_ALLOCATOR"  # "system": never preload tcmalloc nor tune malloc
+ALLOCATOR_ENV = "LORASERVE_ALLOCATOR"  # "system": the command does not preload tcmalloc
 _FAST_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
-# glibc's mallopt parameters (malloc.h) and the values a serving process wants: allocations
-# up to 32 MiB (the largest threshold glibc takes) come from the heap, and the heap is
-# trimmed only once 256 MiB sit free at its top, grown 64 MiB at a time
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_GLIBC_SETTINGS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 256 << 20, _M_TOP_PAD: 64 << 20}
 
 
 def preloaded_allocator(environ: dict[str, str] | None = None) -> str | None:
@@ -63,22 +59,11 @@ def relaunch_with_tcmalloc() -> None:
 
 
 @functools.cache
-def configure_host_allocator() -> str:
-    """Set up this process's allocator for serving, once, and log which it is."""
+def log_host_allocator() -> str:
+    """Say once which allocator this process runs on, and how to get tcmalloc if it could."""
     name = preloaded_allocator()
-    if name is not None:
-        choice = f"{name} (preloaded)"
-    elif os.environ.get(ALLOCATOR_ENV) == "system" or not _is_glibc():
-        choice = "the system's malloc"
-    else:
-        libc = ctypes.CDLL(None)
-        for param, value in _GLIBC_SETTINGS.items():
-            libc.mallopt(param, value)
-        choice = (f"glibc malloc, tuned to keep freed memory (LD_PRELOAD="
-                  f"{find_tcmalloc() or 'libtcmalloc_minimal.so.4'} is faster)")
+    choice = f"{name} (preloaded)" if name else (
+        f"the system's malloc; LD_PRELOAD={find_tcmalloc() or 'libtcmalloc_minimal.so.4'} "
+        "is faster on CPU (docs/server.md, CPU tuning)")
     logger.info("host allocator: %s", choice)
     return choice
-
-
-def _is_glibc() -> bool:
-    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"

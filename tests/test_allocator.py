@@ -1,8 +1,7 @@
-"""The host allocator: the command line's tcmalloc relaunch and glibc's tuning for CPU engines."""
+"""The host allocator: the command line's tcmalloc relaunch, and what a running process logs."""
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import textwrap
@@ -13,8 +12,6 @@ from loraserve.allocator import ALLOCATOR_ENV, preloaded_allocator
 
 # a stand-in for tcmalloc that every glibc system has and that changes nothing when preloaded
 STAND_IN = "libm.so.6"
-glibc_only = pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
@@ -72,41 +69,8 @@ def test_the_command_line_called_from_python_never_relaunches(monkeypatch) -> No
     assert cli.main(["serve", "/m", "--max-loras", "4", "--max-cpu-loras", "2"]) == 2
 
 
-# faults in one "step" that takes six 2 MiB blocks, writes them and frees them, after three
-# such steps: glibc trims the freed top of its heap and faults it back in every step (3,000
-# pages here); tuned, it keeps it
-STEP_FAULTS = """
-    import ctypes, resource
-    from loraserve.allocator import configure_host_allocator
-    print(configure_host_allocator())
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    def step():
-        blocks = [libc.malloc(2 << 20) for _ in range(6)]
-        for block in blocks:
-            ctypes.memset(block, 1, 2 << 20)
-        for block in blocks:
-            libc.free(ctypes.c_void_p(block))
-    for _ in range(3):
-        step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@glibc_only
-def test_tuned_glibc_keeps_freed_memory_instead_of_faulting_it_back() -> None:
-    choice, faults = run_python(STEP_FAULTS).splitlines()
-    assert choice.startswith("glibc malloc, tuned")
-    assert int(faults) < 100
-    choice, faults = run_python(STEP_FAULTS, env={ALLOCATOR_ENV: "system"}).splitlines()
-    assert choice == "the system's malloc"
-    assert int(faults) >= 2000  # what the tuning is for
-
-
-@glibc_only
-def test_a_preloaded_allocator_is_left_alone() -> None:
-    out = run_python("from loraserve.allocator import configure_host_allocator as c; print(c())",
-                     env={"LD_PRELOAD": STAND_IN + ":/nonexistent/libtcmalloc.so"})
+def test_the_log_names_the_allocator_and_how_to_preload_tcmalloc() -> None:
+    code = "from loraserve.allocator import log_host_allocator as log; print(log())"
+    out = run_python(code, env={"LD_PRELOAD": STAND_IN + ":/nonexistent/libtcmalloc.so"})
     assert out == "tcmalloc (preloaded)"
+    assert run_python(code).startswith("the system's malloc; LD_PRELOAD=libtcmalloc")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loraserve.allocator import configure_host_allocator
+from loraserve.allocator import log_host_allocator
 from loraserve.config import EngineConfig
 from loraserve.engine.admission import ContextLimit
 from loraserve.engine.block_manager import BlockManager
@@ -74,7 +74,7 @@ def build_parts(config: EngineConfig, lora_events: LoRAEvents | None = None) -> 
                     str(dtype).removeprefix("torch."), str(spec.config_dtype).removeprefix("torch."),
                     "has" if cpu_has_native_bf16() else "lacks")
     if device.type == "cpu":
-        configure_host_allocator()
+        log_host_allocator()
     weights = load_weights(checkpoint, spec, dtype, device)
     model = DecoderModel(spec, weights, max_model_len)
     generation = generation_config(config, checkpoint.generation_config)
