@@ -59,7 +59,7 @@ class LoRABatch:
     @classmethod
     def build(cls, token_slots: list[int], device: torch.device | str = "cpu") -> LoRABatch:
         """Group token indices by slot; cheap host work, done once per engine step."""
-        groups = _groups(token_slots, range(len(token_slots)))
+        groups = _groups(token_slots)
         slots = sorted(groups)
         lens = [len(groups[s]) for s in slots]
         sorted_tokens: list[int] = []
@@ -116,12 +116,12 @@ class LoRABatch:
         )
 
 
-def _groups(token_slots: list[int], tokens) -> dict[int, list[int]]:  # noqa: ANN001
-    """Each slot's tokens among ``tokens``, in order; base-model tokens in none."""
+def _groups(token_slots: list[int]) -> dict[int, list[int]]:
+    """Each slot's tokens, in order; base-model tokens in none."""
     groups: dict[int, list[int]] = {}
-    for token in tokens:
-        if token_slots[token] != NO_ADAPTER:
-            groups.setdefault(token_slots[token], []).append(token)
+    for token, slot in enumerate(token_slots):
+        if slot != NO_ADAPTER:
+            groups.setdefault(slot, []).append(token)
     return groups
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from loraserve.entrypoints.cpu_threads import (
-    RESERVED_CPU_ENV, front_end_threads, keep_cores_for_front_end,
+    RESERVED_CPU_ENV,
+    front_end_threads,
+    keep_cores_for_front_end,
 )
 
 
