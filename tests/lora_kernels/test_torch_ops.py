@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from loraserve.kernels import (
-    NO_ADAPTER, LoRABatch, add_lora, backend_for, lora_dtype, segment_table, torch_ops,
+    NO_ADAPTER,
+    LoRABatch,
+    add_lora,
+    backend_for,
+    lora_dtype,
+    segment_table,
+    torch_ops,
 )
 
 N = NO_ADAPTER
