@@ -136,16 +136,18 @@ def _peel_long_runs(
             if token_slots[start] != NO_ADAPTER and token - start > 1:
                 runs.append((token_slots[start], start, token))
             start = token
-    best_cost, best, peeled, rest = _padded_rows(groups), ([], groups), [], groups
-    for slot, start, stop in sorted(runs, key=lambda run: run[1] - run[2]):
+    longest_first = sorted(runs, key=lambda run: run[1] - run[2])
+    best_cost, best_count, best_rest = _padded_rows(groups), 0, groups
+    rest, peeled_cost = groups, 0
+    for count, (slot, start, stop) in enumerate(longest_first, 1):
         tokens = rest[slot]  # ascending: the run is one slice of it
         left = tokens[: bisect_left(tokens, start)] + tokens[bisect_left(tokens, stop):]
         rest = {s: t for s, t in rest.items() if s != slot} | ({slot: left} if left else {})
-        peeled = [*peeled, (slot, start, stop)]
-        cost = _padded_rows(rest) + sum(b - a + PEEL_COST_ROWS for _, a, b in peeled)
+        peeled_cost += stop - start + PEEL_COST_ROWS
+        cost = _padded_rows(rest) + peeled_cost
         if cost < best_cost:
-            best_cost, best = cost, (peeled, rest)
-    return best
+            best_cost, best_count, best_rest = cost, count, rest
+    return longest_first[:best_count], best_rest
 
 
 def _padded_rows(groups: dict[int, list[int]]) -> int:

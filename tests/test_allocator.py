@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,6 @@ STAND_IN = "libm.so.6"
 
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
-    import os
-
     environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", ALLOCATOR_ENV)}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env={**environ, **(env or {})},
                           capture_output=True, text=True, timeout=60, check=True)
