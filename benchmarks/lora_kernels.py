@@ -92,7 +92,7 @@ def bench_decode_attention(batch: int, context: int, dtype: torch.dtype) -> dict
     """Paged-decode kernel vs gather + SDPA on one layer's cache, blocks scattered at random."""
     from loraserve.kernels.paged_decode import paged_decode
     from loraserve.model.attention import paged_attention
-    from loraserve.model.forward_batch import ForwardBatch, decode_mask
+    from loraserve.model.forward_batch import ForwardBatch, decode_group
 
     dev, heads, head_dim, block = torch.device("cuda"), 32, 128, 16
     per_seq = context // block
@@ -105,8 +105,7 @@ def bench_decode_attention(batch: int, context: int, dtype: torch.dtype) -> dict
     slots = tables[:, -1] * block + block - 1
     torch_batch = ForwardBatch(
         input_ids=slots, positions=kv_lens - 1, slot_mapping=slots, block_tables=tables,
-        attn_mask=decode_mask(kv_lens, context, None), sliding_mask=None, query_rows=None,
-        max_query_len=1, logits_indices=slots, lora=None,
+        attention=(decode_group(tables, kv_lens, block, None),), logits_indices=slots, lora=None,
     )
     want = paged_attention(q, k, v, k_cache, v_cache, torch_batch, None)
     got = paged_decode(q, k_cache, v_cache, tables, kv_lens)

@@ -68,7 +68,8 @@ def add_lora(
     by slot (the model runner orders sequences so), x and out are sliced too; one adapter
     is then a plain matmul, and one token per slot (decoding) a pair of batched matmuls.
     Long runs the batch peeled off (a prompt among decode tokens, ``LoRABatch.peeled``) are
-    plain matmuls of their own, so the other slots are not padded to a prompt's length.
+    plain matmuls of their own, so the other slots are not padded to a prompt's length; a
+    step cut into runs and diagonals (``LoRABatch.diagonals``) has no padded view at all.
     Slicing is skipped where it would select everything: at decode batch sizes each op's
     dispatch costs about as much as its arithmetic. Slots in another dtype than out (float32
     for a bfloat16 model on CPU, ``dispatch.lora_dtype``) get x converted, and each delta is
@@ -80,6 +81,10 @@ def add_lora(
     for slot, start, stop in batch.peeled:  # long runs (prompts) beside short segments
         _add_one_adapter(out[start:stop], x[start:stop], lora_a[slot : slot + 1],
                          [b[slot : slot + 1] for b in lora_b])
+    for first, start, stop in batch.diagonals:  # one token per slot, slots first, first + 1, ...
+        slots = slice(first, first + stop - start)
+        _add_one_token_per_slot(out[start:stop], x[start:stop], lora_a[slots],
+                                [b[slots] for b in lora_b])
     num_rows, seg_len = batch.padded_tokens.shape
     if num_rows == 0:
         return

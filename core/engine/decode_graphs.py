@@ -20,7 +20,7 @@ import torch
 from loraserve.engine.scheduler import ScheduledStep
 from loraserve.kernels import NO_ADAPTER, LoRABatch, segment_table
 from loraserve.model.decoder import DecoderModel, LayerLoRA
-from loraserve.model.forward_batch import ForwardBatch, decode_mask
+from loraserve.model.forward_batch import ForwardBatch, decode_group
 
 _BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -122,18 +122,16 @@ class DecodeGraphs:
         if use_lora:
             segments = min(bucket, len(self.lora[0].qkv.a))  # at most one per slot
             lora_batch = LoRABatch.fixed(self._lora_table, bucket, segments)
-        context = self.max_blocks * self.kv_cache.shape[3]
+        tables, block_size = self._tables[:bucket], self.kv_cache.shape[3]
         window = self.model.spec.sliding_window
 
         def forward() -> torch.Tensor:
-            masks = (None, None)
+            attention = ()
             if not self.paged_decode:
-                masks = (decode_mask(lens, context, None),
-                         None if window is None else decode_mask(lens, context, window))
+                attention = (decode_group(tables, lens, block_size, window),)
             batch = ForwardBatch(
                 input_ids=self._ids[:bucket], positions=self._pos[:bucket],
-                slot_mapping=self._slots[:bucket], block_tables=self._tables[:bucket],
-                attn_mask=masks[0], sliding_mask=masks[1], query_rows=None, max_query_len=1,
+                slot_mapping=self._slots[:bucket], block_tables=tables, attention=attention,
                 logits_indices=self._logits_rows[:bucket], lora=lora_batch, kv_lens=lens,
                 paged_decode=self.paged_decode,
             )

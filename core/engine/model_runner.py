@@ -17,7 +17,7 @@ from loraserve.kernels import NO_ADAPTER, LoRABatch, paged_decode_available
 from loraserve.lora.merge import AdapterMerger, adapter_merger_for
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.decoder import DecoderModel, LayerLoRA, LayerWeights
-from loraserve.model.forward_batch import ForwardBatch
+from loraserve.model.forward_batch import AttentionGroup, ForwardBatch, attention_group
 
 
 @dataclass
@@ -145,47 +145,47 @@ class ModelRunner:
         device = self.device
         kv_lens = torch.tensor([s.num_tokens for s in step.seqs], device=device)
         q_lens = torch.tensor(step.query_lens, device=device)
-        max_blocks = max(len(s.block_table) for s in step.seqs)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in step.seqs]
-        max_q = max(step.query_lens)
-
-        paged_decode = max_q == 1 and self.paged_decode  # the kernel needs no mask
-        mask = sliding_mask = None
-        window = self.model.spec.sliding_window
-        if not paged_decode:
-            rows = torch.arange(max_q, device=device)
-            keys = torch.arange(max_blocks * bs, device=device)
-            last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [B, max_q]
-            mask = (keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)).unsqueeze(1)  # [B, 1, max_q, K]
-        if window is not None and not paged_decode:  # also drop keys at or before last_visible - window
-            first_visible = last_visible - (window - 1)  # [B, max_q]
-            sliding_mask = mask.squeeze(1) & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
-            padded = (rows.unsqueeze(0) >= q_lens.unsqueeze(1)).unsqueeze(-1)  # [B, max_q, 1]
-            # padding rows are dropped after attention; keep them causal so none is all-masked (NaN)
-            sliding_mask = torch.where(padded, mask.squeeze(1), sliding_mask).unsqueeze(1)
-
-        query_rows = None
-        if max_q > 1:
-            seq_of_token = torch.repeat_interleave(torch.arange(len(step.seqs), device=device), q_lens)
-            starts = torch.cumsum(q_lens, 0) - q_lens
-            row_of_token = torch.arange(len(input_ids), device=device) - starts[seq_of_token]
-            query_rows = (seq_of_token, row_of_token)
-
+        block_tables = _block_tables([s.block_table for s in step.seqs], device)
+        paged_decode = max(step.query_lens) == 1 and self.paged_decode  # the kernel needs no mask
+        attention = () if paged_decode else self._attention_groups(step, kv_lens, q_lens,
+                                                                   block_tables)
         use_lora = any(s != NO_ADAPTER for s in token_slots)
         return ForwardBatch(
             input_ids=torch.tensor(input_ids, device=device),
             positions=torch.tensor(positions, device=device),
             slot_mapping=torch.tensor(slot_mapping, device=device),
-            block_tables=torch.tensor(tables, device=device),
-            attn_mask=mask,
-            sliding_mask=sliding_mask,
-            query_rows=query_rows,
-            max_query_len=max_q,
+            block_tables=block_tables,
+            attention=attention,
             logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]),
             lora=LoRABatch.build(token_slots, device) if use_lora else None,
             kv_lens=kv_lens,
             paged_decode=paged_decode,
         )
+
+    def _attention_groups(self, step: ScheduledStep, kv_lens: torch.Tensor, q_lens: torch.Tensor,
+                          block_tables: torch.Tensor) -> tuple[AttentionGroup, ...]:
+        """One group for the step, or two when it mixes decode tokens with prompts: padding
+        every decode row to a prompt's length would multiply their attention work by it."""
+        window = self.model.spec.sliding_window
+        decode = [i for i, n in enumerate(step.query_lens) if n == 1]
+        if not decode or len(decode) == len(step.seqs):
+            return (attention_group(block_tables, kv_lens, q_lens, self.block_size, window),)
+        starts = list(accumulate(step.query_lens, initial=0))
+        groups = []
+        for members in (decode, [i for i, n in enumerate(step.query_lens) if n > 1]):
+            tokens = [t for i in members for t in range(starts[i], starts[i + 1])]
+            index = torch.tensor(members, device=self.device)
+            tables = _block_tables([step.seqs[i].block_table for i in members], self.device)
+            groups.append(attention_group(
+                tables, kv_lens[index], q_lens[index], self.block_size, window,
+                tokens=torch.tensor(tokens, device=self.device)))
+        return tuple(groups)
+
+
+def _block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
+    """[B, max_blocks] int64, each row padded with block 0."""
+    width = max(len(t) for t in tables)
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
 
 
 def _slot_key(seq) -> int:

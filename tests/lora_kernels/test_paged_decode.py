@@ -13,7 +13,7 @@ pytest.importorskip("triton", reason="Triton is not installed: pip install 'lora
 
 from loraserve.kernels.paged_decode import paged_decode  # noqa: E402
 from loraserve.model.attention import paged_attention  # noqa: E402
-from loraserve.model.forward_batch import ForwardBatch, decode_mask  # noqa: E402
+from loraserve.model.forward_batch import ForwardBatch, decode_group  # noqa: E402
 
 DEVICE = "cpu" if os.environ["TRITON_INTERPRET"] == "1" else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -49,13 +49,11 @@ def make_case(kv_lens, heads, kv_heads, head_dim, dtype, num_blocks=24, seed=0):
 
 def torch_path(case, window):
     """The engine's gather + SDPA attention on the same cache (it writes the step's K/V)."""
-    context = case["block_tables"].shape[1] * BLOCK_SIZE
     batch = ForwardBatch(
         input_ids=case["slot_mapping"], positions=case["kv_lens"] - 1,
         slot_mapping=case["slot_mapping"], block_tables=case["block_tables"],
-        attn_mask=decode_mask(case["kv_lens"], context, None),
-        sliding_mask=decode_mask(case["kv_lens"], context, window) if window else None,
-        query_rows=None, max_query_len=1, logits_indices=case["slot_mapping"], lora=None,
+        attention=(decode_group(case["block_tables"], case["kv_lens"], BLOCK_SIZE, window),),
+        logits_indices=case["slot_mapping"], lora=None,
     )
     k_cache, v_cache = case["k_cache"].clone(), case["v_cache"].clone()
     return paged_attention(case["q"], case["k"], case["v"], k_cache, v_cache, batch, window)
@@ -106,9 +104,8 @@ def test_attention_takes_the_kernel_for_a_paged_decode_batch():
     context = case["block_tables"].shape[1] * BLOCK_SIZE
     batch = ForwardBatch(
         input_ids=case["slot_mapping"], positions=case["kv_lens"] - 1,
-        slot_mapping=case["slot_mapping"], block_tables=case["block_tables"], attn_mask=None,
-        sliding_mask=None, query_rows=None, max_query_len=1, logits_indices=case["slot_mapping"],
-        lora=None, kv_lens=case["kv_lens"], paged_decode=True,
+        slot_mapping=case["slot_mapping"], block_tables=case["block_tables"], attention=(),
+        logits_indices=case["slot_mapping"], lora=None, kv_lens=case["kv_lens"], paged_decode=True,
     )
     got = paged_attention(case["q"], case["k"], case["v"], case["k_cache"].clone(),
                           case["v_cache"].clone(), batch, None)

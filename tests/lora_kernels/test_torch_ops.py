@@ -29,8 +29,11 @@ SLOT_PATTERNS = {
     "decode_one_token_per_slot": [N, 0, 1, 2, 3],  # the batched in-place expand
     # a prompt among decode tokens: its run is peeled off, the rest padded to 2 rows
     "prompt_among_decode": [0, 0, 1, N, *[2] * 40, 2, 3, 0],
-    "prompt_only_then_decode": [*[1] * 40, 0, 2, 3],  # everything left is one row per slot
+    "prompt_only_then_decode": [*[1] * 40, 0, 2, 3],  # the run, then two diagonals
     "two_prompts": [N, *[3] * 30, *[1] * 30, 0, 2, 2],
+    # Zipf decode: uneven counts per slot, cut into runs and diagonals (no padded view)
+    "uneven_decode": [N, 0, 0, 0, 1, 1, 2, 3],
+    "uneven_decode_with_gap": [*[0] * 6, 1, 3, *[2] * 6],  # a diagonal breaks where slots skip
 }
 # B stacks: q/k/v with GQA (two stacks), q/k/v or gate/up without (one), o or down (one slice)
 OUT_SIZES = {"gqa_qkv": (16, 8, 8), "equal_slices": (8, 8, 8), "one_slice": (12,)}
@@ -44,17 +47,40 @@ def test_sorted_equal_segments_take_the_slicing_shortcut(problem_factory):
 @pytest.mark.parametrize(
     ("slots", "peeled", "padded_shape"),
     [(SLOT_PATTERNS["prompt_among_decode"], ((2, 4, 45),), (4, 3)),
-     (SLOT_PATTERNS["prompt_only_then_decode"], ((1, 0, 40),), (4, 1)),
-     (SLOT_PATTERNS["two_prompts"], ((3, 1, 31), (1, 31, 61)), (3, 2)),  # only both pay
+     (SLOT_PATTERNS["prompt_only_then_decode"], ((1, 0, 40),), (0, 0)),  # then diagonals
+     # only both pay; what is left would need gathering: pieces
+     (SLOT_PATTERNS["two_prompts"], ((3, 1, 31), (1, 31, 61), (2, 62, 64)), (0, 0)),
      ([0] * 32 + [1] * 32, (), (2, 32)),  # equal prompts: padding costs nothing, keep one view
-     ([0, 0, 0, 1, 2, 3], (), (4, 3)),  # a short run: a matmul of its own costs more
-     ([*[0] * 10, 1, 2, 2], (), (3, 10)),  # peeling saves 3 x 10 - 2 x 2 rows, costs 10 + 16
-     ([*[0] * 30, 1, N, 2, 2], ((0, 0, 30),), (2, 2))])
+     ([0, 0, 1, 1, 2, 2, 3], (), (4, 2)),  # a short run: a matmul of its own costs more
+     # peeling saves 4 x 10 - 3 x 2 rows, costs 10 + 16; the rest is one slice
+     ([*[0] * 10, 1, 1, 2, 2, 3, 3], ((0, 0, 10),), (3, 2))])
 def test_long_runs_are_peeled_only_where_that_is_cheaper(slots, peeled, padded_shape):
     batch = LoRABatch.build(slots)
     assert batch.peeled == peeled
     assert tuple(batch.padded_tokens.shape) == padded_shape
     assert batch.max_seg_len == max(slots.count(s) for s in set(slots) - {N})  # the kernels' view
+
+
+@pytest.mark.parametrize(
+    ("slots", "peeled", "diagonals"),
+    [(SLOT_PATTERNS["uneven_decode"], ((0, 1, 4), (1, 4, 6)), ((2, 6, 8),)),
+     (SLOT_PATTERNS["uneven_decode_with_gap"], ((0, 0, 6), (2, 8, 14)), ((1, 6, 7), (3, 7, 8))),
+     ([0, 0, 0, 1, 2, 3], ((0, 0, 3),), ((1, 3, 6),)),
+     ([*[0] * 30, 1, N, 2, 2], ((0, 0, 30), (2, 32, 34)), ((1, 30, 31),)),
+     ([0, 1, 2, 3], (), ()),  # one token per slot: the padded view is one slice already
+     ([0, 0, 1, 1, 2, 2, 3], (), ()),  # gathered: four pieces cost more than the padding
+     ([*[0] * 4, 1, 3, *[2] * 4], (), ())])  # likewise
+def test_uneven_decode_is_cut_into_runs_and_diagonals(slots, peeled, diagonals):
+    """Where the padded view would need gathering, the step is cut into pieces when cheaper:
+    every adapter token is then in exactly one run or diagonal."""
+    batch = LoRABatch.build(slots)
+    assert (batch.peeled, batch.diagonals) == (peeled, diagonals)
+    if diagonals:
+        assert batch.padded_tokens.numel() == 0
+        covered = [t for _, start, stop in peeled + diagonals for t in range(start, stop)]
+        assert sorted(covered) == [t for t, s in enumerate(slots) if s != N]
+        for first, start, stop in diagonals:
+            assert slots[start:stop] == list(range(first, first + stop - start))
 
 
 @pytest.mark.parametrize(

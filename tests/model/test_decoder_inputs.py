@@ -14,7 +14,7 @@ import torch
 from loraserve.kernels import LoRABatch, LoRAOperands
 from loraserve.lora.layout import group_shapes, slice_stacks
 from loraserve.model.decoder import DecoderModel, LayerLoRA
-from loraserve.model.forward_batch import ForwardBatch
+from loraserve.model.forward_batch import AttentionGroup, ForwardBatch
 from loraserve.model.loader import load_weights
 from loraserve.model.spec import load_spec
 
@@ -40,10 +40,13 @@ def prefill_batch(tokens: list[int], lora: LoRABatch | None) -> ForwardBatch:
         positions=rows,
         slot_mapping=rows,  # blocks 0, 1, ... in order: the flat row is the position
         block_tables=torch.arange(blocks).unsqueeze(0),
-        attn_mask=(keys.view(1, -1) <= rows.view(-1, 1)).view(1, 1, count, -1),
-        sliding_mask=None,
-        query_rows=(torch.zeros(count, dtype=torch.long), rows),
-        max_query_len=count,
+        attention=(AttentionGroup(
+            block_tables=torch.arange(blocks).unsqueeze(0),
+            attn_mask=(keys.view(1, -1) <= rows.view(-1, 1)).view(1, 1, count, -1),
+            sliding_mask=None,
+            query_rows=(torch.zeros(count, dtype=torch.long), rows),
+            max_query_len=count,
+        ),),
         logits_indices=rows,
         lora=lora,
     )
