@@ -14,17 +14,16 @@ import torch
 NO_ADAPTER = -1
 # The torch path pads every slot's tokens to the longest segment. A step that mixes a prompt
 # with decode tokens would pad every slot to the prompt's length (2x the LoRA time of such a
-# step, measured), so a long run of one slot's consecutive tokens is taken out and done as
-# its own matmul when that is cheaper; one such matmul costs about as much as this many
-# padded rows (its dispatch, measured at decode sizes on CPU).
-PEEL_COST_ROWS = 16
-# Decode tokens of uneven counts per slot (Zipf traffic) leave a padded view that is not one
-# slice of the step: the torch path then gathers x, selects the real rows and scatter-adds
-# each slice, index ops that cost about this many padded rows. Cutting such a step into
-# pieces (runs of one slot, and diagonals: one token per slot, consecutive slots) instead
-# costs PIECE_COST_ROWS per piece: 1.3-1.6x faster at 2-5 uneven slots among 8 (measured).
-GATHER_COST_ROWS = 24
+# step, measured), so a long run of one slot's consecutive tokens is taken out ("peeled")
+# and done as its own matmul when that is cheaper. Decode tokens of uneven counts per slot
+# (Zipf traffic) leave a padded view that is no slice of the step: x is then gathered, the
+# real rows selected and each slice scatter-added, index ops that cost about
+# GATHER_COST_ROWS padded rows; cutting such a step into pieces (runs of one slot, and
+# diagonals: one token per slot, slots rising by one) is then 1.3-1.6x faster at 2-5
+# uneven slots among 8. A piece costs about PIECE_COST_ROWS padded rows (its dispatch)
+# beside the rows it computes. Both measured at decode sizes on CPU.
 PIECE_COST_ROWS = 8
+GATHER_COST_ROWS = 24
 
 
 @dataclass(frozen=True)
@@ -138,13 +137,8 @@ def _peel_long_runs(
     token_slots: list[int], groups: dict[int, list[int]],
 ) -> tuple[list[tuple[int, int, int]], dict[int, list[int]]]:
     """The longest runs to take out of the padded view, as many as give the lowest cost (rows
-    padded, plus each peeled run's rows and ``PEEL_COST_ROWS``), and the groups left."""
-    runs, start = [], 0
-    for token in range(1, len(token_slots) + 1):
-        if token == len(token_slots) or token_slots[token] != token_slots[start]:
-            if token_slots[start] != NO_ADAPTER and token - start > 1:
-                runs.append((token_slots[start], start, token))
-            start = token
+    padded, plus each peeled run's rows and ``PIECE_COST_ROWS``), and the groups left."""
+    runs, _ = _pieces(token_slots)
     longest_first = sorted(runs, key=lambda run: run[1] - run[2])
     best_cost, best_count, best_rest = _padded_rows(groups), 0, groups
     rest, peeled_cost = groups, 0
@@ -152,7 +146,7 @@ def _peel_long_runs(
         tokens = rest[slot]  # ascending: the run is one slice of it
         left = tokens[: bisect_left(tokens, start)] + tokens[bisect_left(tokens, stop):]
         rest = {s: t for s, t in rest.items() if s != slot} | ({slot: left} if left else {})
-        peeled_cost += stop - start + PEEL_COST_ROWS
+        peeled_cost += stop - start + PIECE_COST_ROWS
         cost = _padded_rows(rest) + peeled_cost
         if cost < best_cost:
             best_cost, best_count, best_rest = cost, count, rest

@@ -52,7 +52,7 @@ def test_sorted_equal_segments_take_the_slicing_shortcut(problem_factory):
      (SLOT_PATTERNS["two_prompts"], ((3, 1, 31), (1, 31, 61), (2, 62, 64)), (0, 0)),
      ([0] * 32 + [1] * 32, (), (2, 32)),  # equal prompts: padding costs nothing, keep one view
      ([0, 0, 1, 1, 2, 2, 3], (), (4, 2)),  # a short run: a matmul of its own costs more
-     # peeling saves 4 x 10 - 3 x 2 rows, costs 10 + 16; the rest is one slice
+     # peeling saves 4 x 10 - 3 x 2 rows, costs 10 + 8; the rest is one slice
      ([*[0] * 10, 1, 1, 2, 2, 3, 3], ((0, 0, 10),), (3, 2))])
 def test_long_runs_are_peeled_only_where_that_is_cheaper(slots, peeled, padded_shape):
     batch = LoRABatch.build(slots)
