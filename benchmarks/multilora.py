@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -169,10 +170,9 @@ def run(work: Path, rounds: int, host_adapters: int, model: str, setup: Setup) -
             "1 adapter, no merge": engine(one, unmerged),
             "engine 16 adapters": engine(distinct),
             **extra_runs,
-            "hf generate": lambda: hf.generate(input_ids=input_ids, **hf_kwargs),
-            "peft mixed generate": lambda: peft.generate(
-                input_ids=input_ids, adapter_names=adapter_names, **hf_kwargs
-            ),
+            "hf generate": partial(hf.generate, input_ids=input_ids, **hf_kwargs),
+            "peft mixed generate": partial(peft.generate, input_ids=input_ids,
+                                           adapter_names=adapter_names, **hf_kwargs),
         })
     tokens = BATCH * NEW_TOKENS
     for name, seconds in times.items():
