@@ -73,3 +73,13 @@ def test_allocator_benchmark_compares_the_allocators() -> None:
     rows = re.findall(r"^float32 (base|16 adapters)\s+(glibc|tcmalloc)\s+\d+", out, re.M)
     modes = {"glibc"} | ({"tcmalloc"} if "tcmalloc: not found" not in out else set())
     assert {(case, mode) for case in ("base", "16 adapters") for mode in modes} == set(rows), out
+
+
+def test_server_steps_prints_both_paths_of_every_shape():
+    """The benchmark asserts which path each variant took; here every row has positive times."""
+    out = run_benchmark("server_steps.py", "--quick")
+    lora = re.findall(r"\n   ([\d,]+)\s+(\d+)\s+(\d+)\s+([\d.]+)", out)
+    attention = re.findall(r"\n\s+(16|32)\s+(\d+)\s+(\d+)\s+([\d.]+)", out)
+    assert len(lora) == 4 and len(attention) == 2, out
+    assert all(float(row[-1]) > 0 and int(row[1]) > 0 and int(row[2]) > 0
+               for row in lora + attention), out
