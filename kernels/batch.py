@@ -19,9 +19,9 @@ NO_ADAPTER = -1
 # (Zipf traffic) leave a padded view that is no slice of the step: x is then gathered, the
 # real rows selected and each slice scatter-added, index ops that cost about
 # GATHER_COST_ROWS padded rows; cutting such a step into pieces (runs of one slot, and
-# diagonals: one token per slot, slots rising by one) is then 1.3-1.6x faster at 2-5
-# uneven slots among 8. A piece costs about PIECE_COST_ROWS padded rows (its dispatch)
-# beside the rows it computes. Both measured at decode sizes on CPU.
+# diagonals: one token per slot, slots rising by one) is then 1.2-1.6x faster at 2-5
+# uneven slots among 8 (benchmarks/server_steps.py). A piece costs about PIECE_COST_ROWS
+# padded rows (its dispatch) beside the rows it computes. Both measured at decode sizes on CPU.
 PIECE_COST_ROWS = 8
 GATHER_COST_ROWS = 24
 
