@@ -81,21 +81,19 @@ def attention_us(decoding: int, two_groups: bool, number: int, repeat: int) -> f
     q_lens = [1] * decoding + [32]
     kv_lens = [48] * decoding + [32]
     per_seq = 3  # blocks of context each sequence may use
-    tables = torch.arange(len(q_lens) * per_seq).view(len(q_lens), per_seq)
+    tables = [list(range(seq * per_seq, (seq + 1) * per_seq)) for seq in range(len(q_lens))]
     cache = torch.randn(2, len(q_lens) * per_seq, BLOCK, HEADS, HEAD_DIM)
     tokens = sum(q_lens)
     q, k, v = (torch.randn(tokens, HEADS, HEAD_DIM) for _ in range(3))
-    lens, q_len = torch.tensor(kv_lens), torch.tensor(q_lens)
     if two_groups:
-        decode, prompt = torch.arange(decoding), torch.tensor([decoding])
-        groups = (attention_group(tables[decode], lens[decode], q_len[decode], BLOCK, None,
-                                  tokens=torch.arange(decoding)),
-                  attention_group(tables[prompt], lens[prompt], q_len[prompt], BLOCK, None,
-                                  tokens=torch.arange(decoding, tokens)))
+        parts = [(slice(0, decoding), list(range(decoding))),
+                 (slice(decoding, None), list(range(decoding, tokens)))]
+        groups = tuple(attention_group(tables[seqs], kv_lens[seqs], q_lens[seqs], BLOCK, None,
+                                       "cpu", tokens=rows) for seqs, rows in parts)
     else:
-        groups = (attention_group(tables, lens, q_len, BLOCK, None),)
+        groups = (attention_group(tables, kv_lens, q_lens, BLOCK, None, "cpu"),)
     forward = ForwardBatch(input_ids=torch.zeros(tokens, dtype=torch.long), positions=None,
-                           slot_mapping=torch.arange(tokens), block_tables=tables,
+                           slot_mapping=torch.arange(tokens), block_tables=groups[0].block_tables,
                            attention=groups, logits_indices=None, lora=None)
     return best_us(lambda: paged_attention(q, k, v, cache[0], cache[1], forward, None),
                    number, repeat)

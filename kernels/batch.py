@@ -38,7 +38,9 @@ class LoRABatch:
     # The torch path's view: one row per slot from padded_first_slot to the last used slot,
     # so it can take a slice of the slot tensors instead of gathering each adapter's weights.
     padded_first_slot: int
-    padded_tokens: torch.Tensor  # [slot range, max_seg_len] token indices; padding points at 0
+    # [slot range, longest segment left] token indices, padding pointing at 0; (0, 0) when
+    # peeled runs and diagonals hold every adapter token
+    padded_tokens: torch.Tensor
     padded_valid: torch.Tensor | None  # flat positions in padded_tokens that are real; None if all
     # When padded_tokens is exactly tokens start, start+1, ... (sequences ordered by slot, equal
     # segment lengths, e.g. decoding), the torch path slices x and out instead of indexing.
@@ -68,24 +70,16 @@ class LoRABatch:
     @classmethod
     def build(cls, token_slots: list[int], device: torch.device | str = "cpu") -> LoRABatch:
         """Group token indices by slot; cheap host work, done once per engine step."""
-        groups = _groups(token_slots)
-        slots = sorted(groups)
-        lens = [len(groups[s]) for s in slots]
-        sorted_tokens: list[int] = []
-        starts: list[int] = []
-        for slot in slots:
-            starts.append(len(sorted_tokens))
-            sorted_tokens.extend(groups[slot])
-        peeled, rest = _peel_long_runs(token_slots, groups)
-        diagonals: list[tuple[int, int, int]] = []
+        groups, slots, lens, sorted_tokens, starts = _segments(token_slots)
+        runs, diagonals = _pieces(token_slots)
+        peeled, rest = _peel_long_runs(runs, groups)
         first, padded, valid, max_len = _padded_view(rest)
-        if padded and not _is_slice(padded, valid):  # the gathered path: pieces may be cheaper
-            runs, diagonals = _pieces(token_slots)
-            if _cost(runs) + _cost(diagonals) < _cost(peeled) + GATHER_COST_ROWS + len(padded):
-                peeled, (first, padded, valid, max_len) = runs, _padded_view({})
-            else:
-                diagonals = []
-        contiguous = bool(padded) and _is_slice(padded, valid)
+        contiguous = _is_slice(padded, valid)
+        gathered = _cost(peeled) + GATHER_COST_ROWS + len(padded)
+        if padded and not contiguous and _cost(runs) + _cost(diagonals) < gathered:
+            peeled, (first, padded, valid, max_len) = runs, _padded_view({})  # cut into pieces
+        else:
+            diagonals = []
         all_valid = len(valid) == len(padded)
 
         # every table in one tensor: one host-to-device copy per step, then views
@@ -133,12 +127,26 @@ def _groups(token_slots: list[int]) -> dict[int, list[int]]:
     return groups
 
 
+def _segments(token_slots: list[int]) -> tuple[dict[int, list[int]], list[int], list[int],
+                                                 list[int], list[int]]:
+    """Each slot's tokens, the slots in order, their segment lengths, the tokens grouped by
+    slot and each segment's start in them (the kernels' layout)."""
+    groups = _groups(token_slots)
+    slots = sorted(groups)
+    lens = [len(groups[s]) for s in slots]
+    sorted_tokens: list[int] = []
+    starts: list[int] = []
+    for slot in slots:
+        starts.append(len(sorted_tokens))
+        sorted_tokens.extend(groups[slot])
+    return groups, slots, lens, sorted_tokens, starts
+
+
 def _peel_long_runs(
-    token_slots: list[int], groups: dict[int, list[int]],
+    runs: list[tuple[int, int, int]], groups: dict[int, list[int]],
 ) -> tuple[list[tuple[int, int, int]], dict[int, list[int]]]:
     """The longest runs to take out of the padded view, as many as give the lowest cost (rows
     padded, plus each peeled run's rows and ``PIECE_COST_ROWS``), and the groups left."""
-    runs, _ = _pieces(token_slots)
     longest_first = sorted(runs, key=lambda run: run[1] - run[2])
     best_cost, best_count, best_rest = _padded_rows(groups), 0, groups
     rest, peeled_cost = groups, 0
@@ -171,7 +179,8 @@ def _padded_view(groups: dict[int, list[int]]) -> tuple[int, list[int], list[int
 
 def _is_slice(padded: list[int], valid: list[int]) -> bool:
     """The padded view is tokens t, t+1, ... with no padding: the torch path slices x."""
-    return len(valid) == len(padded) and padded == list(range(padded[0], padded[0] + len(padded)))
+    return (bool(padded) and len(valid) == len(padded)
+            and padded == list(range(padded[0], padded[0] + len(padded))))
 
 
 def _pieces(token_slots: list[int]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
@@ -210,10 +219,9 @@ def _padded_rows(groups: dict[int, list[int]]) -> int:
 
 def segment_table(token_slots: list[int], size: int) -> list[int]:
     """A fixed batch's table, flat: token_slots, sorted_tokens, seg_slots, seg_starts and
-    seg_lens (``LoRABatch.build``'s segments), each padded to ``size`` (rows past the tokens
+    seg_lens (``LoRABatch.build``'s segments, without its torch-path plan), each padded to ``size`` (rows past the tokens
     use NO_ADAPTER; segments past the last have length 0)."""
-    host = LoRABatch.build(token_slots, device="cpu")
-    parts = [token_slots, *(t.tolist() for t in (host.sorted_tokens, host.seg_slots,
-                                                  host.seg_starts, host.seg_lens))]
+    _, slots, lens, sorted_tokens, starts = _segments(token_slots)
+    parts = [token_slots, sorted_tokens, slots, starts, lens]
     pads = [NO_ADAPTER, 0, 0, 0, 0]
     return [v for part, pad in zip(parts, pads) for v in part + [pad] * (size - len(part))]

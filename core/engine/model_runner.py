@@ -17,7 +17,12 @@ from loraserve.kernels import NO_ADAPTER, LoRABatch, paged_decode_available
 from loraserve.lora.merge import AdapterMerger, adapter_merger_for
 from loraserve.lora.slots import AdapterSlots
 from loraserve.model.decoder import DecoderModel, LayerLoRA, LayerWeights
-from loraserve.model.forward_batch import AttentionGroup, ForwardBatch, attention_group
+from loraserve.model.forward_batch import (
+    AttentionGroup,
+    ForwardBatch,
+    attention_group,
+    padded_tables,
+)
 
 
 @dataclass
@@ -143,12 +148,11 @@ class ModelRunner:
             token_slots.extend([lora_slot] * q_len)
 
         device = self.device
-        kv_lens = torch.tensor([s.num_tokens for s in step.seqs], device=device)
-        q_lens = torch.tensor(step.query_lens, device=device)
-        block_tables = _block_tables([s.block_table for s in step.seqs], device)
+        kv_lens = [s.num_tokens for s in step.seqs]
+        block_tables = padded_tables([s.block_table for s in step.seqs], device)
         paged_decode = max(step.query_lens) == 1 and self.paged_decode  # the kernel needs no mask
-        attention = () if paged_decode else self._attention_groups(step, kv_lens, q_lens,
-                                                                   block_tables)
+        attention = () if paged_decode else self._attention_groups(step, kv_lens)
+        q_lens = torch.tensor(step.query_lens, device=device)
         use_lora = any(s != NO_ADAPTER for s in token_slots)
         return ForwardBatch(
             input_ids=torch.tensor(input_ids, device=device),
@@ -158,34 +162,29 @@ class ModelRunner:
             attention=attention,
             logits_indices=torch.cat([torch.cumsum(q_lens, 0) - 1, *extra_logits_rows]),
             lora=LoRABatch.build(token_slots, device) if use_lora else None,
-            kv_lens=kv_lens,
+            kv_lens=torch.tensor(kv_lens, device=device),
             paged_decode=paged_decode,
         )
 
-    def _attention_groups(self, step: ScheduledStep, kv_lens: torch.Tensor, q_lens: torch.Tensor,
-                          block_tables: torch.Tensor) -> tuple[AttentionGroup, ...]:
+    def _attention_groups(self, step: ScheduledStep, kv_lens: list[int]) -> tuple[AttentionGroup, ...]:
         """One group for the step, or two when it mixes decode tokens with prompts: padding
         every decode row to a prompt's length would multiply their attention work by it."""
         window = self.model.spec.sliding_window
-        decode = [i for i, n in enumerate(step.query_lens) if n == 1]
-        if not decode or len(decode) == len(step.seqs):
-            return (attention_group(block_tables, kv_lens, q_lens, self.block_size, window),)
-        starts = list(accumulate(step.query_lens, initial=0))
-        groups = []
-        for members in (decode, [i for i, n in enumerate(step.query_lens) if n > 1]):
-            tokens = [t for i in members for t in range(starts[i], starts[i + 1])]
-            index = torch.tensor(members, device=self.device)
-            tables = _block_tables([step.seqs[i].block_table for i in members], self.device)
-            groups.append(attention_group(
-                tables, kv_lens[index], q_lens[index], self.block_size, window,
-                tokens=torch.tensor(tokens, device=self.device)))
-        return tuple(groups)
-
-
-def _block_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
-    """[B, max_blocks] int64, each row padded with block 0."""
-    width = max(len(t) for t in tables)
-    return torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+        q_lens = step.query_lens
+        decode = [i for i, n in enumerate(q_lens) if n == 1]
+        members = [range(len(q_lens))]
+        if 0 < len(decode) < len(q_lens):
+            members = [decode, [i for i, n in enumerate(q_lens) if n > 1]]
+        starts = list(accumulate(q_lens, initial=0))
+        return tuple(
+            attention_group(
+                [step.seqs[i].block_table for i in seqs], [kv_lens[i] for i in seqs],
+                [q_lens[i] for i in seqs], self.block_size, window, self.device,
+                tokens=None if len(members) == 1 else [
+                    t for i in seqs for t in range(starts[i], starts[i + 1])],
+            )
+            for seqs in members
+        )
 
 
 def _slot_key(seq) -> int:

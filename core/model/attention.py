@@ -34,6 +34,7 @@ def paged_attention(
         return paged_decode(q, k_cache, v_cache, batch.block_tables, batch.kv_lens, window)
     if len(batch.attention) == 1 and batch.attention[0].tokens is None:
         return _attend_group(q, k_cache, v_cache, batch.attention[0], window)
+    assert sum(len(group.tokens) for group in batch.attention) == q.shape[0], "a token in no group"
     out = q.new_empty(q.shape[0], q.shape[1] * head_dim)
     for group in batch.attention:
         rows = _attend_group(q.index_select(0, group.tokens), k_cache, v_cache, group, window)

@@ -40,48 +40,56 @@ class ForwardBatch:
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64, position of each token in its sequence
     slot_mapping: torch.Tensor  # [T] int64, flat KV-cache row each token's K/V is written to
-    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with block 0 (the kernel's)
     attention: tuple[AttentionGroup, ...]  # () with paged_decode
     logits_indices: torch.Tensor  # [B + extra] flat index of each sequence's last token, then any extra rows
     lora: LoRABatch | None
-    kv_lens: torch.Tensor | None = None  # [B] int64 context length with this step's tokens
+    kv_lens: torch.Tensor | None = None  # [B] int64 context length with this step's tokens (the kernel's)
     # a decode step on the paged-decode kernel: attention reads the blocks in place, by kv_lens
     paged_decode: bool = False
 
 
+def padded_tables(tables: list[list[int]], device: torch.device | str) -> torch.Tensor:
+    """[B, max_blocks] int64 block tables, each row padded with block 0."""
+    width = max(len(table) for table in tables)
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+
+
 def attention_group(
-    block_tables: torch.Tensor, kv_lens: torch.Tensor, q_lens: torch.Tensor, block_size: int,
-    window: int | None, tokens: torch.Tensor | None = None,
+    tables: list[list[int]], kv_lens: list[int], q_lens: list[int], block_size: int,
+    window: int | None, device: torch.device | str, tokens: list[int] | None = None,
 ) -> AttentionGroup:
-    """The group of sequences with these block tables [b, max_blocks], context lengths [b]
-    (this step's tokens included) and query lengths [b]: causal masks and, where a sequence
-    feeds more than one token, where each token's query row goes."""
-    device = block_tables.device
-    max_q = int(q_lens.max())
+    """The group of sequences with these block tables, context lengths (this step's tokens
+    included) and query lengths, from host lists: causal masks and, where a sequence feeds
+    more than one token, where each token's query row goes."""
+    max_q = max(q_lens)
+    block_tables = padded_tables(tables, device)
+    lens, q_len = torch.tensor(kv_lens, device=device), torch.tensor(q_lens, device=device)
     rows = torch.arange(max_q, device=device)
     keys = torch.arange(block_tables.shape[1] * block_size, device=device)
-    last_visible = (kv_lens - q_lens).unsqueeze(1) + rows.unsqueeze(0)  # [b, max_q]
+    last_visible = (lens - q_len).unsqueeze(1) + rows.unsqueeze(0)  # [b, max_q]
     mask = (keys.view(1, 1, -1) <= last_visible.unsqueeze(-1)).unsqueeze(1)  # [b, 1, max_q, K]
     sliding_mask = None
     if window is not None:  # also drop keys at or before last_visible - window
         first_visible = last_visible - (window - 1)  # [b, max_q]
         sliding_mask = mask.squeeze(1) & (keys.view(1, 1, -1) >= first_visible.unsqueeze(-1))
-        padded = (rows.unsqueeze(0) >= q_lens.unsqueeze(1)).unsqueeze(-1)  # [b, max_q, 1]
+        padded = (rows.unsqueeze(0) >= q_len.unsqueeze(1)).unsqueeze(-1)  # [b, max_q, 1]
         # padding rows are dropped after attention; keep them causal so none is all-masked (NaN)
         sliding_mask = torch.where(padded, mask.squeeze(1), sliding_mask).unsqueeze(1)
     query_rows = None
     if max_q > 1:
-        seq_of_token = torch.repeat_interleave(torch.arange(len(q_lens), device=device), q_lens)
-        starts = torch.cumsum(q_lens, 0) - q_lens
-        row_of_token = torch.arange(len(seq_of_token), device=device) - starts[seq_of_token]
-        query_rows = (seq_of_token, row_of_token)
-    return AttentionGroup(block_tables, mask, sliding_mask, query_rows, max_q, tokens)
+        seq_of_token = [seq for seq, n in enumerate(q_lens) for _ in range(n)]
+        row_of_token = [row for n in q_lens for row in range(n)]
+        query_rows = (torch.tensor(seq_of_token, device=device),
+                      torch.tensor(row_of_token, device=device))
+    return AttentionGroup(block_tables, mask, sliding_mask, query_rows, max_q,
+                          None if tokens is None else torch.tensor(tokens, device=device))
 
 
-def decode_mask(kv_lens: torch.Tensor, context: int, window: int | None) -> torch.Tensor:
-    """[B, 1, 1, context] bool: the keys a decode query at position kv_len - 1 sees (the
-    runner's mask for one query per sequence), from device data only, so a captured decode
-    step can rebuild it on every replay."""
+def _decode_mask(kv_lens: torch.Tensor, context: int, window: int | None) -> torch.Tensor:
+    """[B, 1, 1, context] bool: the keys a decode query at position kv_len - 1 sees (what
+    ``attention_group`` gives one query per sequence), from device data only, so a captured
+    decode step can rebuild it on every replay."""
     keys = torch.arange(context, device=kv_lens.device)
     lens = kv_lens.unsqueeze(1)  # [B, 1]
     mask = keys.unsqueeze(0) < lens  # [B, context]
@@ -92,7 +100,7 @@ def decode_mask(kv_lens: torch.Tensor, context: int, window: int | None) -> torc
 
 def decode_group(block_tables: torch.Tensor, kv_lens: torch.Tensor, block_size: int,
                  window: int | None) -> AttentionGroup:
-    """One query per sequence, the masks from device data only (``decode_mask``)."""
+    """One query per sequence, the masks from device data only (``_decode_mask``)."""
     context = block_tables.shape[1] * block_size
-    sliding = None if window is None else decode_mask(kv_lens, context, window)
-    return AttentionGroup(block_tables, decode_mask(kv_lens, context, None), sliding, None, 1)
+    sliding = None if window is None else _decode_mask(kv_lens, context, window)
+    return AttentionGroup(block_tables, _decode_mask(kv_lens, context, None), sliding, None, 1)

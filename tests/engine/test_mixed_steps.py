@@ -16,13 +16,13 @@ LATE = [("hello", "chat"), ("many adapters share one base model in the same batc
 
 @pytest.fixture
 def groups_seen(monkeypatch):
-    """The attention groups of every step the runner prepares."""
+    """(query lengths, attention groups) of every step the runner prepares."""
     seen: list[tuple] = []
     real = model_runner.ModelRunner._prepare
 
     def prepare(self, step, extra):
         batch = real(self, step, extra)
-        seen.append(batch.attention)
+        seen.append((list(step.query_lens), batch.attention))
         return batch
 
     monkeypatch.setattr(model_runner.ModelRunner, "_prepare", prepare)
@@ -51,12 +51,16 @@ def test_prompts_prefilled_beside_decodes_match_transformers(llama_dir, adapter_
     while engine.has_unfinished_requests():
         done.update((out.request_id, out) for out in engine.step() if out.finished)
 
-    mixed = [groups for groups in groups_seen if len(groups) == 2]
+    mixed = [(q_lens, groups) for q_lens, groups in groups_seen if len(groups) == 2]
     assert len(mixed) == 1, "the late prompts should prefill in one step beside two decodes"
-    decode, prompts = mixed[0]
-    assert decode.max_query_len == 1 and decode.tokens.tolist() == sorted(decode.tokens.tolist())
-    assert len(decode.tokens) == len(EARLY)  # no decode row is padded to a prompt's length
-    assert prompts.max_query_len > 1 and prompts.block_tables.shape[0] == len(LATE)
+    q_lens, (decode, prompts) = mixed[0]
+    starts = [sum(q_lens[:i]) for i in range(len(q_lens))]
+    decode_rows = [starts[i] for i, n in enumerate(q_lens) if n == 1]
+    prompt_rows = [starts[i] + r for i, n in enumerate(q_lens) if n > 1 for r in range(n)]
+    assert len(decode_rows) == len(EARLY) and len(q_lens) == len(EARLY) + len(LATE)
+    # one query per decoding sequence, none padded to a prompt's length; the prompts apart
+    assert decode.max_query_len == 1 and decode.tokens.tolist() == decode_rows
+    assert prompts.tokens.tolist() == prompt_rows and prompts.max_query_len == max(q_lens)
 
     for index, (prompt, adapter) in enumerate(EARLY + LATE):
         want = hf_greedy(llama_dir, prompt, NEW_TOKENS,

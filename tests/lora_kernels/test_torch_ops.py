@@ -34,6 +34,7 @@ SLOT_PATTERNS = {
     # Zipf decode: uneven counts per slot, cut into runs and diagonals (no padded view)
     "uneven_decode": [N, 0, 0, 0, 1, 1, 2, 3],
     "uneven_decode_with_gap": [*[0] * 6, 1, 3, *[2] * 6],  # a diagonal breaks where slots skip
+    "runs_around_unused_slot": [0, 0, 0, 2, 2],  # cut into two runs, nothing padded
 }
 # B stacks: q/k/v with GQA (two stacks), q/k/v or gate/up without (one), o or down (one slice)
 OUT_SIZES = {"gqa_qkv": (16, 8, 8), "equal_slices": (8, 8, 8), "one_slice": (12,)}
@@ -59,6 +60,22 @@ def test_long_runs_are_peeled_only_where_that_is_cheaper(slots, peeled, padded_s
     assert batch.peeled == peeled
     assert tuple(batch.padded_tokens.shape) == padded_shape
     assert batch.max_seg_len == max(slots.count(s) for s in set(slots) - {N})  # the kernels' view
+    assert_each_adapter_token_in_one_place(batch, slots)
+
+
+def assert_each_adapter_token_in_one_place(batch: LoRABatch, slots: list[int]) -> None:
+    """Peeled runs, diagonals and the padded view's real rows hold every adapter token once,
+    each piece with its tokens' own slots."""
+    padded = batch.padded_tokens.reshape(-1)
+    if batch.padded_valid is not None:
+        padded = padded[batch.padded_valid]
+    covered = padded.tolist() + [t for _, start, stop in batch.peeled + batch.diagonals
+                                 for t in range(start, stop)]
+    assert sorted(covered) == [t for t, s in enumerate(slots) if s != N]
+    for slot, start, stop in batch.peeled:
+        assert slots[start:stop] == [slot] * (stop - start)
+    for first, start, stop in batch.diagonals:
+        assert slots[start:stop] == list(range(first, first + stop - start))
 
 
 @pytest.mark.parametrize(
@@ -67,6 +84,7 @@ def test_long_runs_are_peeled_only_where_that_is_cheaper(slots, peeled, padded_s
      (SLOT_PATTERNS["uneven_decode_with_gap"], ((0, 0, 6), (2, 8, 14)), ((1, 6, 7), (3, 7, 8))),
      ([0, 0, 0, 1, 2, 3], ((0, 0, 3),), ((1, 3, 6),)),
      ([*[0] * 30, 1, N, 2, 2], ((0, 0, 30), (2, 32, 34)), ((1, 30, 31),)),
+     ([0, 0, 0, 2, 2], ((0, 0, 3), (2, 3, 5)), ()),  # runs alone, around an unused slot
      ([0, 1, 2, 3], (), ()),  # one token per slot: the padded view is one slice already
      ([0, 0, 1, 1, 2, 2, 3], (), ()),  # gathered: four pieces cost more than the padding
      ([*[0] * 4, 1, 3, *[2] * 4], (), ())])  # likewise
@@ -75,12 +93,9 @@ def test_uneven_decode_is_cut_into_runs_and_diagonals(slots, peeled, diagonals):
     every adapter token is then in exactly one run or diagonal."""
     batch = LoRABatch.build(slots)
     assert (batch.peeled, batch.diagonals) == (peeled, diagonals)
-    if diagonals:
+    if diagonals:  # a cut step has no padded view at all
         assert batch.padded_tokens.numel() == 0
-        covered = [t for _, start, stop in peeled + diagonals for t in range(start, stop)]
-        assert sorted(covered) == [t for t, s in enumerate(slots) if s != N]
-        for first, start, stop in diagonals:
-            assert slots[start:stop] == list(range(first, first + stop - start))
+    assert_each_adapter_token_in_one_place(batch, slots)
 
 
 @pytest.mark.parametrize(
