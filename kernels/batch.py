@@ -118,20 +118,15 @@ class LoRABatch:
         )
 
 
-def _groups(token_slots: list[int]) -> dict[int, list[int]]:
-    """Each slot's tokens, in order; base-model tokens in none."""
+def _segments(token_slots: list[int]) -> tuple[dict[int, list[int]], list[int], list[int],
+                                                 list[int], list[int]]:
+    """Each slot's tokens in order (base-model tokens in none), the slots in order, their
+    segment lengths, the tokens grouped by slot and each segment's start in them (the
+    kernels' layout)."""
     groups: dict[int, list[int]] = {}
     for token, slot in enumerate(token_slots):
         if slot != NO_ADAPTER:
             groups.setdefault(slot, []).append(token)
-    return groups
-
-
-def _segments(token_slots: list[int]) -> tuple[dict[int, list[int]], list[int], list[int],
-                                                 list[int], list[int]]:
-    """Each slot's tokens, the slots in order, their segment lengths, the tokens grouped by
-    slot and each segment's start in them (the kernels' layout)."""
-    groups = _groups(token_slots)
     slots = sorted(groups)
     lens = [len(groups[s]) for s in slots]
     sorted_tokens: list[int] = []
@@ -219,8 +214,8 @@ def _padded_rows(groups: dict[int, list[int]]) -> int:
 
 def segment_table(token_slots: list[int], size: int) -> list[int]:
     """A fixed batch's table, flat: token_slots, sorted_tokens, seg_slots, seg_starts and
-    seg_lens (``LoRABatch.build``'s segments, without its torch-path plan), each padded to ``size`` (rows past the tokens
-    use NO_ADAPTER; segments past the last have length 0)."""
+    seg_lens (``LoRABatch.build``'s segments, without its torch-path plan), each padded to
+    ``size`` (rows past the tokens use NO_ADAPTER; segments past the last have length 0)."""
     _, slots, lens, sorted_tokens, starts = _segments(token_slots)
     parts = [token_slots, sorted_tokens, slots, starts, lens]
     pads = [NO_ADAPTER, 0, 0, 0, 0]
